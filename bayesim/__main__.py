@@ -1,0 +1,5 @@
+import sys
+
+from bayesim.cli import main
+
+sys.exit(main())

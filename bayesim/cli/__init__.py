@@ -1,0 +1,60 @@
+"""The `bayesim` command line.
+
+Each subcommand lives in its own module in this package exposing `register(subparsers)`, which adds
+its parser and sets `func(args) -> int`. Handlers import heavy libraries lazily so `--help` is fast.
+User errors (`BayesimError`) print one line and exit 2; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bayesim import __version__
+from bayesim.errors import BayesimError
+
+_COMMAND_MODULES = ["data", "devices", "train", "evaluate", "import_pyro", "run", "sweep", "bench"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 already; keep it to one line
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bayesim", description="Analog Bayesian machine hardware simulator.")
+    p.add_argument("--version", action="version", version=f"bayesim {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"bayesim.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"bayesim.cli.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except BayesimError as e:
+        if args.debug:
+            raise
+        print(f"bayesim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bayesim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

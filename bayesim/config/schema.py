@@ -1,0 +1,235 @@
+"""Typed dataclass <- YAML mapping with validation and did-you-mean suggestions.
+
+Declare a config as a dataclass; constrain fields with `spec(...)`:
+
+    @dataclass(frozen=True)
+    class Adc:
+        bits: int = spec(8, lo=1, hi=16, doc="ADC resolution")
+        mode: str = spec("max", choices=("max", "percentile"))
+
+`build(Adc, {"bits": 6}, source="crossbars/x.yaml", key="adc")` validates and returns `Adc(6, "max")`.
+Errors are `ConfigError` naming the file, the dotted key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bayesim.errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+def spec(default=_MISSING, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, doc="",
+         default_factory=_MISSING):
+    """A dataclass field with validation metadata (range [lo, hi], open ends, allowed choices)."""
+    md = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "doc": doc}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=md)
+    if default is _MISSING:
+        return dataclasses.field(metadata=md)
+    if isinstance(default, (list, dict, set)):
+        d = default
+        return dataclasses.field(default_factory=lambda: type(d)(d), metadata=md)
+    return dataclasses.field(default=default, metadata=md)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML file (safe loader) whose top level must be a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("file not found", source=str(p))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"malformed YAML{where}: {problem}", source=str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", source=str(p)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"top level must be a mapping of keys, got {type(data).__name__}", source=str(p))
+    return data
+
+
+def _join(key: str, sub: str | int) -> str:
+    if isinstance(sub, int):
+        return f"{key}[{sub}]"
+    return f"{key}.{sub}" if key else str(sub)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
+    md = md or {}
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"must not be empty; expected {_type_name(tp)}", source, key)
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, source, key, md)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", source, key)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+                              + _suggest(value, allowed), source, key)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, source=source, key=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list, got {type(value).__name__} {value!r}", source, key)
+        (item_tp, *rest) = typing.get_args(tp) or (Any,)
+        out = [_convert(v, item_tp, source, _join(key, i), md.get("item_md")) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__}", source, key)
+        _kt, vt = typing.get_args(tp) or (str, Any)
+        return {str(k): _convert(v, vt, source, _join(key, str(k))) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", source, key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"expected an integer, got {value!r}", source, key)
+        _check_range(value, md, source, key)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    value = float(value)  # YAML 1.1 reads "1e-6" as a string
+                except ValueError:
+                    raise ConfigError(f"expected a number, got {value!r}", source, key) from None
+            else:
+                raise ConfigError(f"expected a number, got {value!r}", source, key)
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"must be a finite number, got {value!r}", source, key)
+        _check_range(value, md, source, key)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", source, key)
+        ch = md.get("choices")
+        if ch and value not in ch:
+            raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}"
+                              + _suggest(value, ch), source, key)
+        return value
+    return value
+
+
+def _check_range(value, md, source, key):
+    lo, hi = md.get("lo"), md.get("hi")
+    bad = False
+    if lo is not None and (value < lo or (md.get("lo_open") and value == lo)):
+        bad = True
+    if hi is not None and (value > hi or (md.get("hi_open") and value == hi)):
+        bad = True
+    ch = md.get("choices")
+    if ch and value not in ch:
+        raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}", source, key)
+    if bad:
+        lb = "(" if md.get("lo_open") else "["
+        rb = ")" if md.get("hi_open") else "]"
+        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+        raise ConfigError(f"{value!r} is out of range; allowed {rng}", source, key)
+
+
+def _suggest(word, candidates) -> str:
+    if not isinstance(word, str):
+        return ""
+    m = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def build(cls, mapping: Any, source: str = "<dict>", key: str = ""):
+    """Build dataclass `cls` from a mapping, validating every field; unknown keys are errors."""
+    if isinstance(mapping, cls):
+        return mapping
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"expected a mapping of keys, got {type(mapping).__name__} {mapping!r}",
+                          source, key or None)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in mapping if k not in fields]
+    if unknown:
+        k = str(unknown[0])
+        raise ConfigError(f"unknown key; allowed: {', '.join(sorted(fields))}" + _suggest(k, fields),
+                          source, _join(key, k))
+    kwargs = {}
+    for name, f in fields.items():
+        sub = _join(key, name)
+        if name in mapping:
+            kwargs[name] = _convert(mapping[name], hints[name], source, sub, dict(f.metadata))
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise ConfigError(f"required key is missing ({_type_name(hints[name])})", source, sub)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError as e:
+            if e.source is None:
+                raise ConfigError(str(e), source, _join(key, e.key) if e.key else (key or None)) from None
+            raise
+    return obj
+
+
+def to_dict(obj) -> Any:
+    """Dataclass -> plain dict (for metrics.json / hashing)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,62 @@
+"""The device interface: what every conductance-cell model provides.
+
+A *level* is a target conductance; what a device *holds* after programming is a draw around it, and
+what a *read* returns at time t is a further draw (drift + read noise). The simulator keeps these apart.
+
+All conductances are in microsiemens (uS), times in seconds (s), arrays float32 and vectorised.
+
+Randomness is passed as 64-bit stream keys (see `bayesim.rng`), never as hidden global state:
+- `key` identifies one *event* (one programming pulse train, one read); fresh for each event;
+- `cell_key` identifies the *physical cells* of one tile; fixed for the life of the hardware, so
+  stuck-at faults, device-to-device variation and per-cell drift exponents stay with their cell across
+  re-programming (SPQ programs the same cells for every Monte-Carlo sample).
+Element i of the array is cell i of the tile (C order), so the same cell gets the same fault whatever
+the batch shape or thread count. Built-in models do this in numba kernels on the counter-based streams
+of `bayesim.rng`; a numpy plug-in may use `bayesim.rng.generator(key)`.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class DeviceModel(Protocol):
+    """Protocol of a stochastic multi-level analog cell (see module docstring)."""
+
+    name: str
+    g_min: float  # lowest programmable conductance, uS
+    g_max: float  # highest programmable conductance, uS
+
+    def levels(self, n: int, spacing: str = "linear") -> np.ndarray:
+        """`n` target conductances (uS, ascending, float32) in [g_min, g_max].
+
+        spacing: "linear" (equal steps), "log" (geometric steps, for sigma arrays) or "measured"
+        (the device's own characterised levels; error if it has none or `n` does not match).
+        """
+        ...
+
+    def program(self, targets: np.ndarray, key: int, cell_key: int) -> np.ndarray:
+        """Held conductance after programming `targets` (uS): programming noise that depends on the
+        target, device-to-device variation, stuck-at faults. Clipped to the physical range."""
+        ...
+
+    def read(self, held: np.ndarray, t_read: float, key: int, cell_key: int) -> np.ndarray:
+        """Conductance read at `t_read` seconds after programming: drift and read noise (which may
+        grow with time)."""
+        ...
+
+    def program_sigma(self, g: np.ndarray) -> np.ndarray:
+        """Cycle-to-cycle programming std (uS) at target conductance `g`: the spread of re-programming,
+        the random source a device-sampled Bayesian machine uses."""
+        ...
+
+    def read_sigma(self, g: np.ndarray, t_read: float) -> np.ndarray:
+        """Read-noise std (uS) at held conductance `g`, `t_read` seconds after programming."""
+        ...
+
+
+def is_device(obj) -> bool:
+    """True when `obj` provides the whole `DeviceModel` protocol."""
+    return isinstance(obj, DeviceModel)

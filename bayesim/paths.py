@@ -1,0 +1,50 @@
+"""Where data and caches live.
+
+Data folder: `--data-dir` > `$BAYESIM_DATA` > the per-user cache (`$BAYESIM_CACHE` or
+`~/.cache/bayesim`)/data. Generated artefacts (Ambiguous-MNIST, trained models) go to the data folder
+only when it is writable, else to the per-user cache: the given data folder may be read-only (CI).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Per-user writable cache folder (created on demand)."""
+    env = os.environ.get("BAYESIM_CACHE")
+    if env:
+        base = Path(env)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "bayesim"
+    return base
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Resolve the data folder: explicit argument > $BAYESIM_DATA > cache_dir()/data."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("BAYESIM_DATA")
+    if env:
+        return Path(env)
+    return cache_dir() / "data"
+
+
+def is_writable(folder: Path) -> bool:
+    """True when files can be created in `folder` (creating it if needed)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def writable_dir(preferred: Path, subdir: str) -> Path:
+    """`preferred/subdir` if writable, else cache_dir()/subdir (created)."""
+    cand = preferred / subdir
+    if is_writable(preferred) and is_writable(cand):
+        return cand
+    fallback = cache_dir() / subdir
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
