@@ -4,4 +4,4 @@
 ranges and choices in one place; `load_yaml(path)` reads a YAML file safely with clear errors.
 The simulation core only ever sees the dataclasses.
 """
-from bayesim.config.schema import build, load_yaml, spec, to_dict  # noqa: F401
+from bayesim.config.schema import apply_overrides, build, load_yaml, spec, to_dict  # noqa: F401

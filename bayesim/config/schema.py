@@ -233,3 +233,31 @@ def to_dict(obj) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def apply_overrides(mapping: dict, overrides, source: str = "--set") -> dict:
+    """Return a copy of `mapping` with `key.path=value` overrides applied (values parsed as YAML)."""
+    import copy
+
+    out = copy.deepcopy(mapping)
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"expected key.path=value, got {item!r}", source)
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ConfigError(f"empty key in {item!r}", source)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"cannot parse value {raw!r}", source, path) from None
+        node = out
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{k!r} is not a mapping, cannot set {path}", source, path)
+            node = nxt
+        node[keys[-1]] = value
+    return out
