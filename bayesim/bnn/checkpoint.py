@@ -1,0 +1,122 @@
+"""Model checkpoints: safetensors (tensors) + JSON metadata in the header; loading executes no code.
+
+Metadata key "bayesim" holds JSON: {"format": "bayesim-bnn", "format_version": 1, "bayesim_version",
+"model": ModelConfig as a mapping (arch, widths, activation, prior, quant strategy / bits / range rule,
+normalization), "training": the training config or import source, "metrics": final metrics, ...}.
+Tensors are the model's state dict: per Bayesian layer `layers.<i>.{mu_w, rho_w, mu_b, rho_b}`
+(sigma = softplus(rho)), the frozen quantizer ranges `layers.<i>.{mu_step, w_step, sigma_max}` and the
+activation clip levels `layers.<i>.upper`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bayesim import __version__
+from bayesim._io import write_bytes_atomic
+from bayesim.config.schema import build, to_dict
+from bayesim.errors import BayesimError, ConfigError
+
+FORMAT = "bayesim-bnn"
+FORMAT_VERSION = 1
+
+
+def save_model(model, path: str | os.PathLike, **extra) -> Path:
+    """Write `model` (a BayesNet) and metadata `extra` (JSON-serialisable) atomically to `path`."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().to(torch.float32) for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bayesim_version": __version__,
+            "model": to_dict(model.cfg), **extra}
+    data = save(tensors, metadata={"bayesim": json.dumps(meta, default=_json_default)})
+    write_bytes_atomic(path, data)
+    return Path(path)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata of a checkpoint (validated header, no tensors read)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise BayesimError(f"{p}: checkpoint not found")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get("bayesim")
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise BayesimError(f"{p}: not a safetensors checkpoint ({type(e).__name__}: {e})") from None
+    if raw is None:
+        raise BayesimError(f"{p}: safetensors file without bayesim metadata (not a bayesim model)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BayesimError(f"{p}: metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BayesimError(f"{p}: metadata format is not {FORMAT!r}")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise BayesimError(f"{p}: checkpoint format version {meta.get('format_version')} is newer than this "
+                           f"bayesim supports ({FORMAT_VERSION})")
+    return meta
+
+
+def load_model(path: str | os.PathLike, expect_arch: str | None = None):
+    """Read a checkpoint -> (BayesNet, metadata). Shapes, NaN/Inf and sigma > 0 are checked."""
+    from safetensors.torch import load_file
+
+    from bayesim.bnn.config import ModelConfig
+    from bayesim.bnn.models import BayesNet
+
+    p = Path(path)
+    meta = read_metadata(p)
+    cfg = build(ModelConfig, meta.get("model"), source=str(p), key="model")
+    if expect_arch is not None and cfg.arch != expect_arch:
+        raise ConfigError(f"checkpoint holds a {cfg.arch!r} model, expected {expect_arch!r}", source=str(p),
+                          key="model.arch")
+    tensors = load_file(str(p), device="cpu")
+    model = BayesNet(cfg)
+    load_state(model, tensors, str(p))
+    return model, meta
+
+
+def load_state(model, tensors: dict, source: str) -> None:
+    """Copy `tensors` into `model` after checking names, shapes, finiteness and sigma > 0."""
+    state = model.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    if missing or unexpected:
+        raise BayesimError(f"{source}: tensors do not fit a {model.cfg.arch!r} model"
+                           + (f"; missing {missing[:4]}" if missing else "")
+                           + (f"; unexpected {unexpected[:4]}" if unexpected else ""))
+    for name, ref in state.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise BayesimError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the {model.cfg.arch} "
+                               f"architecture needs {tuple(ref.shape)}")
+        if not torch.isfinite(t).all():
+            raise BayesimError(f"{source}: tensor {name!r} contains NaN or Inf")
+        if name.rsplit(".", 1)[-1].startswith("rho_"):
+            sig = F.softplus(t.to(torch.float32))
+            if not (sig > 0).all():
+                raise BayesimError(f"{source}: tensor {name!r} gives sigma <= 0 (min rho {t.min().item():.4g}); "
+                                   "sigma must be positive")
+        if name.rsplit(".", 1)[-1] in ("mu_step", "w_step", "sigma_max") and (t < 0).any():
+            raise BayesimError(f"{source}: quantizer range {name!r} is negative")
+        if name.endswith(".upper") and not (t > 0).all():
+            raise BayesimError(f"{source}: activation clip level {name!r} must be positive")
+    with torch.no_grad():
+        for name, ref in state.items():
+            ref.copy_(tensors[name].to(ref.dtype))

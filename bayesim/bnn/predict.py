@@ -1,0 +1,61 @@
+"""Monte-Carlo prediction with the counter-based weight streams shared with the hardware simulator.
+
+Sample s of Bayesian layer l draws eps from `derive_key(seed, "eps_w"|"eps_b", s, l)`; the weights are
+mu + sigma * eps in float32 (numpy: product then sum), SPQ-quantized for spq / jq (see `bayesim.bnn.ops`).
+The forward pass runs in torch float32; softmax in float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bayesim import rng
+from bayesim.bnn import quant as Q
+from bayesim.bnn.ops import BayesConvOp, BayesLinearOp
+from bayesim.errors import BayesimError
+
+
+def draw_weights(op: BayesLinearOp | BayesConvOp, seed: int, sample: int, layer: int):
+    """Weight and bias of MC sample `sample` of Bayesian layer `layer` (numpy float32)."""
+    eps_w = rng.normals(rng.derive_key(seed, "eps_w", sample, layer), op.mu_w.shape)
+    eps_b = rng.normals(rng.derive_key(seed, "eps_b", sample, layer), op.mu_b.shape)
+    w = op.mu_w + op.sigma_w * eps_w
+    b = op.mu_b + op.sigma_b * eps_b
+    q = op.quant
+    if q.strategy in ("spq", "jq"):
+        w = Q.quantize_uniform(w, q.w_step, q.w_bits)
+        b = Q.quantize_uniform(b, q.w_step, q.w_bits)
+    return w, b
+
+
+def _check_input(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+        raise BayesimError(f"images: expected shape [N, 1, 28, 28], got {x.shape}")
+    if x.shape[0] == 0:
+        raise BayesimError("images: empty split (N = 0)")
+    if not np.isfinite(x).all():
+        raise BayesimError("images: contain NaN or Inf")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@torch.no_grad()
+def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000) -> np.ndarray:
+    """Predictive samples [S, N, C] float32 for images `x` [N, 1, 28, 28] (float32)."""
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise BayesimError(f"samples: {samples!r} is not allowed; a positive integer")
+    x = _check_input(x)
+    ops = [op for op in model.export_ops() if isinstance(op, (BayesLinearOp, BayesConvOp))]
+    was_training = model.training
+    model.eval()
+    try:
+        xt = torch.from_numpy(x)
+        out = np.empty((samples, x.shape[0], model.cfg.num_classes), dtype=np.float32)
+        for s in range(samples):
+            weights = [tuple(torch.from_numpy(a) for a in draw_weights(op, seed, s, l)) for l, op in enumerate(ops)]
+            for i in range(0, x.shape[0], batch_size):
+                logits = model(xt[i:i + batch_size], weights)
+                out[s, i:i + batch_size] = torch.softmax(logits, dim=1).numpy()
+        return out
+    finally:
+        model.train(was_training)

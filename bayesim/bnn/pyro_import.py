@@ -1,0 +1,198 @@
+"""Import a Pyro parameter-store checkpoint of a mean-field (AutoNormal-style) guide, executing no code.
+
+The file (torch.save of {"params": {name: tensor}, "constraints": {...}}) is unpickled by a restricted
+unpickler: only the tensor-rebuild helpers of torch, storage types and `collections.OrderedDict` are
+allowed; the constraint classes of Pyro / torch.distributions become inert stand-ins; any other global
+in the pickle is refused with a BayesimError.
+
+Names: `<Guide>.locs.<layer>.<weight|bias>` (means) and `<Guide>.scales.<layer>.<weight|bias>`
+(unconstrained; sigma = softplus(value), so they are stored as rho directly). Layers map to the
+architecture's Bayesian layers in forward order:
+  mlp:    input_layer, hidden_layers.0, hidden_layers.1, ..., out_layer   (widths read from the shapes)
+  lenet5: conv1, conv2, fc1, fc2, fc3 (or any names, taken in file order, when these are absent)
+"""
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import re
+import types
+from dataclasses import replace
+from pathlib import Path
+
+from bayesim.errors import BayesimError
+
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+}
+_CONSTRAINT_MODULES = ("pyro.distributions.constraints", "torch.distributions.constraints")
+
+
+class InertConstraint:
+    """Stand-in for a Pyro / torch constraint object: keeps its name and state, does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.__dict__.update({k: v for k, v in state.items() if isinstance(v, (int, float, str, bool))})
+
+    def __repr__(self):
+        return f"<inert {type(self).__name__}>"
+
+
+_STANDINS: dict[str, type] = {}
+
+
+def _standin(name: str) -> type:
+    if name not in _STANDINS:
+        _STANDINS[name] = type(name, (InertConstraint,), {})
+    return _STANDINS[name]
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    source = "<checkpoint>"
+
+    def find_class(self, module, name):
+        import torch
+
+        if (module, name) in _ALLOWED:
+            obj = {"collections": collections}.get(module)
+            if obj is not None:
+                return getattr(obj, name)
+            if module == "torch":
+                return getattr(torch, name)
+            return getattr(torch._utils, name)
+        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
+            return getattr(torch, name)
+        if module in _CONSTRAINT_MODULES and re.fullmatch(r"_?[A-Za-z][A-Za-z0-9_]*", name):
+            return _standin(name)
+        raise BayesimError(f"{self.source}: refused to load: the pickle references {module}.{name}, which is "
+                           "not a tensor or a constraint (only tensor data is read from Pyro checkpoints)")
+
+
+def _pickle_module(source: str):
+    cls = type("_Unpickler", (_RestrictedUnpickler,), {"source": source})
+    return types.SimpleNamespace(Unpickler=cls, load=pickle.load, loads=pickle.loads, __name__="bayesim_restricted")
+
+
+def read_pyro_params(path: str | os.PathLike) -> dict:
+    """name -> float32 CPU tensor of the parameter store at `path` (restricted unpickling)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise BayesimError(f"{p}: Pyro checkpoint not found")
+    try:
+        obj = torch.load(str(p), map_location="cpu", pickle_module=_pickle_module(str(p)), weights_only=False)
+    except BayesimError:
+        raise
+    except Exception as e:
+        raise BayesimError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+    params = obj.get("params") if isinstance(obj, dict) else None
+    if params is None and isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        params = obj
+    if not isinstance(params, dict) or not params:
+        raise BayesimError(f"{p}: no 'params' mapping of tensors (not a Pyro parameter-store state)")
+    out = {}
+    for k, v in params.items():
+        if not isinstance(v, torch.Tensor):
+            raise BayesimError(f"{p}: parameter {k!r} is a {type(v).__name__}, not a tensor")
+        out[str(k)] = v.detach().to(torch.float32).cpu().contiguous()
+    return out
+
+
+_NAME = re.compile(r"^(?:(?P<guide>[^.]+)\.)?(?P<kind>locs|scales)\.(?P<layer>.+)\.(?P<param>weight|bias)$")
+
+
+def _group(params: dict, source: str) -> "collections.OrderedDict[str, dict]":
+    layers: collections.OrderedDict[str, dict] = collections.OrderedDict()
+    for name, t in params.items():
+        m = _NAME.match(name)
+        if not m:
+            raise BayesimError(f"{source}: parameter {name!r} is not of the form "
+                               "<Guide>.<locs|scales>.<layer>.<weight|bias>")
+        layers.setdefault(m["layer"], {})[f"{m['kind']}.{m['param']}"] = (name, t)
+    for layer, d in layers.items():
+        missing = {"locs.weight", "scales.weight", "locs.bias", "scales.bias"} - set(d)
+        if missing:
+            raise BayesimError(f"{source}: layer {layer!r} lacks {', '.join(sorted(missing))}")
+    return layers
+
+
+def _order(layers, arch: str, source: str) -> list[str]:
+    names = list(layers)
+    if arch == "mlp":
+        hidden = sorted((n for n in names if re.fullmatch(r"hidden_layers\.\d+", n)), key=lambda n: int(n.split(".")[1]))
+        if "input_layer" in names and "out_layer" in names:
+            order = ["input_layer", *hidden, "out_layer"]
+            extra = set(names) - set(order)
+            if extra:
+                raise BayesimError(f"{source}: layer(s) {sorted(extra)} do not fit the mlp architecture "
+                                   "(input_layer, hidden_layers.<i>, out_layer)")
+            return order
+    elif arch == "lenet5":
+        std = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+        if set(std) <= set(names) and len(names) == 5:
+            return std
+    return names
+
+
+def import_pyro(path: str | os.PathLike, arch: str, normalization: str = "own", activation=None):
+    """A BayesNet (strategy fp) from the Pyro checkpoint at `path` for architecture `arch`.
+
+    Layer names or shapes that do not fit `arch` give a BayesimError naming both.
+    """
+    import torch
+
+    from bayesim.bnn.checkpoint import load_state
+    from bayesim.bnn.config import ActivationConfig, ModelConfig
+    from bayesim.bnn.models import BayesNet
+
+    if arch not in ("mlp", "lenet5"):
+        raise BayesimError(f"--arch {arch!r} is not allowed; choose 'mlp' or 'lenet5'")
+    src = str(path)
+    layers = _group(read_pyro_params(path), src)
+    order = _order(layers, arch, src)
+    cfg = ModelConfig(arch=arch, normalization=normalization, activation=activation or ActivationConfig())
+    if arch == "mlp":
+        w0 = layers[order[0]]["locs.weight"][1]
+        if w0.ndim != 2:
+            raise BayesimError(f"{src}: layer {order[0]!r} has weight shape {tuple(w0.shape)}; an mlp needs "
+                               "2-d linear weights [out, in]")
+        widths = [int(layers[n]["locs.weight"][1].shape[0]) for n in order[:-1]]
+        n_cls = int(layers[order[-1]]["locs.weight"][1].shape[0])
+        cfg = replace(cfg, widths=widths, num_classes=n_cls)
+    model = BayesNet(cfg)
+    bl = model.bayes_layers
+    if len(order) != len(bl):
+        found = ", ".join(f"{n} {list(layers[n]['locs.weight'][1].shape)}" for n in order)
+        need = ", ".join(str(list(m.mu_w.shape)) for m in bl)
+        raise BayesimError(f"{src}: the checkpoint has {len(order)} Bayesian layers ({found}); "
+                           f"the {arch} architecture has {len(bl)} ({need})")
+    state = dict(model.state_dict())
+    idx = {id(m): i for i, m in enumerate(model.layers)}
+    tensors = {k: v.clone() for k, v in state.items()}
+    for name, mod in zip(order, bl):
+        i = idx[id(mod)]
+        d = layers[name]
+        for ours, theirs in (("mu_w", "locs.weight"), ("rho_w", "scales.weight"),
+                             ("mu_b", "locs.bias"), ("rho_b", "scales.bias")):
+            pname, t = d[theirs]
+            want = tuple(state[f"layers.{i}.{ours}"].shape)
+            if tuple(t.shape) != want:
+                raise BayesimError(f"{src}: {pname!r} has shape {tuple(t.shape)}, but layer {name!r} maps to the "
+                                   f"{arch} layer {len([m for m in bl[:bl.index(mod)]])} ({type(mod).__name__}) "
+                                   f"which needs {want}")
+            tensors[f"layers.{i}.{ours}"] = t
+    load_state(model, tensors, src)
+    with torch.no_grad():
+        model.calibrate()
+    return model

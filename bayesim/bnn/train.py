@@ -1,0 +1,169 @@
+"""SVI training of a mean-field BNN: ELBO with the KL scaled per mini-batch, Adam, optional KL warm-up.
+
+loss per mini-batch = mean cross-entropy (one weight draw per batch) + beta * KL / N_train, where beta
+rises linearly from 0 to 1 over `kl_warmup_epochs` (1 throughout when 0). With a strategy other than
+`fp` the quantizers sit in the forward pass with straight-through gradients (quantization-aware
+training); `init_from` starts from a checkpoint's mu / rho (e.g. an FP32 model, for 1-2 epochs of QAT).
+Runs on CUDA when present (`device: auto`), else on the CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+
+from bayesim.bnn.config import ModelConfig
+from bayesim.config.schema import spec, to_dict
+from bayesim.errors import BayesimError, ConfigError
+
+
+@dataclass(frozen=True)
+class TrainData:
+    data_dir: Optional[str] = None
+    limit: Optional[int] = spec(None, lo=1, doc="use only the first `limit` training rows (quick runs)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = spec(5, lo=1)
+    batch_size: int = spec(128, lo=1)
+    lr: float = spec(1e-3, lo=0.0, lo_open=True)
+    seed: int = spec(0, lo=0)
+    kl_warmup_epochs: float = spec(0.0, lo=0.0)
+    init_from: Optional[str] = None
+    data: TrainData = field(default_factory=TrainData)
+    out: str = "models/model.safetensors"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = spec(2, lo=1)
+    progress: bool = True
+
+    def validate(self):
+        if self.init_from is not None and not self.init_from:
+            raise ConfigError("init_from must name a checkpoint file or be null", key="init_from")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BayesimError("device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_from_checkpoint(model, path: str) -> None:
+    """Copy mu / rho of a checkpoint into `model` (same architecture); ranges are recalibrated."""
+    from safetensors.torch import load_file
+
+    from bayesim.bnn.checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    arch = (meta.get("model") or {}).get("arch")
+    if arch != model.cfg.arch:
+        raise ConfigError(f"checkpoint {path} holds a {arch!r} model, the config asks for {model.cfg.arch!r}",
+                          key="init_from")
+    tensors = load_file(str(path), device="cpu")
+    state = model.state_dict()
+    import torch
+
+    with torch.no_grad():
+        for name, ref in state.items():
+            if name.rsplit(".", 1)[-1] not in ("mu_w", "rho_w", "mu_b", "rho_b"):
+                continue
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != tuple(ref.shape):
+                raise BayesimError(f"{path}: tensor {name!r} is missing or has shape "
+                                   f"{None if t is None else tuple(t.shape)}; the model needs {tuple(ref.shape)}")
+            if not torch.isfinite(t).all():
+                raise BayesimError(f"{path}: tensor {name!r} contains NaN or Inf")
+            ref.copy_(t)
+    model.calibrate()
+
+
+def train(cfg: TrainConfig, x=None, y=None, log=print):
+    """Train a BNN for `cfg`; `x` [N,1,28,28] float32 / `y` [N] int64 default to `bayesim.data.load_train`.
+
+    Returns (model on CPU with frozen ranges, history list of per-epoch dicts).
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from bayesim.bnn.models import build_model
+
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    if x is None:
+        from bayesim.data import load_train
+
+        x, y = load_train(cfg.data.data_dir, seed=cfg.seed)
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    if cfg.data.limit is not None:
+        x, y = x[: cfg.data.limit], y[: cfg.data.limit]
+    if len(x) == 0:
+        raise BayesimError("training data: empty split (0 rows)")
+    if len(x) != len(y):
+        raise BayesimError(f"training data: {len(x)} images but {len(y)} labels")
+    dev = _device(cfg.device)
+    model = build_model(cfg.model)
+    if cfg.init_from:
+        init_from_checkpoint(model, cfg.init_from)
+    model.to(dev).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    n = len(x)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_batches = math.ceil(n / cfg.batch_size)
+    history = []
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        tot_loss = tot_nll = tot_correct = seen = 0.0
+        t0 = time.perf_counter()
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False)
+        for bi in bar:
+            idx = perm[bi * cfg.batch_size:(bi + 1) * cfg.batch_size]
+            xb, yb = xt[idx].to(dev, non_blocking=True), yt[idx].to(dev, non_blocking=True)
+            beta = 1.0 if cfg.kl_warmup_epochs <= 0 else min(1.0, (epoch + bi / n_batches) / cfg.kl_warmup_epochs)
+            logits = model(xb)
+            nll = F.cross_entropy(logits, yb)
+            loss = nll + beta * model.kl() / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not torch.isfinite(loss):
+                raise BayesimError(f"training diverged at epoch {epoch + 1}, batch {bi} (loss {loss.item()}); "
+                                   "lower lr or check the data")
+            b = len(idx)
+            tot_loss += loss.item() * b
+            tot_nll += nll.item() * b
+            tot_correct += (logits.argmax(1) == yb).sum().item()
+            seen += b
+            bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_correct / seen:.4f}")
+        rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "nll": tot_nll / seen, "accuracy": tot_correct / seen,
+               "kl": float(model.kl().item()), "beta": beta, "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        if log:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} nll {rec['nll']:.4f} "
+                f"train acc {rec['accuracy']:.4f} ({rec['seconds']:.1f} s)")
+    model.cpu().eval()
+    model.calibrate()
+    return model, history
+
+
+def train_and_save(cfg: TrainConfig, out: str | None = None, source: str = "<dict>", log=print):
+    """Train, then write the checkpoint (metadata: training config, history, final metrics)."""
+    from bayesim.bnn.checkpoint import save_model
+
+    model, history = train(cfg, log=log)
+    path = out or cfg.out
+    save_model(model, path, training=to_dict(cfg), config_source=source, history=history,
+               metrics={"train": history[-1]})
+    return model, history, path

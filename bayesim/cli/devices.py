@@ -1,0 +1,124 @@
+"""`bayesim devices [list|show NAME]`: list the device models and cards; show one with its level overlap."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("devices", help="list device models and cards, show one",
+                              description="List built-in device models, cards (devices/ and --cards DIR) and "
+                                          "installed plug-ins; `show NAME` prints a device's parameters and "
+                                          "the programmed/read distribution of its levels.")
+    p.add_argument("--cards", dest="cards_top", action="append", default=[], metavar="DIR",
+                   help="extra folder of device cards")
+    p.set_defaults(func=cmd_list)
+    sub = p.add_subparsers(dest="devices_command", metavar="ACTION", parser_class=type(p))
+    ls = sub.add_parser("list", help="list devices (the default)")
+    ls.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra folder of device cards")
+    ls.set_defaults(func=cmd_list)
+    sh = sub.add_parser("show", help="print a device's parameters and level overlap, optionally plot it")
+    sh.add_argument("name", help="built-in, card name, card path or plug-in entry point")
+    sh.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra folder of device cards")
+    sh.add_argument("--levels", type=int, default=None, help="number of levels (default: the card's n_levels, "
+                                                              "its measured levels, else 8)")
+    sh.add_argument("--spacing", choices=["linear", "log", "measured"], default=None,
+                    help="level spacing (default: measured when the device has measured levels, else linear)")
+    sh.add_argument("--t-read", type=float, default=1.0, help="read time after programming, s (default 1)")
+    sh.add_argument("--samples", type=int, default=2000, help="cells drawn per level (default 2000)")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--plot", default=None, metavar="FILE.png", help="write histograms per level")
+    sh.set_defaults(func=cmd_show)
+
+
+def _cards(args) -> list:
+    return [*getattr(args, "cards_top", []), *getattr(args, "cards", [])]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bayesim.devices import list_devices
+
+    rows = list_devices(_cards(args))
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        src = r["source"]
+        src = (src[:70] + "...") if len(src) > 73 else src
+        print(f"{r['name']:<{w}}  {r['kind']:<8}  {r['where']}" + (f"  [{src}]" if src else ""))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from bayesim.config.schema import to_dict
+    from bayesim.devices import load_device
+    from bayesim.devices.stats import level_overlap, max_distinguishable_levels
+    from bayesim.errors import BayesimError
+
+    if args.samples < 2:
+        raise BayesimError(f"--samples must be >= 2, got {args.samples}")
+    if not args.t_read >= 0:
+        raise BayesimError(f"--t-read must be >= 0 s, got {args.t_read}")
+    dev = load_device(args.name, _cards(args))
+    card = getattr(dev, "card", None)
+    measured = dev.measured_levels() if hasattr(dev, "measured_levels") else None
+    spacing = args.spacing or ("measured" if measured is not None and args.levels in (None, len(measured))
+                               else "linear")
+    n = args.levels or (len(measured) if spacing == "measured" else getattr(dev, "n_levels", None) or 8)
+    print(f"device: {dev.name}  ({type(dev).__name__})")
+    print(f"range: {dev.g_min:g} .. {dev.g_max:g} uS; gaussian_programming: "
+          f"{bool(getattr(dev, 'gaussian_programming', False))}")
+    if card is not None:
+        d = to_dict(card)
+        for k in ("model", "source", "path"):
+            if d.get(k):
+                print(f"{k}: {d[k]}")
+        for sec in ("range", "programming", "read", "drift", "faults", "d2d"):
+            print(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in d[sec].items() if v not in (None, [], "")))
+        if d["params"]:
+            print("params: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+        if d["assumptions"]:
+            print("assumptions: " + ", ".join(d["assumptions"]))
+    ov = level_overlap(dev, n, spacing, args.t_read, args.samples, args.seed)
+    print(f"\n{n} {spacing} levels, {args.samples} cells each, read at t = {args.t_read:g} s")
+    print(f"{'level':>5} {'target_uS':>10} {'prog_mean':>10} {'prog_std':>9} {'read_mean':>10} {'read_std':>9}")
+    for i in range(n):
+        print(f"{i:>5} {ov['levels'][i]:>10.4f} {ov['prog_mean'][i]:>10.4f} {ov['prog_std'][i]:>9.4f} "
+              f"{ov['read_mean'][i]:>10.4f} {ov['read_std'][i]:>9.4f}")
+    print(f"distinguishable at 1 sigma (of these {n}): programmed {ov['distinguishable_programmed']}, "
+          f"read {ov['distinguishable_read']}")
+    mx = max_distinguishable_levels(dev, args.t_read)
+    print(f"most levels distinguishable at 1 sigma over the range (analytic): "
+          f"{'unlimited (noiseless)' if np.isinf(mx) else int(mx)}")
+    if args.plot:
+        _plot(dev, ov, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _plot(dev, ov: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bayesim._io import atomic_path
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    lo = min(float(ov["programmed"].min()), float(ov["read"].min()))
+    hi = max(float(ov["programmed"].max()), float(ov["read"].max()))
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 300)
+    for ax, what, title in ((axes[0], "programmed", "programmed"),
+                            (axes[1], "read", f"read at t = {ov['t_read']:g} s")):
+        for i, row in enumerate(ov[what]):
+            ax.hist(row, bins=bins, histtype="stepfilled", alpha=0.5, color=f"C{i % 10}")
+        for g in ov["levels"]:
+            ax.axvline(float(g), color="k", lw=0.5, ls=":")
+        ax.set_ylabel("cells")
+        ax.set_title(f"{dev.name}: {title} (distinguishable at 1 sigma: {ov['distinguishable_' + what]}"
+                     f" of {len(ov['levels'])})", fontsize=10)
+    axes[1].set_xlabel("conductance (uS)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,148 @@
+"""`bayesim evaluate`: Monte-Carlo evaluation of a BNN on the Dirty-MNIST test splits -> DIR/metrics.json.
+
+    bayesim evaluate --model MODEL.safetensors | --pyro CKPT --arch mlp|lenet5
+                     [--samples 32] [--seed 0] [--strategy fp|vpq|spq|jq] [--bits B]
+                     [--mu-bits B] [--sigma-bits B] [--w-bits B] [--range max|percentile]
+                     [--activation relu|bounded] [--act-upper X|auto] [--act-bits B]
+                     [--normalization mnist|own] [--data-dir D] [--limit N] [--embedded] --out DIR
+
+A strategy or bit option re-quantizes the model after training (PTQ, ranges recalibrated); without
+them a checkpoint is evaluated as stored (e.g. a QAT model with its frozen ranges).
+
+metrics.json keys (interface):
+  "mnist" | "ambiguous" | "ood": {n, accuracy, nll, brier, ece, mean_total_entropy, mean_aleatoric,
+                                 mean_epistemic, subset, source}
+  "auroc", "aupr": {ood_vs_in_mi, ood_vs_in_total, ood_vs_mnist_mi, ambiguous_vs_mnist_aleatoric}
+  "model": {kind, path, arch, config}, "strategy", "bits": {mu, sigma, w, act} (null = full precision),
+  "activation": {kind, upper, bits}, "memory": {bits_per_weight, total_bits, reduction_vs_fp32, ...},
+  "samples", "seed", "normalization", "wall_time_s", "bayesim_version"
+"""
+from __future__ import annotations
+
+from bayesim.errors import BayesimError
+
+STRATEGIES = ("fp", "vpq", "spq", "jq")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a BNN on Dirty-MNIST (accuracy, uncertainty, AUROC)",
+                       description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="bayesim checkpoint (.safetensors)")
+    src.add_argument("--pyro", help="Pyro parameter-store checkpoint (needs --arch)")
+    p.add_argument("--arch", help="architecture of --pyro: mlp | lenet5")
+    p.add_argument("--samples", type=int, default=32, help="Monte-Carlo weight samples S (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", help="fp | vpq | spq | jq (post-training quantization)")
+    p.add_argument("--bits", type=int, help="bits of mu, sigma and sampled weights")
+    p.add_argument("--mu-bits", type=int)
+    p.add_argument("--sigma-bits", type=int)
+    p.add_argument("--w-bits", type=int)
+    p.add_argument("--range", choices=("max", "percentile"), help="range rule of the uniform grids")
+    p.add_argument("--activation", choices=("relu", "bounded"), help="replace the hidden activation")
+    p.add_argument("--act-upper", help="clip level of the bounded activation: a number or 'auto' "
+                                       "(99.99th percentile on 2000 MNIST training images)")
+    p.add_argument("--act-bits", type=int, help="activation bits (bounded activation)")
+    p.add_argument("--normalization", choices=("mnist", "own"), help="override the model's normalisation")
+    p.add_argument("--data-dir", help="data folder (default: $BAYESIM_DATA or the cache)")
+    p.add_argument("--limit", type=int, help="evaluate a seeded random subset of this many rows per split")
+    p.add_argument("--embedded", action="store_true", help="use the embedded test subset")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--out", required=True, help="output folder for metrics.json")
+    p.set_defaults(func=run)
+
+
+def _bits(name, v):
+    from bayesim.bnn.quant import check_bits
+
+    return None if v is None else check_bits(v, name)
+
+
+def prepare_model(args):
+    """Load / import the model and apply the strategy, bit and activation options. -> (model, info)."""
+    from dataclasses import replace
+
+    from bayesim.bnn.checkpoint import load_model
+    from bayesim.bnn.config import ActivationConfig
+    from bayesim.bnn.pyro_import import import_pyro
+
+    if args.strategy is not None and args.strategy not in STRATEGIES:
+        import difflib
+
+        m = difflib.get_close_matches(str(args.strategy), STRATEGIES, n=1)
+        raise BayesimError(f"--strategy {args.strategy!r} is not allowed; choose one of {', '.join(STRATEGIES)}"
+                           + (f" (did you mean {m[0]!r}?)" if m else ""))
+    bits = {k: _bits(f"--{k.replace('_', '-')}", getattr(args, k)) for k in ("bits", "mu_bits", "sigma_bits",
+                                                                           "w_bits", "act_bits")}
+    if args.samples < 1:
+        raise BayesimError(f"--samples {args.samples} is not allowed; a positive integer")
+    if args.pyro:
+        if args.arch not in ("mlp", "lenet5"):
+            raise BayesimError("--pyro needs --arch mlp or --arch lenet5")
+        model = import_pyro(args.pyro, args.arch, normalization=args.normalization or "own")
+        info = {"kind": "pyro", "path": str(args.pyro)}
+    else:
+        model, _meta = load_model(args.model, expect_arch=args.arch)
+        info = {"kind": "checkpoint", "path": str(args.model)}
+    if args.normalization:
+        model.cfg = replace(model.cfg, normalization=args.normalization)
+    q = model.cfg.quant
+    requant = args.strategy is not None or any(bits[k] is not None for k in ("bits", "mu_bits", "sigma_bits", "w_bits")) \
+        or args.range is not None
+    if requant:
+        b = bits["bits"]
+        q = replace(q, strategy=args.strategy or q.strategy,
+                    mu_bits=bits["mu_bits"] or b or q.mu_bits, sigma_bits=bits["sigma_bits"] or b or q.sigma_bits,
+                    w_bits=bits["w_bits"] or b or q.w_bits,
+                    range=args.range or ("max" if q.range == "learned" else q.range))
+        model.set_quant(q)
+    if args.activation or args.act_upper or bits["act_bits"] is not None:
+        a = model.cfg.activation
+        kind = args.activation or ("bounded" if (args.act_upper or bits["act_bits"]) else a.kind)
+        uppers = None
+        upper = a.upper
+        if args.act_upper == "auto":
+            uppers = _auto_uppers(model, args.data_dir)
+        elif args.act_upper is not None:
+            try:
+                upper = float(args.act_upper)
+            except ValueError:
+                raise BayesimError(f"--act-upper {args.act_upper!r}: expected a positive number or 'auto'") from None
+            if not upper > 0:
+                raise BayesimError(f"--act-upper {upper}: must be > 0")
+        if kind == "relu" and bits["act_bits"] is not None:
+            raise BayesimError("--act-bits needs --activation bounded (a ReLU has no upper end to quantize)")
+        act = ActivationConfig(kind=kind, upper=upper, bits=bits["act_bits"] if kind == "bounded" else None)
+        model.set_activation(act, uppers)
+    return model, info
+
+
+def _auto_uppers(model, data_dir):
+    from bayesim.bnn.models import activation_upper_from_data
+    from bayesim.data import MNIST_MEAN, MNIST_STD, load_mnist
+    from bayesim.data.dirty import normalize
+
+    x, _ = load_mnist("train", data_dir)
+    return activation_upper_from_data(model, normalize(x[:2000], MNIST_MEAN, MNIST_STD))
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from bayesim._io import write_json_atomic
+    from bayesim.bnn.evaluate import evaluate_model, summary_table
+    from bayesim.data import load_test_splits
+
+    model, info = prepare_model(args)
+    splits = load_test_splits(args.data_dir, normalization=model.cfg.normalization, seed=args.seed,
+                              embedded=True if args.embedded else None, limit=args.limit)
+    for name, sp in splits.items():
+        if len(sp.y) == 0:
+            raise BayesimError(f"data split {name!r} is empty (0 rows); nothing to evaluate")
+    metrics = evaluate_model(model, splits, args.samples, args.seed, info, batch_size=args.batch_size)
+    out = Path(args.out)
+    write_json_atomic(out / "metrics.json", json.loads(json.dumps(metrics, default=float)))
+    print(summary_table(metrics))
+    print(f"wrote {out / 'metrics.json'}")
+    return 0

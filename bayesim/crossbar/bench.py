@@ -1,0 +1,234 @@
+"""`bayesim bench`: speed of the crossbar simulator on a fixed workload, as ratios measured in one run.
+
+Workload: one 784x512 Bayesian linear layer, batch 256, S = 32 Monte-Carlo samples, JQ at 4 bits
+(mu, sigma and sampled weights), the PCM device card, the default crossbar card (256x256 tiles,
+8-bit DAC and ADC with per-column max-calibrated ranges).
+
+Reported: time per sample; throughput as a ratio of BLAS float32 matmul of the same shapes
+(S x [256,784] @ [784,512], timed in the same run); speed as a ratio of `numpy_baseline`, a
+straightforward numpy implementation of the same model (np.random normals, np.rint quantization,
+per-cell noise, matmul per row tile, DAC/ADC) written here.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bayesim import rng
+
+N_IN, N_OUT, BATCH, SAMPLES, BITS = 784, 512, 256, 32, 4
+_REPO = Path(__file__).resolve().parents[2]
+
+
+class PcmStandIn:
+    """Stand-in Gaussian PCM cell used while `devices/pcm.yaml` is not available.
+
+    Programming noise: the PCM polynomial of Nandakumar et al. (2019) as used in IBM aihwkit's
+    PCMLikeNoiseModel, sigma_prog(g) = 0.2635 + 1.9650 x - 1.1731 x^2 uS with x = g / 25 uS;
+    read noise: 1/f model Q(g) = min(0.0088 / x^0.65, 0.2), sigma_read = g Q sqrt(ln((t + 250 ns) / 500 ns));
+    no drift (drift compensation assumed). Range 0.1 .. 25 uS.
+    """
+    name = "pcm-standin"
+    g_min, g_max = 0.1, 25.0
+    gaussian_programming = True
+    gaussian_read = True
+    clip_range = (0.0, 25.0 * 1.5)
+
+    def levels(self, n, spacing="linear"):
+        f = np.geomspace if spacing == "log" else np.linspace
+        return f(self.g_min, self.g_max, n).astype(np.float32)
+
+    def program_sigma(self, g):
+        x = np.asarray(g, np.float64) / self.g_max
+        return np.maximum(0.2635 + 1.9650 * x - 1.1731 * x * x, 0.0).astype(np.float32)
+
+    def read_sigma(self, g, t_read):
+        g = np.maximum(np.asarray(g, np.float64), 1e-6)
+        q = np.minimum(0.0088 / (g / self.g_max) ** 0.65, 0.2)
+        return (g * q * np.sqrt(np.log((t_read + 250e-9) / 500e-9))).astype(np.float32)
+
+    def program(self, targets, key, cell_key):
+        t = np.asarray(targets, np.float32)
+        held = t + self.program_sigma(t) * rng.normals(key, t.shape)
+        return np.clip(held, *self.clip_range).astype(np.float32)
+
+    def read(self, held, t_read, key, cell_key):
+        h = np.asarray(held, np.float32)
+        return (h + self.read_sigma(h, t_read) * rng.normals(key, h.shape)).astype(np.float32)
+
+
+def _device():
+    """The PCM card if the device registry provides it, else the stand-in (and say which)."""
+    card = _REPO / "devices" / "pcm.yaml"
+    if card.exists():
+        try:
+            from bayesim.devices import load_device  # type: ignore[attr-defined]
+
+            return load_device(card), f"PCM card {card.name}"
+        except (ImportError, AttributeError):
+            pass
+    return PcmStandIn(), "stand-in Gaussian PCM (aihwkit programming polynomial): devices/pcm.yaml not loadable yet"
+
+
+def _workload(seed=0):
+    from bayesim.bnn.ops import BayesLinearOp, LayerQuant
+    from bayesim.bnn.quant import quantize_log, quantize_uniform, uniform_step
+
+    r = np.random.default_rng(seed)
+    mu = r.normal(0, 0.05, (N_OUT, N_IN)).astype(np.float32)
+    sigma = np.abs(r.normal(0.02, 0.01, (N_OUT, N_IN))).astype(np.float32)
+    mu_step = float(uniform_step(mu, BITS))
+    sigma_max = float(sigma.max())
+    w_step = float(uniform_step(np.abs(mu) + 2 * sigma, BITS))
+    q = LayerQuant("jq", BITS, mu_step, BITS, sigma_max, "log", BITS, w_step)
+    mu_q = quantize_uniform(mu, mu_step, BITS)
+    sg_q = quantize_log(sigma, sigma_max, BITS)
+    b = np.zeros(N_OUT, np.float32)
+    x = r.uniform(0, 1, (BATCH, N_IN)).astype(np.float32)
+    return BayesLinearOp(mu_q, sg_q, b, b, q), x
+
+
+def numpy_baseline(op, device, card, x, samples, adc_range, t_read=1.0, t_compute=1.0, seed=0):
+    """Straightforward numpy implementation of the same model (the benchmark's baseline)."""
+    q = op.quant
+    g = np.random.default_rng(seed)
+    span = device.g_max - device.g_min
+    m_mu, m_w = (1 << (q.mu_bits - 1)) - 1, (1 << (q.w_bits - 1)) - 1
+    k_mu = np.rint(op.mu_w / np.float32(q.mu_step))
+    unit_mu = span / np.maximum(np.abs(k_mu).max(axis=1, keepdims=True), 1)
+    gp = device.g_min + np.maximum(k_mu, 0) * unit_mu
+    gm = device.g_min + np.maximum(-k_mu, 0) * unit_mu
+    held_p = gp + device.program_sigma(gp) * g.standard_normal(gp.shape, dtype=np.float32)
+    held_m = gm + device.program_sigma(gm) * g.standard_normal(gm.shape, dtype=np.float32)
+    from bayesim.bnn.quant import log_codes, log_levels
+
+    ladder = np.asarray(device.levels((1 << q.sigma_bits), "log"), np.float64)
+    values = log_levels(q.sigma_max, q.sigma_bits)[::-1].astype(np.float64)
+    gs = ladder[ladder.size - 1 - log_codes(op.sigma_w, q.sigma_max, q.sigma_bits)].astype(np.float32)
+    held_s = gs + device.program_sigma(gs) * g.standard_normal(gs.shape, dtype=np.float32)
+    wmax = (np.abs(op.mu_w) + 4.33 * op.sigma_w).max(axis=1, keepdims=True)
+    kmax = np.clip(np.rint(wmax / q.w_step), 1, m_w)
+    qd = (1 << (card.dac.bits - 1 + (1 if not card.dac.signed else 0))) - 1
+    qa = (1 << (card.adc.bits - 1)) - 1
+    xs = np.abs(x).max(axis=1, keepdims=True)
+    xn = np.clip(np.rint(x / xs * qd), 0, qd) / qd
+    rows = card.tile.rows
+    out = []
+    for s in range(samples):
+        rp = held_p + device.read_sigma(held_p, t_read) * g.standard_normal(held_p.shape, dtype=np.float32)
+        rm = held_m + device.read_sigma(held_m, t_read) * g.standard_normal(held_m.shape, dtype=np.float32)
+        mu_r = (rp - rm) / unit_mu * q.mu_step
+        rs = held_s + device.read_sigma(held_s, t_read) * g.standard_normal(held_s.shape, dtype=np.float32)
+        sg_r = np.interp(np.log(np.maximum(rs, 1e-30)), np.log(ladder), values).astype(np.float32)
+        w = mu_r + sg_r * g.standard_normal(mu_r.shape, dtype=np.float32)
+        kq = np.clip(np.rint(w / q.w_step), -kmax, kmax)
+        tp = device.g_min + np.maximum(kq, 0) * span / kmax
+        tm = device.g_min + np.maximum(-kq, 0) * span / kmax
+        tp = tp + device.program_sigma(tp) * g.standard_normal(tp.shape, dtype=np.float32)
+        tm = tm + device.program_sigma(tm) * g.standard_normal(tm.shape, dtype=np.float32)
+        wn = ((tp - tm) / span).astype(np.float32)
+        y = np.zeros((x.shape[0], wn.shape[0]), np.float32)
+        for r, r0 in enumerate(range(0, x.shape[1], rows)):
+            u = xn[:, r0:r0 + rows] @ wn[:, r0:r0 + rows].T
+            rng_r = adc_range[r]
+            u = np.clip(np.rint(u / rng_r * qa), -qa, qa) * rng_r / qa
+            y += u * xs * (kmax[:, 0] * q.w_step)
+        out.append(y)
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
+    """Run the benchmark; returns a JSON-able dict of timings, ratios and precisions.
+
+    The three timings are interleaved in `repeat` rounds (analog S samples, BLAS S products, numpy
+    baseline on S/4 samples) so that each round's ratios see the same machine load; medians are reported.
+    """
+    import numba
+
+    from bayesim.crossbar import AnalogLayer, load_crossbar
+
+    device, device_note = _device()
+    card = load_crossbar(_REPO / "crossbars" / "default.yaml")
+    op, x = _workload()
+    layer = AnalogLayer(op, device, card, layer_index=0, seed=1)
+    layer.calibrate_adc(x, range(2))
+    layer.forward(x, 0)  # compile / warm up
+    w = np.ascontiguousarray(op.mu_w)
+    np.matmul(x, w.T)
+    base_samples = max(1, samples // 4)
+
+    def analog():
+        for s in range(samples):
+            layer._built = None  # a fresh Monte-Carlo sample every time, even when sample ids repeat
+            layer.forward(x, s + 1)
+
+    def blas():
+        for _ in range(samples):
+            np.matmul(x, w.T)
+
+    def base():
+        numpy_baseline(op, device, card, x, base_samples, layer.adc_range)
+
+    rounds = []
+    for _ in range(repeat):
+        ta = _timed(analog) / samples
+        tb = _timed(blas) / samples
+        tn = _timed(base) / base_samples
+        rounds.append((ta, tb, tn))
+    ta, tb, tn = (float(np.median([r[i] for r in rounds])) for i in range(3))
+    ratio_blas = float(np.median([r[1] / r[0] for r in rounds]))
+    ratio_numpy = float(np.median([r[2] / r[0] for r in rounds]))
+    t_analog, t_blas = ta * samples, tb * samples
+    macs = samples * BATCH * N_IN * N_OUT
+    return {
+        "workload": {"layer": f"{N_IN}x{N_OUT}", "batch": BATCH, "samples": samples, "strategy": "jq",
+                     "bits": {"mu": BITS, "sigma": BITS, "w": BITS, "dac": card.dac.bits, "adc": card.adc.bits},
+                     "crossbar": f"{card.name} ({card.tile.rows}x{card.tile.cols} tiles, {layer.n_rt}x{layer.n_ct})",
+                     "device": device_note, "path": layer.summary()["path"]},
+        "precision": {"weights_and_products": "float32",
+                      "gaussian": f"{rng.NORMAL_BITS}-bit inverse-CDF table (|z| <= {float(np.abs(rng.NORMAL_TABLE).max()):.2f})",
+                      "dac_bits": card.dac.bits, "adc_bits": card.adc.bits,
+                      "numpy_baseline_gaussian": "numpy PCG64 float32 standard_normal (full precision)"},
+        "time_per_sample_s": ta,
+        "blas_time_per_sample_s": tb,
+        "numpy_time_per_sample_s": tn,
+        "throughput_vs_blas": ratio_blas,
+        "speedup_vs_numpy": ratio_numpy,
+        "rounds": [{"analog_s": a, "blas_s": b, "numpy_s": n} for a, b, n in rounds],
+        "analog_gmacs": macs / t_analog / 1e9,
+        "blas_gmacs": macs / t_blas / 1e9,
+        "targets": {"throughput_vs_blas": 0.5, "speedup_vs_numpy": 4.0},
+        "machine": {"cpus": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+                    "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                    "python": platform.python_version(), "numpy": np.__version__},
+    }
+
+
+def format_report(r: dict) -> str:
+    w, p = r["workload"], r["precision"]
+    lines = [
+        f"bayesim bench: {w['layer']} layer, batch {w['batch']}, S = {w['samples']}, {w['strategy'].upper()} "
+        f"{w['bits']['w']} bits, DAC {w['bits']['dac']} / ADC {w['bits']['adc']} bits",
+        f"  device:    {w['device']}",
+        f"  crossbar:  {w['crossbar']}; path: {w['path']}",
+        f"  precision: {p['weights_and_products']} weights and products; Gaussian: {p['gaussian']}; "
+        f"baseline Gaussian: {p['numpy_baseline_gaussian']}",
+        f"  time per sample:     {r['time_per_sample_s'] * 1e3:8.2f} ms   ({r['analog_gmacs']:.1f} GMAC/s)",
+        f"  BLAS float32 matmul: {r['blas_time_per_sample_s'] * 1e3:8.2f} ms   ({r['blas_gmacs']:.1f} GMAC/s)",
+        f"  numpy baseline:      {r['numpy_time_per_sample_s'] * 1e3:8.2f} ms",
+        f"  throughput vs BLAS:  {r['throughput_vs_blas']:.2f}  (target >= {r['targets']['throughput_vs_blas']})",
+        f"  speed vs numpy:      {r['speedup_vs_numpy']:.1f}x (target >= {r['targets']['speedup_vs_numpy']}x)",
+        f"  machine: {r['machine']['cpus']} CPUs, {r['machine']['numba_threads']} numba threads, "
+        f"load average {r['machine']['load_average_1min']} (ratios are medians of {len(r['rounds'])} interleaved rounds)",
+    ]
+    return "\n".join(lines)

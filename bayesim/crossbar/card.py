@@ -1,0 +1,113 @@
+"""Crossbar (tile) cards: array size, weight mapping, DAC/ADC, output noise, IR drop, energy, area.
+
+A card is YAML validated through `bayesim.config.build`; `load_crossbar(path)` returns a `CrossbarCard`.
+
+Units: conductances uS, wire resistance ohm, energies J, area um^2. Inputs are normalised per vector
+before the DAC (abs-max, or a fixed range); the ADC sees the *normalised column current*
+u_j = sum_k x_k/x_scale * (G+_kj - G-_kj)/(g_max - g_min), i.e. current in units of one fully-on
+differential cell driven at full-scale input. ADC ranges are given in those units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from bayesim.config import build, load_yaml, spec
+from bayesim.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Physical array size: weights of one tile occupy rows x cols cells (x2 for a differential pair)."""
+    rows: int = spec(256, lo=1, hi=65536, doc="word lines (inputs) per tile")
+    cols: int = spec(256, lo=1, hi=65536, doc="bit lines (outputs) per tile")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Weight -> conductance mapping.
+
+    differential: w ~ G+ - G- on two paired arrays (the unused side sits at g_min).
+    offset: w ~ G - G_ref, one array plus one reference column at (g_min+g_max)/2 per tile.
+    scale: the weight that maps to the full conductance swing is chosen per tile or per column.
+    """
+    kind: Literal["differential", "offset"] = "differential"
+    scale: Literal["per_tile", "per_column"] = "per_column"
+
+
+@dataclass(frozen=True)
+class Dac:
+    bits: Optional[int] = spec(8, lo=1, hi=24, doc="null = ideal (no quantization)")
+    signed: bool = spec(False, doc="signed DAC (levels -q..q) or unsigned (0..2^bits-1; negatives clip)")
+    scaling: Literal["abs_max", "fixed"] = "abs_max"
+    range: float = spec(1.0, lo=0, lo_open=True, doc="input full scale when scaling = fixed")
+
+
+@dataclass(frozen=True)
+class Adc:
+    bits: Optional[int] = spec(8, lo=1, hi=24, doc="null = ideal (no quantization)")
+    range: Literal["fixed", "max", "percentile"] = "max"
+    full_scale: float = spec(16.0, lo=0, lo_open=True,
+                             doc="fixed range, normalised column-current units (see module doc)")
+    percentile: float = spec(99.9, lo=50, hi=100, doc="calibration percentile when range = percentile")
+
+
+@dataclass(frozen=True)
+class IrDrop:
+    model: Literal["none", "first_order", "exact"] = "none"
+    r_wire_ohm: float = spec(1.0, lo=0, doc="wire resistance per cell segment, ohm")
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Energy per event (J). Values are literature-based or marked as assumptions in the card."""
+    dac_J: float = spec(0.0, lo=0)
+    adc_J: float = spec(0.0, lo=0)
+    cell_read_J: float = spec(0.0, lo=0)
+    program_J: float = spec(0.0, lo=0)
+
+
+@dataclass(frozen=True)
+class CrossbarCard:
+    name: str = spec()
+    source: str = spec("", doc="where the numbers come from")
+    tile: Tile = field(default_factory=Tile)
+    mapping: Mapping = field(default_factory=Mapping)
+    dac: Dac = field(default_factory=Dac)
+    adc: Adc = field(default_factory=Adc)
+    output_noise: float = spec(0.0, lo=0, doc="additive Gaussian std at the ADC input, normalised current units")
+    ir_drop: IrDrop = field(default_factory=IrDrop)
+    energy: Energy = field(default_factory=Energy)
+    cell_area_um2: float = spec(0.0, lo=0, doc="area per cell, um^2")
+    notes: str = ""
+
+    def validate(self):
+        if self.ir_drop.model == "exact" and self.tile.rows * self.tile.cols > 128 * 128:
+            _fail(f"the exact nodal IR-drop solve is for small tiles (rows*cols <= 16384), "
+                  f"got {self.tile.rows}x{self.tile.cols}; use first_order", "ir_drop.model")
+        if self.ir_drop.model != "none" and self.mapping.kind == "offset":
+            _fail("IR drop is modelled for the differential mapping only; "
+                  "use mapping.kind: differential or ir_drop.model: none", "ir_drop.model")
+
+    @property
+    def ideal_periphery(self) -> bool:
+        """No DAC/ADC quantization, no output noise, no IR drop: the exact software path."""
+        return (self.dac.bits is None and self.adc.bits is None and self.output_noise == 0.0
+                and self.ir_drop.model == "none")
+
+
+def _fail(message: str, key: str):
+    # build() prefixes file and key itself; set the key after construction so it is not repeated
+    err = ConfigError(message)
+    err.key = key
+    raise err
+
+
+def crossbar_from_dict(mapping: dict, source: str = "<dict>") -> CrossbarCard:
+    """Validated card from a mapping (e.g. an inline `crossbar:` section of an experiment config)."""
+    return build(CrossbarCard, mapping, source=source)
+
+
+def load_crossbar(path) -> CrossbarCard:
+    """Read and validate a crossbar card YAML file."""
+    return crossbar_from_dict(load_yaml(path), source=str(path))

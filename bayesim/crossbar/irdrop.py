@@ -1,0 +1,107 @@
+"""IR drop on the word and bit lines of one tile, as an *effective conductance matrix*.
+
+Geometry (per tile, physical orientation [rows, cols]): row k is driven at its left end (before
+column 0) with voltage V_k; column j is held at virtual ground by the ADC front end at its bottom end
+(after row R-1). Every wire segment between neighbouring cells (and from driver / to ground) has
+resistance r (ohm). Conductances G are in uS.
+
+The network is linear, so output current I_j = sum_k V_k M_kj for a matrix M that depends only on G:
+IR drop is a per-tile transform G -> M applied once per programmed tile, and the MVM stays a GEMM.
+
+- `first_order`: currents at ideal voltages (I_kq = V_k G_kq) produce the wire drops; the cell then
+  sees V_k - dV_row - dV_col. Summing gives M_kj = G_kj (1 - r (A_kj + B_kj)) with
+  A_kj = sum_q G_kq (min(j, q) + 1)  (row wire from the driver to cell j) and
+  B_kj = sum_q G_qj (R - max(k, q))  (column wire from cell k to the ADC),
+  the standard first-order (one-step) model; its error is second order in r*G*R*C.
+- `exact`: nodal analysis with scipy.sparse (2*R*C unknown node voltages), solved for R unit
+  inputs; the reference for small tiles.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+US = 1e-6  # uS -> S
+
+
+def first_order(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
+    """Effective conductance matrix [rows, cols] (uS) under first-order IR drop."""
+    g = np.asarray(g_uS, dtype=np.float64)
+    # A_kj = sum_{p<=j} S_kp with S_kp = sum_{q>=p} G_kq (suffix sums along the row)
+    suffix = np.cumsum(g[:, ::-1], axis=1)[:, ::-1]
+    a = np.cumsum(suffix, axis=1)
+    # B_kj = sum_{p>=k} C_pj with C_pj = sum_{q<=p} G_qj (prefix sums down the column)
+    prefix = np.cumsum(g, axis=0)
+    b = np.cumsum(prefix[::-1], axis=0)[::-1]
+    m = g * (1.0 - r_wire_ohm * US * (a + b))
+    return m.astype(np.float32)
+
+
+def exact(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
+    """Effective conductance matrix [rows, cols] (uS) by an exact nodal solve (scipy.sparse)."""
+    g = np.asarray(g_uS, dtype=np.float64) * US
+    rows, cols = g.shape
+    if r_wire_ohm == 0:
+        return np.asarray(g_uS, dtype=np.float32).copy()
+    gw = 1.0 / r_wire_ohm
+    n = rows * cols
+
+    def rnode(k, j):
+        return k * cols + j
+
+    def cnode(k, j):
+        return n + k * cols + j
+
+    ii, jj, vv = [], [], []
+
+    def stamp(a, b, cond):  # conductance between nodes a and b (b = -1: a fixed-voltage node)
+        ii.append(a); jj.append(a); vv.append(cond)
+        if b >= 0:
+            ii.append(b); jj.append(b); vv.append(cond)
+            ii.append(a); jj.append(b); vv.append(-cond)
+            ii.append(b); jj.append(a); vv.append(-cond)
+
+    k_idx, j_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    rn = (k_idx * cols + j_idx).ravel()
+    cn = n + rn
+    gc = g.ravel()
+    # cells
+    a_list = [rn, cn, rn, cn]
+    b_list = [rn, cn, cn, rn]
+    v_list = [gc, gc, -gc, -gc]
+    # row wires between (k, j-1) and (k, j)
+    ra = (k_idx[:, 1:] * cols + j_idx[:, 1:] - 1).ravel()
+    rb = (k_idx[:, 1:] * cols + j_idx[:, 1:]).ravel()
+    w = np.full(ra.size, gw)
+    a_list += [ra, rb, ra, rb]; b_list += [ra, rb, rb, ra]; v_list += [w, w, -w, -w]
+    # column wires between (k-1, j) and (k, j)
+    ca = n + ((k_idx[1:] - 1) * cols + j_idx[1:]).ravel()
+    cb = n + (k_idx[1:] * cols + j_idx[1:]).ravel()
+    w = np.full(ca.size, gw)
+    a_list += [ca, cb, ca, cb]; b_list += [ca, cb, cb, ca]; v_list += [w, w, -w, -w]
+    # driver segment at each row's start, ground segment at each column's end
+    drv = np.arange(rows) * cols
+    gnd = n + (rows - 1) * cols + np.arange(cols)
+    a_list += [drv, gnd]; b_list += [drv, gnd]; v_list += [np.full(rows, gw), np.full(cols, gw)]
+    a_all = np.concatenate(a_list)
+    b_all = np.concatenate(b_list)
+    v_all = np.concatenate(v_list)
+    mat = sp.csc_matrix((v_all, (a_all, b_all)), shape=(2 * n, 2 * n))
+    rhs = np.zeros((2 * n, rows))
+    rhs[drv, np.arange(rows)] = gw  # unit voltage on row k through its driver segment
+    lu = spla.splu(mat)
+    volts = lu.solve(rhs)  # [2n, rows]
+    out = gw * volts[gnd, :]  # current into ground at each column end, per unit row voltage
+    return (out.T / US).astype(np.float32)  # [rows, cols] uS
+
+
+def apply(g_uS: np.ndarray, model: str, r_wire_ohm: float) -> np.ndarray:
+    """Effective conductances [rows, cols] (uS) for IR-drop `model` ("none", "first_order", "exact")."""
+    if model == "none" or r_wire_ohm == 0:
+        return g_uS
+    if model == "first_order":
+        return first_order(g_uS, r_wire_ohm)
+    if model == "exact":
+        return exact(g_uS, r_wire_ohm)
+    raise ValueError(f"unknown IR-drop model {model!r}")

@@ -1,0 +1,594 @@
+"""One Bayesian layer on crossbar tiles: program once, then one forward pass per Monte-Carlo sample.
+
+Strategies (the `quant.strategy` of the exported op):
+- fp: mu, sigma digital FP32; w = mu + sigma*eps drawn digitally; MVM through DAC/ADC (the software
+  reference on the same code path).
+- vpq: mu stored as a differential pair on uniform levels (b_mu bits), sigma in a log-level array
+  (b_sigma bits); `program()` programs them once; each sample reads them (drift + read noise at
+  `t_read`) and draws w = mu_read + sigma_read*eps digitally.
+- spq: w = mu + sigma*eps at full precision, quantized to b_w levels (w_step grid) and programmed for
+  each sample (fresh programming noise per program event, read at `t_compute`).
+- jq: both (sampled from the read VPQ arrays, then quantized and programmed).
+sampler="device": the weights are the mu targets re-programmed for every sample, the device's
+programming spread (and read noise) being the random source; `sigma_shortfall` reports how far that
+spread falls short of the trained sigma.
+
+The eps of sample s, layer l is the software interface stream derive_key(seed, "eps_w", s, l) at the
+flat weight index, so an ideal device with ideal periphery reproduces x @ (mu + sigma*eps).T + b.
+
+Lumped fast path (`lumped=True`): for fp/vpq with the digital sampler and no IR drop, the noise of a
+tile output is exactly Gaussian with variance sum_k x_k^2 sigma_jk^2, drawn once per output (the local
+reparameterisation). Elsewhere (quantized weights, device sampler, IR drop) it falls back to per-cell
+draws and says why in `lumped_reason`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from bayesim import rng
+from bayesim.crossbar import irdrop, kernels, periphery
+from bayesim.crossbar.card import CrossbarCard
+from bayesim.errors import BayesimError
+
+Z_MAX = float(np.abs(rng.NORMAL_TABLE).max())  # largest |eps| the 16-bit table can draw (4.33)
+STRATEGIES = ("fp", "vpq", "spq", "jq")
+
+
+@dataclass
+class CrossbarStats:
+    """Event counters for saturation reporting and the energy estimate."""
+    dac_conversions: int = 0
+    dac_clipped: int = 0
+    adc_conversions: int = 0
+    adc_saturated: int = 0
+    cell_reads: int = 0
+    program_events: int = 0
+
+    def add(self, other: "CrossbarStats") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def energy_J(self, card: CrossbarCard) -> dict:
+        """Energy by component and total (J) from the card's per-event energies."""
+        e = card.energy
+        parts = {"dac": self.dac_conversions * e.dac_J, "adc": self.adc_conversions * e.adc_J,
+                 "cell_read": self.cell_reads * e.cell_read_J, "program": self.program_events * e.program_J}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
+    """[N, C, H, W] -> patches [N*Ho*Wo, C*kh*kw] (C-order (c, i, j), matching torch weights)."""
+    n, c, h, w = x.shape
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ho = (h + 2 * padding - kh) // stride + 1
+    wo = (w + 2 * padding - kw) // stride + 1
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    # win: [N, C, Ho, Wo, kh, kw] -> [N, Ho, Wo, C, kh, kw]
+    cols = np.ascontiguousarray(win[:, :, :ho, :wo].transpose(0, 2, 3, 1, 4, 5), dtype=np.float32)
+    return cols.reshape(n * ho * wo, c * kh * kw), ho, wo
+
+
+def _pair(v, name):
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise BayesimError(f"{name} must be square for the crossbar im2col, got {v}")
+        return int(v[0])
+    return int(v)
+
+
+class AnalogLayer:
+    """A BayesLinearOp / BayesConvOp mapped onto crossbar tiles of `crossbar` with cells of `device`."""
+
+    def __init__(self, op, device, crossbar: CrossbarCard, layer_index: int, seed: int,
+                 sampler: str = "digital", t_read: float = 1.0, t_compute: float = 1.0,
+                 lumped: bool = False):
+        if sampler not in ("digital", "device"):
+            raise BayesimError(f"sampler must be 'digital' or 'device', got {sampler!r}")
+        q = getattr(op, "quant", None)
+        self.strategy = getattr(q, "strategy", "fp") if q is not None else "fp"
+        if self.strategy not in STRATEGIES:
+            raise BayesimError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        self.quant, self.device, self.card = q, device, crossbar
+        self.layer, self.seed, self.sampler = int(layer_index), int(seed), sampler
+        self.t_read, self.t_compute = float(t_read), float(t_compute)
+        mu = np.asarray(op.mu_w, dtype=np.float32)
+        sg = np.asarray(op.sigma_w, dtype=np.float32)
+        self.is_conv = mu.ndim == 4
+        if self.is_conv:
+            self.kh, self.kw = int(mu.shape[2]), int(mu.shape[3])
+            self.stride = _pair(getattr(op, "stride", 1), "stride")
+            self.padding = _pair(getattr(op, "padding", 0), "padding")
+        elif mu.ndim != 2:
+            raise BayesimError(f"layer {layer_index}: weights must be [out, in] or [out, in_c, kh, kw], "
+                               f"got shape {mu.shape}")
+        if sg.shape != mu.shape:
+            raise BayesimError(f"layer {layer_index}: sigma_w shape {sg.shape} != mu_w shape {mu.shape}")
+        if mu.size == 0:
+            raise BayesimError(f"layer {layer_index}: empty weight tensor")
+        if not (np.isfinite(mu).all() and np.isfinite(sg).all()):
+            raise BayesimError(f"layer {layer_index}: mu_w/sigma_w contain NaN or Inf")
+        if (sg < 0).any():
+            raise BayesimError(f"layer {layer_index}: sigma_w has negative values")
+        self.out_features = mu.shape[0]
+        self.mu = np.ascontiguousarray(mu.reshape(self.out_features, -1))
+        self.sigma = np.ascontiguousarray(sg.reshape(self.out_features, -1))
+        self.in_features = self.mu.shape[1]
+        self.mu_b = None if getattr(op, "mu_b", None) is None else np.asarray(op.mu_b, np.float32)
+        sb = getattr(op, "sigma_b", None)
+        self.sigma_b = None if sb is None else np.asarray(sb, np.float32)
+
+        # tiles and scale groups
+        t = crossbar.tile
+        self.row_starts = np.append(np.arange(0, self.in_features, t.rows), self.in_features).astype(np.int64)
+        self.n_rt = len(self.row_starts) - 1
+        self.n_ct = -(-self.out_features // t.cols)
+        j = np.arange(self.out_features)
+        if crossbar.mapping.scale == "per_tile":
+            self.grp = (np.arange(self.n_rt)[:, None] * self.n_ct + j[None, :] // t.cols).astype(np.int64)
+        else:
+            self.grp = (np.arange(self.n_rt)[:, None] * self.out_features + j[None, :]).astype(np.int64)
+        self.n_groups = int(self.grp.max()) + 1
+        self.offset = crossbar.mapping.kind == "offset"
+        self.g_min, self.g_max = float(device.g_min), float(device.g_max)
+        self.span = self.g_max - self.g_min
+        if not self.span > 0:
+            raise BayesimError(f"device {getattr(device, 'name', '?')}: g_max must exceed g_min")
+        self.quantized = self.sampler == "digital" and self.strategy in ("spq", "jq")
+        self.stored = self.sampler == "digital" and self.strategy in ("vpq", "jq")
+        self.ir = crossbar.ir_drop.model != "none" and crossbar.ir_drop.r_wire_ohm > 0
+        self.table_noise = bool(getattr(device, "gaussian_programming", False))
+        # lumped path
+        why = None
+        if sampler != "digital":
+            why = "device sampler"
+        elif self.strategy not in ("fp", "vpq"):
+            why = "sampled weights are quantized"
+        elif self.ir:
+            why = "IR drop couples the cells"
+        self.lumped = bool(lumped) and why is None
+        self.lumped_reason = why if lumped else None
+
+        self.stats = CrossbarStats()
+        self.sigma_shortfall: dict | None = None
+        self.adc_range: np.ndarray | None = None
+        if crossbar.adc.bits is not None and crossbar.adc.range == "fixed":
+            self.adc_range = np.full((self.n_rt, self.out_features), crossbar.adc.full_scale, np.float32)
+        self._programmed = False
+        self._built = None
+        self._setup_mapping()
+
+    # ------------------------------------------------------------------ mapping set-up
+    def _group_max(self, v: np.ndarray) -> np.ndarray:
+        """Max of v [out, in] over each scale group -> [n_groups]."""
+        out = np.zeros(self.n_groups, np.float64)
+        for r in range(self.n_rt):
+            blk = v[:, self.row_starts[r]:self.row_starts[r + 1]].max(axis=1)  # per output
+            np.maximum.at(out, self.grp[r], blk)
+        return out
+
+    def _setup_mapping(self):
+        q = self.quant
+        m = 0
+        if self.sampler == "device":
+            wmax = self._group_max(np.abs(self.mu))
+        else:
+            wmax = self._group_max(np.abs(self.mu) + np.float32(Z_MAX) * self.sigma)
+        if self.quantized:
+            if q.w_bits is None or not q.w_step > 0:
+                raise BayesimError(f"layer {self.layer}: strategy {self.strategy} needs w_bits and w_step > 0")
+            m = max((1 << (int(q.w_bits) - 1)) - 1, 1)
+            kmax = np.clip(np.rint(wmax / float(q.w_step)), 1, m).astype(np.int64)
+            self.kmax = kmax
+            self.w_scale_grp = (kmax * np.float64(q.w_step)).astype(np.float32)
+        else:
+            self.kmax = np.ones(self.n_groups, np.int64)
+            self.w_scale_grp = np.where(wmax > 0, wmax, 1.0).astype(np.float32)
+        self.inv_wscale = (1.0 / self.w_scale_grp.astype(np.float64)).astype(np.float32)
+        self.w_scale = self.w_scale_grp[self.grp]  # [n_rt, out]
+        # level tables [groups, 2m+1] (uS) with programming / read std
+        idx = np.arange(-m, m + 1)
+        km = self.kmax[:, None].astype(np.float64)
+        if self.offset:
+            lv = (self.g_min + self.g_max) / 2 + idx[None, :] * (self.span / 2) / km
+        else:
+            lv = self.g_min + np.abs(idx)[None, :] * self.span / km
+        self.lvl = np.clip(lv, self.g_min, self.g_max).astype(np.float32)
+        zero = np.zeros_like(self.lvl)
+        self.ref_sd = (0.0, 0.0)
+        if self.quantized and self.table_noise:
+            self.sd_prog = np.asarray(self.device.program_sigma(self.lvl), np.float32).reshape(self.lvl.shape)
+            self.sd_read = np.asarray(self.device.read_sigma(self.lvl, self.t_compute),
+                                      np.float32).reshape(self.lvl.shape)
+            ref = np.array([(self.g_min + self.g_max) / 2], np.float32)
+            self.ref_sd = (float(self.device.program_sigma(ref)[0]),
+                           float(self.device.read_sigma(ref, self.t_compute)[0]))
+        else:
+            self.sd_prog, self.sd_read = zero, zero.copy()
+        self.g_clip = tuple(getattr(self.device, "clip_range", (self.g_min, self.g_max)))
+        if self.sampler == "device":
+            self._shortfall()
+
+    def _shortfall(self):
+        """How far the device's own spread falls short of the trained sigma (device sampler)."""
+        wsc = np.empty_like(self.mu)
+        for r in range(self.n_rt):
+            wsc[:, self.row_starts[r]:self.row_starts[r + 1]] = self.w_scale[r][:, None]
+        wn = self.mu / wsc
+        if self.offset:
+            g = self.g_min + self.span / 2 * (1 + wn)
+            var = self._cell_var(g) + self._cell_var(np.full_like(g, (self.g_min + self.g_max) / 2))
+            realised = np.sqrt(var) / (self.span / 2) * wsc
+        else:
+            gp = self.g_min + np.maximum(wn, 0) * self.span
+            gm = self.g_min + np.maximum(-wn, 0) * self.span
+            realised = np.sqrt(self._cell_var(gp) + self._cell_var(gm)) / self.span * wsc
+        req = self.sigma
+        short = realised < req
+        self.sigma_shortfall = {
+            "mean_requested_sigma": float(req.mean()), "mean_realised_sigma": float(realised.mean()),
+            "fraction_short": float(short.mean()),
+            "mean_relative_shortfall": float(np.mean(np.where(short, (req - realised) / np.maximum(req, 1e-30), 0))),
+        }
+
+    def _cell_var(self, g):
+        g = np.asarray(g, np.float32)
+        ps = np.asarray(self.device.program_sigma(g), np.float64)
+        rs = np.asarray(self.device.read_sigma(g, self.t_compute), np.float64)
+        return ps ** 2 + rs ** 2
+
+    def _tiles(self):
+        """(r, c, block offset, rows_r, c0, c1) for every tile."""
+        cols = self.card.tile.cols
+        for r in range(self.n_rt):
+            r0, r1 = int(self.row_starts[r]), int(self.row_starts[r + 1])
+            for c in range(self.n_ct):
+                c0, c1 = c * cols, min((c + 1) * cols, self.out_features)
+                yield r, c, self.out_features * r0, r1 - r0, c0, c1
+
+    def _tile_view(self, flat, r_off, rows_r, c0, c1):
+        return flat[r_off + c0 * rows_r: r_off + c1 * rows_r].reshape(c1 - c0, rows_r)
+
+    # ------------------------------------------------------------------ programming
+    def program(self) -> None:
+        """Program the stored arrays (VPQ/JQ: mu pair on uniform levels, sigma on log levels) once."""
+        self._programmed = True
+        if not self.stored:
+            return
+        q = self.quant
+        m_mu = max((1 << (int(q.mu_bits) - 1)) - 1, 1)
+        k = np.rint(self.mu / np.float32(q.mu_step))
+        k = np.clip(k, -m_mu, m_mu)
+        kmax = np.maximum(self._group_max(np.abs(k)), 1.0)
+        self.mu_unit = (self.span / kmax).astype(np.float64)  # uS per mu step, per group
+        per = self.mu_unit[self.grp]  # [n_rt, out]
+        gp = np.empty(self.mu.size, np.float32)
+        gm = np.empty(self.mu.size, np.float32)
+        gs = np.empty(self.mu.size, np.float32)
+        sig_g = self._sigma_to_g(self.sigma)
+        for r in range(self.n_rt):
+            r0, r1 = self.row_starts[r], self.row_starts[r + 1]
+            off = self.out_features * r0
+            kb = k[:, r0:r1]
+            unit = per[r][:, None]
+            gp[off: off + kb.size] = (self.g_min + np.maximum(kb, 0) * unit).ravel()
+            gm[off: off + kb.size] = (self.g_min + np.maximum(-kb, 0) * unit).ravel()
+            gs[off: off + kb.size] = sig_g[:, r0:r1].ravel()
+        self.held = {}
+        for name, arr in (("mu+", gp), ("mu-", gm), ("sigma", gs)):
+            held = np.empty_like(arr)
+            for r, c, off, rows_r, c0, c1 in self._tiles():
+                tgt = self._tile_view(arr, off, rows_r, c0, c1)
+                key = rng.derive_key(self.seed, "prog_stored", self.layer, r, c, name)
+                ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                self._tile_view(held, off, rows_r, c0, c1)[...] = self.device.program(tgt, key, ck)
+            self.held[name] = held
+        self.stats.program_events += 3 * self.mu.size
+        # Gaussian-read devices: read(h, t) = mean(h, t) + read_sigma(mean, t) * z with z fresh per read, so
+        # the per-sample read fuses into the weight kernel; mean and std per cell are fixed for a given t_read
+        self.fused_read = bool(getattr(self.device, "gaussian_read", False)) and not self.lumped
+        if self.fused_read:
+            self.read_mean, self.read_sd = {}, {}
+            for name, held in self.held.items():
+                mean = np.empty_like(held)
+                for r, c, off, rows_r, c0, c1 in self._tiles():
+                    h = self._tile_view(held, off, rows_r, c0, c1)
+                    ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                    f = getattr(self.device, "read_mean", None)
+                    self._tile_view(mean, off, rows_r, c0, c1)[...] = h if f is None else f(h, self.t_read, ck)
+                self.read_mean[name] = mean
+                self.read_sd[name] = np.asarray(self.device.read_sigma(mean, self.t_read), np.float32)
+            _, values, ladder = self._sigma_ladder()
+            self._ladder = (ladder if ladder is not None else np.ones(1), values if values is not None else np.zeros(1))
+            if ladder is not None:  # rung of each sigma cell (a search start for the decode)
+                self._rungs = np.searchsorted(ladder, self.read_mean["sigma"].astype(np.float64), side="right")
+                self._rungs = np.clip(self._rungs - 1, 0, ladder.size - 2).astype(np.int16)
+            else:
+                self._rungs = np.zeros(self.mu.size, np.int16)
+        self._mu_read = np.empty_like(self.mu)
+        self._sigma_read = np.empty_like(self.sigma)
+
+    def _sigma_ladder(self):
+        """Log-level sigma array: code k (sigma_max * 2^-k, k = 0..n-1, code n = zero) sits on rung
+        n - k of the device's geometric ladder of n + 1 conductances (zero on the lowest rung).
+        A read conductance decodes piecewise linearly between rungs (exact on them)."""
+        q = self.quant
+        if getattr(q, "sigma_kind", "log") != "log":
+            return None, None, None
+        from bayesim.bnn.quant import log_levels
+
+        n = (1 << int(q.sigma_bits)) - 1
+        ladder = np.asarray(self.device.levels(n + 1, "log"), np.float64)
+        if ladder[0] <= 0:
+            raise BayesimError(f"device {getattr(self.device, 'name', '?')}: log levels need g_min > 0")
+        values = log_levels(q.sigma_max, q.sigma_bits)[::-1].astype(np.float64)  # [0, smallest .. sigma_max]
+        return np.log(ladder), values, ladder
+
+    def _sigma_to_g(self, sigma):
+        q = self.quant
+        logl, values, ladder = self._sigma_ladder()
+        if ladder is None:  # uniform sigma grid: linear in conductance
+            return (self.g_min + np.clip(sigma / np.float32(q.sigma_max), 0, 1) * self.span).astype(np.float32)
+        from bayesim.bnn.quant import log_codes
+
+        codes = log_codes(sigma, q.sigma_max, q.sigma_bits)
+        return ladder[(ladder.size - 1) - codes].astype(np.float32)
+
+    def _g_to_sigma(self, g):
+        q = self.quant
+        logl, values, ladder = self._sigma_ladder()
+        if ladder is None:
+            return (np.clip((g - self.g_min) / self.span, 0, None) * float(q.sigma_max)).astype(np.float32)
+        # piecewise linear between the rungs (exact on them), as the fused kernel
+        return np.interp(g.astype(np.float64), ladder, values).astype(np.float32)
+
+    def _read_stored(self, s):
+        """Read the stored mu pair and sigma array (drift + read noise at t_read) -> [out, in] values."""
+        reads = {}
+        for name, held in self.held.items():
+            out = np.empty_like(held)
+            for r, c, off, rows_r, c0, c1 in self._tiles():
+                h = self._tile_view(held, off, rows_r, c0, c1)
+                key = rng.derive_key(self.seed, "read_stored", s, self.layer, r, c, name)
+                ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                self._tile_view(out, off, rows_r, c0, c1)[...] = self.device.read(h, self.t_read, key, ck)
+            reads[name] = out
+        step = self.quant.mu_step
+        per = self.mu_unit[self.grp]
+        for r in range(self.n_rt):
+            r0, r1 = self.row_starts[r], self.row_starts[r + 1]
+            off, n = self.out_features * r0, self.out_features * (r1 - r0)
+            shape = (self.out_features, r1 - r0)
+            d = (reads["mu+"][off:off + n] - reads["mu-"][off:off + n]).reshape(shape)
+            k = d.astype(np.float64) / per[r][:, None]
+            # snap values within 1e-4 of a level step to it: that is float32 round-off of the conductance
+            # arithmetic, so a noise-free device returns the stored grid values bit for bit
+            kr = np.rint(k)
+            k = np.where(np.abs(k - kr) < 1e-4, kr, k)
+            self._mu_read[:, r0:r1] = (k.astype(np.float32) * np.float32(step))
+            self._sigma_read[:, r0:r1] = self._g_to_sigma(reads["sigma"][off:off + n]).reshape(shape)
+        self.stats.cell_reads += 3 * self.mu.size
+        return self._mu_read, self._sigma_read
+
+    # ------------------------------------------------------------------ per-sample weights
+    def _build(self, s):
+        """Effective normalised weights of sample s in block layout (cached for repeated batches)."""
+        if self._built == s:
+            return
+        if not self._programmed:
+            self.program()
+        fused = self.stored and self.fused_read
+        if self.stored and not fused:
+            mu, sigma = self._read_stored(s)
+        else:
+            mu, sigma = self.mu, self.sigma
+        if fused:
+            self.stats.cell_reads += 3 * self.mu.size
+        if not hasattr(self, "_wn"):
+            self._wn = np.empty(self.mu.size, np.float32)
+        eps_key = np.uint64(rng.derive_key(self.seed, "eps_w", s, self.layer))
+        if self.lumped:
+            self._mean_n = self._run_kernel(mu, sigma, eps_key, False, kernels.OUT_NORMALISED, self._wn)
+            if not hasattr(self, "_sn"):
+                self._sn = np.empty(self.mu.size, np.float32)
+            self._run_kernel(sigma, sigma, eps_key, False, kernels.OUT_NORMALISED, self._sn)
+            np.square(self._sn, out=self._sn)
+            self._built = s
+            return
+        use_eps = self.sampler == "digital"
+        conductance = self.ir or self.sampler == "device" or (self.quantized and not self.table_noise)
+        if not conductance:
+            self._run_kernel(mu, sigma, eps_key, use_eps, kernels.OUT_NORMALISED, self._wn, s=s)
+        else:
+            if not hasattr(self, "_ga"):
+                self._ga = np.empty(self.mu.size, np.float32)
+                self._gb = np.empty(self.mu.size, np.float32)
+            self._run_kernel(mu, sigma, eps_key, use_eps, kernels.OUT_CONDUCTANCE, self._ga, self._gb, s=s)
+            self._finish_conductances(s)
+        if self.quantized or self.sampler == "device":
+            self.stats.program_events += self._cells_per_layer()
+        self._built = s
+
+    def _cells_per_layer(self):
+        if self.offset:
+            return self.mu.size + self.in_features * self.n_ct
+        return 2 * self.mu.size
+
+    def _keys(self, *ids):
+        return np.array([[rng.derive_key(self.seed, *ids, r, c) for c in range(self.n_ct)]
+                         for r in range(self.n_rt)], dtype=np.uint64)
+
+    def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
+        t = self.card.tile
+        keys = self._keys("prog", s, self.layer)
+        stored = self.stored and getattr(self, "fused_read", False) and not self.lumped
+        if stored:
+            q = self.quant
+            hp, hm, hs = (self.read_mean[k] for k in ("mu+", "mu-", "sigma"))
+            sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
+            read_keys = self._keys("read_stored", s, self.layer)
+            inv_unit = 1.0 / self.mu_unit
+            ladder, values = self._ladder
+            d = np.diff(ladder)
+            slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
+            st = (True, hp, hm, hs, sp, sm, ss, read_keys, inv_unit, np.float32(q.mu_step),
+                  getattr(q, "sigma_kind", "log") == "log", ladder, values, slopes, float(q.sigma_max),
+                  self._rungs)
+        else:
+            z = np.zeros(1, np.float32)
+            st = (False, z, z, z, z, z, z, keys, np.ones(1), np.float32(1.0), True, np.ones(1), np.zeros(1),
+                  np.zeros(1), 1.0, np.zeros(1, np.int16))
+        noisy = self.quantized and self.table_noise and self.sampler == "digital"
+        kernels.build_tiles(
+            mu, sigma, eps_key, use_eps, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, self.quantized,
+            bool(self.quantized and int(self.quant.w_bits) == 1),
+            np.float32(self.quant.w_step if self.quantized else 1.0), self.kmax, self.inv_wscale, self.grp,
+            self.lvl, self.sd_prog if noisy else np.zeros_like(self.lvl),
+            self.sd_read if noisy else np.zeros_like(self.lvl),
+            np.float32(self.g_clip[0]), np.float32(self.g_clip[1]), np.float32(self.g_min),
+            np.float32(self.span), self.offset, np.float32(self.ref_sd[0] if noisy else 0.0),
+            np.float32(self.ref_sd[1] if noisy else 0.0), keys, self.row_starts, t.rows, t.cols, out_kind,
+            out_a, out_a if out_b is None else out_b, *st)
+        return out_a
+
+    def _finish_conductances(self, s):
+        """Generic device program/read per tile (when no per-level tables), IR drop, -> normalised."""
+        generic = self.sampler == "device" or (self.quantized and not self.table_noise)
+        ir = self.card.ir_drop
+        half = self.span / 2 if self.offset else self.span
+        for r, c, off, rows_r, c0, c1 in self._tiles():
+            a = self._tile_view(self._ga, off, rows_r, c0, c1)
+            b = self._tile_view(self._gb, off, rows_r, c0, c1)
+            if generic:
+                a[...] = self._program_read(a, s, r, c, "w+" if not self.offset else "w")
+                if self.offset:
+                    ref = self._program_read(np.ascontiguousarray(b[0]), s, r, c, "ref")
+                    b[...] = ref[None, :]
+                else:
+                    b[...] = self._program_read(b, s, r, c, "w-")
+            if self.ir:
+                a[...] = irdrop.apply(a.T, ir.model, ir.r_wire_ohm).T
+                b[...] = irdrop.apply(b.T, ir.model, ir.r_wire_ohm).T
+            self._tile_view(self._wn, off, rows_r, c0, c1)[...] = (a - b) / np.float32(half)
+
+    def _program_read(self, targets, s, r, c, name):
+        key = rng.derive_key(self.seed, "prog", s, self.layer, r, c, name)
+        ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+        held = self.device.program(np.ascontiguousarray(targets), key, ck)
+        rkey = rng.derive_key(self.seed, "read", s, self.layer, r, c, name)
+        return self.device.read(held, self.t_compute, rkey, ck)
+
+    # ------------------------------------------------------------------ forward
+    def _bias(self, s):
+        if self.mu_b is None:
+            return None
+        if self.sigma_b is None:
+            return self.mu_b
+        eps = kernels.normals_serial(np.uint64(rng.derive_key(self.seed, "eps_b", s, self.layer)),
+                                     self.mu_b.size, rng.NORMAL_TABLE).reshape(self.mu_b.shape)
+        b = self.mu_b + self.sigma_b * eps
+        if self.strategy in ("spq", "jq"):  # same grid and rule as the weights (bnn/ops.py), added digitally
+            from bayesim.bnn.quant import quantize_uniform
+
+            b = quantize_uniform(b, self.quant.w_step, int(self.quant.w_bits))
+        return b
+
+    def _unfold(self, x):
+        x = np.asarray(x, dtype=np.float32)
+        if self.is_conv:
+            if x.ndim != 4:
+                raise BayesimError(f"layer {self.layer}: conv input must be [N, C, H, W], got {x.shape}")
+            cols, ho, wo = im2col(x, self.kh, self.kw, self.stride, self.padding)
+            return cols, (x.shape[0], ho, wo)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise BayesimError(f"layer {self.layer}: input must be [N, {self.in_features}], got {x.shape}")
+        return x, None
+
+    def _fold(self, y, geo):
+        if geo is None:
+            return y
+        n, ho, wo = geo
+        return np.ascontiguousarray(y.reshape(n, ho, wo, self.out_features).transpose(0, 3, 1, 2))
+
+    def _tile_outputs(self, xn, s):
+        """Normalised column currents u [row tiles, N, out] of sample s: one GEMM per row tile."""
+        out = self.out_features
+        n = xn.shape[0]
+        u = np.empty((self.n_rt, n, out), np.float32)
+        for r in range(self.n_rt):
+            r0, r1 = int(self.row_starts[r]), int(self.row_starts[r + 1])
+            xr = xn[:, r0:r1] if self.n_rt == 1 else np.ascontiguousarray(xn[:, r0:r1])
+            w = self._wn[out * r0: out * r1].reshape(out, r1 - r0)
+            np.matmul(xr, w.T, out=u[r])
+            if self.lumped:
+                var = np.square(xr) @ self._sn[out * r0: out * r1].reshape(out, r1 - r0).T
+                z = rng.normals(rng.derive_key(self.seed, "lumped", s, self.layer, r), var.shape)
+                u[r] += np.sqrt(var) * z
+        return u
+
+    def forward(self, x: np.ndarray, sample: int) -> np.ndarray:
+        """Output of Monte-Carlo sample `sample` for inputs x ([N, in] or [N, C, H, W]); float32."""
+        xm, geo = self._unfold(x)
+        self._build(int(sample))
+        card = self.card
+        n = xm.shape[0]
+        if card.ideal_periphery:
+            xn, xs, clipped = xm, np.ones(n, np.float32), 0
+        else:
+            xn, xs, clipped = periphery.dac(xm, card.dac.bits, card.dac.signed, card.dac.scaling,
+                                            card.dac.range)
+        qmax = 0 if card.adc.bits is None else (1 << (card.adc.bits - 1)) - 1
+        if qmax and self.adc_range is None:
+            raise BayesimError(f"crossbar card {card.name}: ADC range {card.adc.range!r} must be calibrated "
+                               "(AnalogLayer.calibrate_adc) before the forward pass")
+        y = np.zeros((n, self.out_features), np.float32)
+        sat = np.zeros(n, np.int64)
+        u = self._tile_outputs(xn, sample)
+        nkey = np.uint64(rng.derive_key(self.seed, "out_noise", sample, self.layer))
+        periphery.adc_accumulate(u, y, xs, self.w_scale, self.adc_range if qmax else self.w_scale, qmax,
+                                 float(card.output_noise), nkey, rng.NORMAL_TABLE, sat)
+        b = self._bias(sample)
+        if b is not None:
+            y += b
+        st = self.stats
+        st.dac_conversions += n * self.in_features * self.n_ct
+        st.dac_clipped += clipped * self.n_ct
+        st.adc_conversions += n * self.out_features * self.n_rt
+        st.adc_saturated += int(sat.sum())
+        st.cell_reads += n * (self._cells_per_layer())
+        return self._fold(y, geo)
+
+    def calibrate_adc(self, x: np.ndarray, samples) -> np.ndarray:
+        """Set per-column ADC ranges [n_row_tiles, out] from data: max or percentile of |u| over samples."""
+        card = self.card
+        if card.adc.bits is None or card.adc.range == "fixed":
+            return self.adc_range
+        xm, _ = self._unfold(x)
+        xn, _, _ = periphery.dac(xm, card.dac.bits, card.dac.signed, card.dac.scaling, card.dac.range)
+        per_tile = []
+        for s in samples:
+            self._build(int(s))
+            per_tile.append(np.abs(self._tile_outputs(xn, s)))
+        rng_ = np.empty((self.n_rt, self.out_features), np.float32)
+        for r in range(self.n_rt):
+            a = np.concatenate([u[r] for u in per_tile], axis=0)
+            v = a.max(axis=0) if card.adc.range == "max" else np.percentile(a, card.adc.percentile, axis=0)
+            rng_[r] = np.maximum(v, np.float32(1e-6))
+        self.adc_range = rng_
+        return rng_
+
+    def summary(self) -> dict:
+        """Geometry and chosen paths (for reports)."""
+        return {"layer": self.layer, "strategy": self.strategy, "sampler": self.sampler,
+                "in": self.in_features, "out": self.out_features, "row_tiles": self.n_rt,
+                "col_tiles": self.n_ct, "cells": self._cells_per_layer() + (3 * self.mu.size if self.stored else 0),
+                "path": "lumped" if self.lumped else ("per-cell (level tables)" if self.quantized and self.table_noise
+                                                      else "per-cell"),
+                "lumped_fallback": self.lumped_reason, "sigma_shortfall": self.sigma_shortfall}

@@ -1,0 +1,82 @@
+"""DAC and ADC: input scaling and quantization, output quantization with saturation counting.
+
+DAC: each input vector is divided by its scale (abs-max of the vector, or a fixed range), quantized to
+`bits` (signed: levels t/q for |t| <= q = 2^(bits-1)-1; unsigned: t/q for 0 <= t <= q = 2^bits-1;
+rounding half to even) and the scale is undone digitally after the ADC.
+ADC: the normalised column current u (see `card`) is clipped to +-range (per column) and quantized to
+2^(bits-1)-1 levels on each side; values beyond the range are counted as saturated.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from bayesim.rng import normal
+
+
+def dac_levels(bits: int, signed: bool) -> tuple[int, int]:
+    """(lowest, highest) integer DAC code."""
+    if signed:
+        q = (1 << (bits - 1)) - 1
+        return -q, q
+    return 0, (1 << bits) - 1
+
+
+def dac(x: np.ndarray, bits, signed: bool, scaling: str, full_range: float):
+    """Scale and quantize inputs x [N, K] float32.
+
+    Returns (x_norm [N, K] float32 in [-1, 1], x_scale [N] float32, n_clipped). x ~ x_norm * x_scale.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if scaling == "abs_max":
+        scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
+        scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    else:
+        scale = np.full(x.shape[0], full_range, dtype=np.float32)
+    xn = x / scale[:, None]
+    if bits is None:  # infinite resolution, same range (unsigned DACs cannot apply negative inputs)
+        lo = -1.0 if signed else 0.0
+        clipped = int(np.count_nonzero((xn < lo) | (xn > 1)))
+        if clipped:
+            xn = np.clip(xn, lo, 1.0).astype(np.float32)
+        return xn, scale, clipped
+    qlo, qhi = dac_levels(bits, signed)
+    codes = np.rint(xn * np.float32(qhi))
+    clipped = int(np.count_nonzero((codes < qlo) | (codes > qhi)))
+    np.clip(codes, qlo, qhi, out=codes)
+    return (codes / np.float32(qhi)).astype(np.float32), scale, clipped
+
+
+@nb.njit(parallel=True, cache=True)
+def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table, sat_rows):
+    """y[n, j] += sum_r ADC(u[r, n, j] + noise) * x_scale[n] * w_scale[r, j]: digital accumulation of the
+    row tiles' ADC outputs; saturations (|u + noise| > range) counted per input row n.
+
+    u: [row tiles, N, out] normalised column currents; col_range, w_scale: [row tiles, out].
+    qmax = 0 means an ideal ADC (no clipping, no quantization). Output noise (std `noise_sd`, normalised
+    current units) is drawn from stream `noise_key` at counter (r*N + n)*out + j.
+    """
+    n_tiles, n_rows, n_cols = u.shape
+    q = np.float32(qmax)
+    for n in nb.prange(n_rows):
+        sat = 0
+        xs = x_scale[n]
+        for j in range(n_cols):
+            acc = np.float32(0.0)
+            for r in range(n_tiles):
+                v = u[r, n, j]
+                if noise_sd > 0:
+                    v += np.float32(noise_sd) * normal(noise_key, (r * n_rows + n) * n_cols + j, table)
+                if qmax > 0:
+                    rg = col_range[r, j]
+                    if abs(v) > rg:
+                        sat += 1
+                    t = np.rint(v / rg * q)
+                    if t > q:
+                        t = q
+                    elif t < -q:
+                        t = -q
+                    v = t * (rg / q)
+                acc += v * w_scale[r, j]
+            y[n, j] += acc * xs
+        sat_rows[n] += sat

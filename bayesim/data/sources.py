@@ -1,0 +1,181 @@
+"""MNIST and Fashion-MNIST: find the IDX files, download missing ones, decode and cache them.
+
+Files are looked up as `<data_dir>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` (same under
+`fashion-mnist/`), then in `cache_dir()/data`. Missing files are downloaded from the public mirrors
+(short timeout, MD5 of the uncompressed content checked) into the data folder when it is writable,
+else into the cache; when that fails, one `DataError` lists every missing file and where to put it.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from bayesim.errors import DataError
+from bayesim.paths import cache_dir, data_dir as resolve_data_dir, is_writable
+from bayesim.data.idx import read_bytes, read_pair
+
+SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist"}  # dataset -> sub-folder
+
+#: MD5 of the *uncompressed* IDX files (upstream values).
+MD5 = {
+    ("mnist", "train-images-idx3-ubyte"): "6bbc9ace898e44ae57da46a324031adb",
+    ("mnist", "train-labels-idx1-ubyte"): "a25bea736e30d166cdddb491f175f624",
+    ("mnist", "t10k-images-idx3-ubyte"): "2646ac647ad5339dbf082846283269ea",
+    ("mnist", "t10k-labels-idx1-ubyte"): "27ae3e4e09519cfbb04c329615203637",
+    ("fashion", "train-images-idx3-ubyte"): "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ("fashion", "train-labels-idx1-ubyte"): "9018921c3c673c538a1fc5bad174d6f9",
+    ("fashion", "t10k-images-idx3-ubyte"): "8181f5470baa50b63fa0f6fddb340f0a",
+    ("fashion", "t10k-labels-idx1-ubyte"): "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+MIRRORS = {
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+              "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+    "fashion": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+}
+DOWNLOAD_TIMEOUT_S = 5.0
+
+
+def file_names(split: str) -> tuple[str, str]:
+    """(images, labels) base names (without .gz) of a split."""
+    if split not in SPLIT_PREFIX:
+        raise DataError(f"unknown split {split!r}; allowed: 'train', 'test'")
+    p = SPLIT_PREFIX[split]
+    return f"{p}-images-idx3-ubyte", f"{p}-labels-idx1-ubyte"
+
+
+def _search_dirs(folder: Path) -> list[Path]:
+    dirs = [folder]
+    cache = cache_dir() / "data"
+    if cache.resolve() != folder.resolve():
+        dirs.append(cache)
+    return dirs
+
+
+def find_file(dataset: str, base: str, folder: Path) -> Path | None:
+    """The existing file for `base` (gz preferred, else raw) in the data folder or the cache, or None."""
+    sub = DATASETS[dataset]
+    for d in _search_dirs(folder):
+        for name in (base + ".gz", base):
+            p = d / sub / name
+            if p.is_file():
+                return p
+    return None
+
+
+def has_files(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """True when both files of the split are present locally (no download attempted)."""
+    folder = resolve_data_dir(data_dir)
+    return all(find_file(dataset, b, folder) is not None for b in file_names(split))
+
+
+def md5_uncompressed(path: str | Path) -> str:
+    """MD5 hex digest of the file's uncompressed content."""
+    return hashlib.md5(read_bytes(path)).hexdigest()
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (fixed https/http mirrors)
+        return r.read()
+
+
+def _download(dataset: str, base: str, target_dir: Path) -> Path:
+    """Download one file from the mirrors, check its MD5, write it atomically; raises OSError/ValueError."""
+    from bayesim._io import write_bytes_atomic
+
+    last: Exception | None = None
+    for mirror in MIRRORS[dataset]:
+        try:
+            blob = _fetch(mirror + base + ".gz", DOWNLOAD_TIMEOUT_S)
+            raw = gzip.decompress(blob)
+        except (OSError, EOFError, ValueError, zlib.error) as e:  # no network, 404, timeout, bad gzip: next mirror
+            last = e
+            continue
+        digest = hashlib.md5(raw).hexdigest()
+        if digest != MD5[(dataset, base)]:
+            last = ValueError(f"MD5 mismatch for {mirror}{base}.gz: {digest}")
+            continue
+        out = target_dir / DATASETS[dataset] / (base + ".gz")
+        write_bytes_atomic(out, blob)
+        return out
+    raise last if last is not None else OSError("no mirror")
+
+
+def ensure_all(pairs, data_dir: str | os.PathLike | None = None) -> dict[tuple[str, str], Path]:
+    """Paths of the files of several (dataset, split) pairs, downloading missing ones.
+
+    Returns {(dataset, base name): path}. When some cannot be downloaded, raises ONE `DataError`
+    listing every missing file and the folder to put it in (after the first network failure no
+    further download is tried, so an offline machine fails fast).
+    """
+    folder = resolve_data_dir(data_dir)
+    found: dict[tuple[str, str], Path | None] = {}
+    for dataset, split in pairs:
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+        for b in file_names(split):
+            found[(dataset, b)] = find_file(dataset, b, folder)
+    error: Exception | None = None
+    for (dataset, b), path in found.items():
+        if path is not None or error is not None:
+            continue
+        target = folder if is_writable(folder / DATASETS[dataset]) else cache_dir() / "data"
+        try:
+            found[(dataset, b)] = _download(dataset, b, target)
+        except Exception as e:  # network down, no mirror, bad MD5: reported below
+            error = e
+    still = [f"{DATASETS[d]}/{b}.gz" for (d, b), p in found.items() if p is None]
+    if still:
+        raise DataError(
+            f"data files missing in {folder}: {', '.join(still)}; download failed ({_short(error)}); "
+            f"put them into {folder}/ with those sub-folder names, or pass --data-dir / set BAYESIM_DATA to a folder "
+            f"holding mnist/ and fashion-mnist/")
+    return found  # type: ignore[return-value]
+
+
+def ensure_files(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Paths of the (images, labels) files of a split, downloading missing ones (see `ensure_all`)."""
+    found = ensure_all([(dataset, split)], data_dir)
+    return tuple(found[(dataset, b)] for b in file_names(split))  # type: ignore[return-value]
+
+
+def _short(e: Exception | None) -> str:
+    if e is None:
+        return "unknown error"
+    reason = getattr(e, "reason", None)
+    return f"{type(e).__name__}: {reason if reason is not None else e}"
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(images: Path, labels: Path, key: tuple) -> tuple[np.ndarray, np.ndarray]:
+    x, y = read_pair(images, labels)
+    y64 = y.astype(np.int64)
+    y64.flags.writeable = False
+    return x, y64
+
+
+def _load(dataset: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = ensure_files(dataset, split, data_dir)
+    images, labels = images.resolve(), labels.resolve()
+    st_i, st_l = images.stat(), labels.stat()
+    key = (st_i.st_size, st_i.st_mtime_ns, st_l.st_size, st_l.st_mtime_ns)
+    return _load_cached(images, labels, key)
+
+
+def load_mnist(split: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST `split` ('train' 60,000 | 'test' 10,000): read-only images uint8 [N,28,28], labels int64 [N]."""
+    return _load("mnist", split, data_dir)
+
+
+def load_fashion(split: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST `split`: read-only images uint8 [N,28,28], labels int64 [N]."""
+    return _load("fashion", split, data_dir)

@@ -1,0 +1,209 @@
+"""Finding devices: built-in models, cards (YAML), plug-ins by path and by entry point.
+
+`load_device(name_or_path)` resolves, in order: a card file path; a name registered with `register`
+(the built-ins ideal, gaussian, pcm, rram); a card whose `name` (or file stem) matches in the card
+folders (`devices/` of the repository and of the working directory, then `cards_dirs`); an installed
+plug-in of the entry-point group `bayesim.devices`.
+
+A card's `model` is a built-in name, `path/to/file.py:ClassName` (relative to the card) or an entry-point
+name; plug-in classes are called with the card's `params` as keyword arguments and must provide the
+`DeviceModel` protocol.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+from bayesim.devices.base import is_device
+from bayesim.errors import BayesimError, ConfigError
+
+ENTRY_POINT_GROUP = "bayesim.devices"
+_REGISTRY: dict[str, Callable] = {}
+_REPO_DEVICES = Path(__file__).resolve().parents[2] / "devices"
+
+
+def register(name: str, factory: Callable) -> None:
+    """Register a device class or factory (called with keyword parameters) under `name`."""
+    if not isinstance(name, str) or not name:
+        raise BayesimError("device name must be a non-empty string")
+    _REGISTRY[name] = factory
+
+
+def _builtin(model: str):
+    def make(**params):
+        from bayesim.devices.composed import preset_device
+
+        if params:
+            raise ConfigError(f"built-in model {model!r} takes no params; write a card to change it")
+        return preset_device(model)
+    return make
+
+
+for _m in ("ideal", "gaussian", "pcm", "rram"):
+    register(_m, _builtin(_m))
+
+
+def card_dirs(extra=()) -> list[Path]:
+    """Folders searched for cards: the repository's devices/, ./devices, then `extra`."""
+    out = []
+    for d in [_REPO_DEVICES, Path.cwd() / "devices", *[Path(e) for e in (extra or ())]]:
+        d = d.resolve()
+        if d not in out:
+            out.append(d)
+    for e in extra or ():
+        if not Path(e).is_dir():
+            raise BayesimError(f"card folder {e} does not exist (or is not a folder)")
+    return out
+
+
+def find_cards(extra=()) -> dict[str, Path]:
+    """Card name -> file for every *.yaml / *.yml in the card folders (names read from the cards)."""
+    from bayesim.config.schema import load_yaml
+
+    found: dict[str, Path] = {}
+    for d in card_dirs(extra):
+        if not d.is_dir():
+            continue
+        for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+            try:
+                name = load_yaml(p).get("name") or p.stem
+            except ConfigError:
+                name = p.stem
+            found.setdefault(str(name), p)
+            found.setdefault(p.stem, p)
+    return found
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load_entry_point(ep):
+    try:
+        return ep.load()
+    except Exception as e:
+        raise BayesimError(f"device plug-in {ep.name!r} (entry point {ep.value}) failed to load: "
+                           f"{type(e).__name__}: {e}") from e
+
+
+def load_class_from_path(ref: str, base: str | None = None):
+    """`path/to/file.py:ClassName` (relative to folder `base`) -> the class, imported without installing."""
+    file, _, cls_name = ref.rpartition(":")
+    p = Path(file).expanduser()
+    if not p.is_absolute() and base:
+        p = Path(base) / p
+    if not p.is_file():
+        raise BayesimError(f"plug-in file {p} not found")
+    mod_name = f"bayesim_plugin_{p.stem}_{abs(hash(str(p.resolve())))}"
+    mod = sys.modules.get(mod_name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(mod_name, p)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            del sys.modules[mod_name]
+            raise BayesimError(f"plug-in file {p} failed to import: {type(e).__name__}: {e}") from e
+    cls = getattr(mod, cls_name, None)
+    if cls is None:
+        raise BayesimError(f"plug-in file {p} has no {cls_name!r}")
+    return cls
+
+
+def _instantiate(factory, params: dict, source: str, name: str | None):
+    try:
+        dev = factory(**params)
+    except TypeError as e:
+        raise ConfigError(f"plug-in rejected its parameters: {e}", source, "params") from None
+    if not is_device(dev):
+        missing = [m for m in ("name", "g_min", "g_max", "levels", "program", "read", "program_sigma",
+                               "read_sigma") if not hasattr(dev, m)]
+        raise ConfigError(f"{type(dev).__name__} does not provide the DeviceModel protocol "
+                          f"(missing: {', '.join(missing)})", source, "model")
+    if name:
+        try:
+            dev.name = name
+        except AttributeError:
+            pass
+    return dev
+
+
+def device_from_card(card) -> object:
+    """Build the device a validated `DeviceCard` describes."""
+    from bayesim.devices.composed import PRESETS, ComposedDevice
+
+    src = card.path or "<dict>"
+    if card.model in PRESETS:
+        return ComposedDevice(card)
+    if ":" in card.model and card.model.rsplit(":", 1)[0].endswith(".py"):
+        base = str(Path(card.path).parent) if card.path else None
+        try:
+            cls = load_class_from_path(card.model, base)
+        except BayesimError as e:
+            raise ConfigError(str(e), src, "model") from None
+        return _instantiate(cls, dict(card.params), src, card.name)
+    if card.model in _REGISTRY:
+        return _instantiate(_REGISTRY[card.model], dict(card.params), src, card.name)
+    eps = _entry_points()
+    if card.model in eps:
+        return _instantiate(_load_entry_point(eps[card.model]), dict(card.params), src, card.name)
+    import difflib
+
+    known = [*PRESETS, *_REGISTRY, *eps]
+    m = difflib.get_close_matches(card.model, known, n=1, cutoff=0.6)
+    raise ConfigError(f"unknown model {card.model!r}; use a built-in ({', '.join(PRESETS)}), "
+                      f"path/to/file.py:ClassName or an installed entry point"
+                      + (f" (did you mean {m[0]!r}?)" if m else ""), src, "model")
+
+
+def load_device(name_or_card_path, cards_dirs=()) -> object:
+    """A `DeviceModel` from a card path, a registered/built-in name, a card name or an entry point."""
+    from bayesim.devices.card import load_card
+
+    ref = str(name_or_card_path)
+    p = Path(ref).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return device_from_card(load_card(p))
+    if ref in _REGISTRY:
+        return _instantiate(_REGISTRY[ref], {}, f"<{ref}>", None)
+    cards = find_cards(cards_dirs)
+    if ref in cards:
+        return device_from_card(load_card(cards[ref]))
+    eps = _entry_points()
+    if ref in eps:
+        return _instantiate(_load_entry_point(eps[ref]), {}, f"<entry point {ref}>", None)
+    import difflib
+
+    known = sorted({*_REGISTRY, *cards, *eps})
+    m = difflib.get_close_matches(ref, known, n=1, cutoff=0.6)
+    raise BayesimError(f"unknown device {ref!r}; known: {', '.join(known)}"
+                       + (f" (did you mean {m[0]!r}?)" if m else ""))
+
+
+def list_devices(cards_dirs=()) -> list[dict]:
+    """Every device found: {name, kind (built-in | registered | card | plug-in), where, source}."""
+    from bayesim.config.schema import load_yaml
+
+    out = []
+    for name, f in _REGISTRY.items():
+        kind = "built-in" if getattr(f, "__qualname__", "").startswith("_builtin") else "registered"
+        out.append({"name": name, "kind": kind, "where": "bayesim", "source": ""})
+    seen = set()
+    for name, p in find_cards(cards_dirs).items():
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            d = load_yaml(p)
+            src = str(d.get("source", ""))
+            name = str(d.get("name") or p.stem)
+        except ConfigError as e:
+            src = f"(invalid card: {e})"
+        out.append({"name": name, "kind": "card", "where": str(p), "source": src})
+    for name, ep in _entry_points().items():
+        out.append({"name": name, "kind": "plug-in", "where": ep.value, "source": ""})
+    return out

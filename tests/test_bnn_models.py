@@ -1,0 +1,268 @@
+"""Bayesian layers, models, MC prediction streams, export_ops executor, memory figures, checkpoints."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bayesim import rng
+from bayesim.bnn import (ActivationConfig, ModelConfig, QuantConfig, build_model, load_model, memory_report,
+                         predict_probs, save_model)
+from bayesim.bnn import quant as Q
+from bayesim.bnn.layers import BayesConv2d, BayesLinear, kl_normal
+from bayesim.bnn.ops import ActivationOp, BayesConvOp, BayesLinearOp, FlattenOp, MaxPoolOp
+from bayesim.errors import BayesimError, ConfigError
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 1, 28, 28)).astype(np.float32)
+
+
+def _widen_sigma(model, lo=-3.0, hi=-1.0, seed=0):
+    """Give the posterior a visible spread so sampling and quantization matter in the tests."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.bayes_layers:
+            for r in (m.rho_w, m.rho_b):
+                r.copy_(torch.empty(r.shape).uniform_(lo, hi, generator=g))
+    model.calibrate()
+
+
+# ---------------------------------------------------------------- KL
+def test_kl_closed_form_against_monte_carlo():
+    mu = torch.tensor([0.0, 0.5, -1.2, 2.0])
+    sigma = torch.tensor([0.1, 1.0, 0.3, 2.5])
+    prior = 1.7
+    closed = [kl_normal(mu[i:i + 1], sigma[i:i + 1], prior).item() for i in range(4)]
+    g = torch.Generator().manual_seed(0)
+    n = 400_000
+    for i in range(4):
+        w = mu[i] + sigma[i] * torch.randn(n, generator=g, dtype=torch.float64)
+        logq = -0.5 * ((w - mu[i]) / sigma[i]) ** 2 - math.log(sigma[i])
+        logp = -0.5 * (w / prior) ** 2 - math.log(prior)
+        d = logq - logp
+        se = d.std().item() / math.sqrt(n)
+        assert abs(d.mean().item() - closed[i]) < 5 * se + 1e-9, (i, d.mean().item(), closed[i], se)
+        ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu[i], sigma[i]),
+                                                torch.distributions.Normal(0.0, prior)).item()
+        assert closed[i] == pytest.approx(ref, rel=1e-5)
+
+
+def test_layer_kl_sums_weights_and_biases():
+    lay = BayesLinear(3, 2, prior_sigma=0.5, init_rho=-2.0)
+    sw, sb = lay.sigmas()
+    expect = (kl_normal(lay.mu_w, sw, 0.5) + kl_normal(lay.mu_b, sb, 0.5)).item()
+    assert lay.kl().item() == pytest.approx(expect)
+    assert lay.n_weights == 8
+    sigma = F.softplus(torch.tensor(-2.0)).item()
+    assert sw[0, 0].item() == pytest.approx(sigma)
+
+
+# ---------------------------------------------------------------- architectures and prediction
+def test_architectures_shapes():
+    m = build_model(ModelConfig(arch="lenet5"))
+    shapes = [tuple(b.mu_w.shape) for b in m.bayes_layers]
+    assert shapes == [(6, 1, 5, 5), (16, 6, 5, 5), (120, 400), (84, 120), (10, 84)]
+    assert m.bayes_layers[0].padding == 2
+    m2 = build_model(ModelConfig(arch="mlp", widths=[50, 40, 30]))
+    assert [tuple(b.mu_w.shape) for b in m2.bayes_layers] == [(50, 784), (40, 50), (30, 40), (10, 30)]
+    assert m(torch.from_numpy(_images(3))).shape == (3, 10)
+
+
+def test_predict_probs_uses_the_interface_streams():
+    model = build_model(ModelConfig(arch="mlp", widths=[16]))
+    _widen_sigma(model)
+    x = _images(5)
+    p = predict_probs(model, x, samples=3, seed=7)
+    assert p.shape == (3, 5, 10) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(p, predict_probs(model, x, samples=3, seed=7, batch_size=2), atol=2e-6)  # BLAS order only
+    assert not np.array_equal(p[0], p[1])  # samples differ
+    assert not np.array_equal(p, predict_probs(model, x, samples=3, seed=8))
+    # sample 1 by hand: w = mu + sigma * eps with eps from derive_key(seed, "eps_w", s, l)
+    layers = model.bayes_layers
+    h = torch.from_numpy(x).reshape(5, -1)
+    for l, lay in enumerate(layers):
+        mw, sw, mb, sb = lay.stored()
+        w = mw + sw * rng.normals(rng.derive_key(7, "eps_w", 1, l), mw.shape)
+        b = mb + sb * rng.normals(rng.derive_key(7, "eps_b", 1, l), mb.shape)
+        h = F.linear(h, torch.from_numpy(w), torch.from_numpy(b))
+        if l < len(layers) - 1:
+            h = F.relu(h)
+    np.testing.assert_allclose(torch.softmax(h, 1).numpy(), p[1], atol=2e-6)
+
+
+def test_predict_rejects_bad_input():
+    model = build_model(ModelConfig(arch="mlp", widths=[4]))
+    with pytest.raises(BayesimError, match="empty"):
+        predict_probs(model, np.zeros((0, 1, 28, 28), np.float32), 2, 0)
+    with pytest.raises(BayesimError, match="shape"):
+        predict_probs(model, np.zeros((2, 28, 28), np.float32), 2, 0)
+    with pytest.raises(BayesimError, match="samples"):
+        predict_probs(model, _images(2), 0, 0)
+
+
+# ---------------------------------------------------------------- export_ops: an independent numpy executor
+def _np_conv(x, w, b, stride, pad):
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))[:, :, ::stride, ::stride]
+    n, c, oh, ow, kh, kw = win.shape
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+    out = cols @ w.reshape(w.shape[0], -1).T + b
+    return out.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def _np_execute(ops, x, samples, seed):
+    out = []
+    for s in range(samples):
+        h, l = x, 0
+        for op in ops:
+            if isinstance(op, (BayesLinearOp, BayesConvOp)):
+                w = op.mu_w + op.sigma_w * rng.normals(rng.derive_key(seed, "eps_w", s, l), op.mu_w.shape)
+                b = op.mu_b + op.sigma_b * rng.normals(rng.derive_key(seed, "eps_b", s, l), op.mu_b.shape)
+                if op.quant.strategy in ("spq", "jq"):
+                    w = Q.quantize_uniform(w, op.quant.w_step, op.quant.w_bits)
+                    b = Q.quantize_uniform(b, op.quant.w_step, op.quant.w_bits)
+                h = (h @ w.T + b) if isinstance(op, BayesLinearOp) else _np_conv(h, w, b, op.stride, op.padding)
+                l += 1
+            elif isinstance(op, ActivationOp):
+                h = np.maximum(h, 0) if op.kind == "relu" else Q.quantize_activation(h, op.upper, op.bits)
+            elif isinstance(op, MaxPoolOp):
+                n, c, hh, ww = h.shape
+                k = op.kernel
+                h = h[:, :, : hh // k * k, : ww // k * k].reshape(n, c, hh // k, k, ww // k, k).max(axis=(3, 5))
+            elif isinstance(op, FlattenOp):
+                h = h.reshape(h.shape[0], -1)
+        z = h - h.max(1, keepdims=True)
+        e = np.exp(z)
+        out.append(e / e.sum(1, keepdims=True))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("strategy", ["fp", "vpq", "spq", "jq"])
+@pytest.mark.parametrize("arch", ["mlp", "lenet5"])
+def test_export_ops_numpy_executor_reproduces_predict(strategy, arch):
+    act = ActivationConfig(kind="bounded", upper=2.0, bits=None) if arch == "lenet5" else ActivationConfig()
+    model = build_model(ModelConfig(arch=arch, widths=[32, 16], activation=act))
+    _widen_sigma(model, seed=3)
+    model.set_quant(QuantConfig(strategy=strategy, mu_bits=4, sigma_bits=3, w_bits=4))
+    ops = model.export_ops()
+    kinds = [type(o).__name__ for o in ops]
+    if arch == "lenet5":
+        assert kinds[:3] == ["BayesConvOp", "ActivationOp", "MaxPoolOp"]
+    x = _images(20, seed=5)
+    ref = predict_probs(model, x, samples=3, seed=11)
+    got = _np_execute(ops, x, 3, 11)
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+    if strategy in ("vpq", "jq"):  # exported stored values sit on the grids
+        q = ops[-1].quant
+        k = np.rint(ops[-1].mu_w / q.mu_step)
+        np.testing.assert_array_equal(k * np.float32(q.mu_step), ops[-1].mu_w)
+        assert np.abs(k).max() <= 7
+        assert set(np.unique(ops[-1].sigma_w)) <= set(Q.log_levels(q.sigma_max, 3).tolist())
+
+
+def test_export_with_quantized_activation_matches_closely():
+    model = build_model(ModelConfig(arch="mlp", widths=[32], activation=ActivationConfig(kind="bounded", upper=1.5,
+                                                                                          bits=4)))
+    _widen_sigma(model, seed=4)
+    model.set_quant(QuantConfig(strategy="jq", mu_bits=4, sigma_bits=4, w_bits=4))
+    x = _images(50, seed=6)
+    ref = predict_probs(model, x, samples=2, seed=1)
+    got = _np_execute(model.export_ops(), x, 2, 1)
+    # activation rounding may flip on a float32 tie between matmul orders: allow a rare example to differ
+    close = np.isclose(got, ref, atol=2e-5, rtol=1e-4).all(axis=-1)
+    assert close.mean() >= 0.98
+
+
+# ---------------------------------------------------------------- memory
+def test_memory_figures():
+    model = build_model(ModelConfig(arch="mlp"))  # 784-100-100-10: 89,610 weights and biases
+    n = 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10
+    assert model.n_weights == n == 89_610
+    fp = memory_report(model)
+    assert fp["bits_per_weight"] == 64 and fp["reduction_vs_fp32"] == 1.0 and fp["total_bits"] == 64 * n
+    model.set_quant(QuantConfig(strategy="vpq", mu_bits=4, sigma_bits=4))
+    v = memory_report(model)
+    assert v["reduction_before_overhead"] == 8.0
+    assert v["total_bits"] == 8 * n + 3 * 64  # mu_step + sigma_max per layer
+    assert v["reduction_vs_fp32"] == pytest.approx(64 * n / (8 * n + 192))
+    model.set_quant(QuantConfig(strategy="jq", mu_bits=4, sigma_bits=4, w_bits=2))
+    j = memory_report(model)
+    assert j["total_bits"] == 8 * n + 3 * 96 and j["sampled_weight_bits"] == 2
+    model.set_quant(QuantConfig(strategy="spq", w_bits=4))
+    s = memory_report(model)
+    assert s["total_bits"] == 64 * n + 3 * 32 and s["sampled_weight_bits"] == 4 and s["reduction_vs_fp32"] < 1
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    cfg = ModelConfig(arch="lenet5", activation=ActivationConfig(kind="bounded", upper=3.0, bits=6),
+                      quant=QuantConfig(strategy="jq", mu_bits=5, sigma_bits=3, w_bits=6), prior_sigma=0.3)
+    model = build_model(cfg)
+    _widen_sigma(model, seed=2)
+    with torch.no_grad():
+        model.bayes_layers[1].mu_step.mul_(1.1)  # a non-default (e.g. learned) range must survive
+    path = save_model(model, tmp_path / "m.safetensors", training={"epochs": 1}, metrics={"acc": 0.5})
+    loaded, meta = load_model(path)
+    assert loaded.cfg == model.cfg
+    assert meta["training"] == {"epochs": 1} and meta["bayesim_version"]
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    x = _images(4)
+    np.testing.assert_array_equal(predict_probs(model, x, 2, 0), predict_probs(loaded, x, 2, 0))
+
+
+def _rewrite(path, out, mutate_tensors=None, mutate_meta=None):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["bayesim"])
+    t = load_file(str(path))
+    if mutate_tensors:
+        mutate_tensors(t)
+    if mutate_meta:
+        mutate_meta(meta)
+    save_file(t, str(out), metadata={"bayesim": json.dumps(meta)})
+    return out
+
+
+def test_checkpoint_bad_inputs(tmp_path):
+    model = build_model(ModelConfig(arch="mlp", widths=[8]))
+    good = save_model(model, tmp_path / "good.safetensors")
+
+    def nan(t):
+        t["layers.1.mu_w"][0, 0] = float("nan")
+
+    def zero_sigma(t):
+        t["layers.3.rho_b"][:] = -200.0  # softplus underflows to sigma = 0
+
+    def other_shape(t):
+        t["layers.1.mu_w"] = torch.zeros(9, 784)
+
+    with pytest.raises(BayesimError, match=r"bad1.*layers\.1\.mu_w.*NaN"):
+        load_model(_rewrite(good, tmp_path / "bad1.safetensors", nan))
+    with pytest.raises(BayesimError, match=r"layers\.3\.rho_b.*sigma <= 0"):
+        load_model(_rewrite(good, tmp_path / "bad2.safetensors", zero_sigma))
+    with pytest.raises(BayesimError, match=r"layers\.1\.mu_w.*\(9, 784\).*\(8, 784\)"):
+        load_model(_rewrite(good, tmp_path / "bad3.safetensors", other_shape))
+    with pytest.raises(ConfigError, match="lenet5.*expected 'mlp'|'mlp'.*expected 'lenet5'"):
+        load_model(good, expect_arch="lenet5")
+
+    def lenet_meta(m):
+        m["model"]["arch"] = "lenet5"
+
+    with pytest.raises(BayesimError, match="do not fit a 'lenet5' model"):
+        load_model(_rewrite(good, tmp_path / "bad4.safetensors", mutate_meta=lenet_meta))
+
+    def bad_strategy(m):
+        m["model"]["quant"]["strategy"] = "xq"
+
+    with pytest.raises(ConfigError, match="model.quant.strategy"):
+        load_model(_rewrite(good, tmp_path / "bad5.safetensors", mutate_meta=bad_strategy))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(BayesimError, match="junk.safetensors"):
+        load_model(tmp_path / "junk.safetensors")

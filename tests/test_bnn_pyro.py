@@ -1,0 +1,143 @@
+"""Pyro checkpoint import: the real reference MLP, restricted unpickling, mismatches, LeNet-5 names, CLI."""
+import collections
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bayesim.bnn import load_model, predict_probs
+from bayesim.bnn.pyro_import import import_pyro, read_pyro_params
+from bayesim.cli import main
+from bayesim.errors import BayesimError
+from bayesim.metrics import decompose
+
+
+@pytest.fixture(scope="module")
+def ref_ckpt(shared_models_dir):
+    return shared_models_dir / "pfp_svi_mlp_e40.pt"
+
+
+def test_reference_mlp_on_1000_images(ref_ckpt, data_dir):
+    from bayesim.data import load_fashion, load_mnist
+    from bayesim.data.dirty import normalize
+
+    model = import_pyro(ref_ckpt, "mlp")
+    assert model.cfg.widths == [100, 100] and model.cfg.normalization == "own"
+    raw = read_pyro_params(ref_ckpt)
+    ops = model.export_ops()
+    # layer order input_layer -> hidden_layers.0 -> out_layer, sigma = softplus(stored scale)
+    np.testing.assert_array_equal(ops[1].mu_w, raw["ScaledAutoNormal.locs.input_layer.weight"].numpy())
+    np.testing.assert_array_equal(ops[-1].sigma_b, F.softplus(raw["ScaledAutoNormal.scales.out_layer.bias"]).numpy())
+    xm, ym = load_mnist("test", data_dir)
+    xf, _ = load_fashion("test", data_dir)
+    xm = normalize(xm[:1000], 0.1307, 0.3081)
+    xf = normalize(xf[:1000], 0.2860, 0.3530)  # Fashion-MNIST with its own statistics
+    dm = decompose(predict_probs(model, xm, 32, seed=0))
+    df = decompose(predict_probs(model, xf, 32, seed=0))
+    acc = (dm["mean_probs"].argmax(1) == ym[:1000]).mean()
+    assert 0.96 <= acc <= 0.98  # 0.969 here; full 10k set: 0.974 (reference 0.9729)
+    assert 0.02 < dm["epistemic"].mean() < 0.045  # reference mean MI on MNIST 0.0247 (10k)
+    assert 0.27 < df["epistemic"].mean() < 0.37  # reference mean MI on Fashion 0.332 (10k)
+
+
+def _standin_module():
+    """A fake `pyro.distributions.constraints` so test checkpoints pickle the real class names."""
+    mod = types.ModuleType("pyro.distributions.constraints")
+
+    class _SoftplusPositive:
+        lower_bound = 0.0
+
+    _SoftplusPositive.__module__ = mod.__name__
+    _SoftplusPositive.__qualname__ = "_SoftplusPositive"
+    mod._SoftplusPositive = _SoftplusPositive
+    return mod
+
+
+def _save_pyro_like(path, params, monkeypatch, extra=None):
+    mod = _standin_module()
+    for name in ("pyro", "pyro.distributions"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    cons = {k: (mod._SoftplusPositive() if ".scales." in k else torch.distributions.constraints.real)
+            for k in params}
+    obj = {"params": collections.OrderedDict(params), "constraints": cons}
+    if extra is not None:
+        obj["extra"] = extra
+    torch.save(obj, path)
+    for name in ("pyro.distributions.constraints", "pyro.distributions", "pyro"):
+        monkeypatch.delitem(sys.modules, name)
+    return path
+
+
+def _lenet_params(names=("conv1", "conv2", "fc1", "fc2", "fc3"), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(6, 1, 5, 5), (16, 6, 5, 5), (120, 400), (84, 120), (10, 84)]
+    p = {}
+    for n, s in zip(names, shapes):
+        for part, shp in (("weight", s), ("bias", s[:1])):
+            p[f"AutoNormal.locs.{n}.{part}"] = torch.randn(shp, generator=g) * 0.1
+            p[f"AutoNormal.scales.{n}.{part}"] = torch.full(shp, -4.0)
+    return p
+
+
+def test_lenet5_import_and_cli(tmp_path, monkeypatch):
+    ck = _save_pyro_like(tmp_path / "lenet.pt", _lenet_params(), monkeypatch)
+    out = tmp_path / "lenet.safetensors"
+    assert main(["import-pyro", str(ck), "--arch", "lenet5", "--out", str(out)]) == 0
+    model, meta = load_model(out)
+    assert model.cfg.arch == "lenet5" and meta["source"]["kind"] == "pyro"
+    raw = _lenet_params()
+    ops = [o for o in model.export_ops() if hasattr(o, "mu_w")]
+    np.testing.assert_array_equal(ops[1].mu_w, raw["AutoNormal.locs.conv2.weight"].numpy())
+    np.testing.assert_allclose(ops[4].sigma_w, F.softplus(torch.tensor(-4.0)).item(), rtol=1e-6)
+    # wrong architecture: names and shapes in the message
+    with pytest.raises(BayesimError, match=r"conv1.*\(6, 1, 5, 5\)|5 Bayesian layers"):
+        import_pyro(ck, "mlp")
+
+
+def test_mlp_checkpoint_as_lenet5_is_refused(ref_ckpt):
+    with pytest.raises(BayesimError, match=r"input_layer.*lenet5|3 Bayesian layers.*lenet5 architecture has 5"):
+        import_pyro(ref_ckpt, "lenet5")
+
+
+def test_shape_mismatch_names_layer_and_shapes(tmp_path, monkeypatch):
+    p = _lenet_params()
+    p["AutoNormal.locs.fc2.weight"] = torch.zeros(84, 121)
+    ck = _save_pyro_like(tmp_path / "bad.pt", p, monkeypatch)
+    with pytest.raises(BayesimError, match=r"AutoNormal\.locs\.fc2\.weight.*\(84, 121\).*fc2.*\(84, 120\)"):
+        import_pyro(ck, "lenet5")
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/bayesim_pwned_marker",))
+
+
+def test_code_in_the_pickle_is_refused(tmp_path, monkeypatch):
+    import os
+
+    marker = "/tmp/bayesim_pwned_marker"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    ck = _save_pyro_like(tmp_path / "evil.pt", _lenet_params(), monkeypatch, extra=_Evil())
+    with pytest.raises(BayesimError, match=r"refused.*(posix|os)\.system"):
+        read_pyro_params(ck)
+    assert not os.path.exists(marker)
+    assert main(["import-pyro", str(ck), "--arch", "lenet5", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_import_config_file(tmp_path, monkeypatch):
+    ck = _save_pyro_like(tmp_path / "l.pt", _lenet_params(), monkeypatch)
+    cfg = tmp_path / "imp.yaml"
+    cfg.write_text(json.dumps({"checkpoint": str(ck), "arch": "lenet5", "out": str(tmp_path / "o.safetensors"),
+                               "normalization": "mnist"}))
+    assert main(["import-pyro", "--config", str(cfg)]) == 0
+    model, _ = load_model(tmp_path / "o.safetensors")
+    assert model.cfg.normalization == "mnist"

@@ -1,0 +1,110 @@
+"""`bayesim data info|prepare`: JSON sizes on the real data, one-line errors with exit code 2."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from bayesim.cli import main
+from bayesim.data import sources
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.fixture
+def fake_ambiguous(monkeypatch):
+    calls = []
+
+    def load_ambiguous(data_dir, split, seed=0, size=None, generate=True, progress=True):
+        calls.append(dict(split=split, seed=seed, size=size, generate=generate))
+        labels = np.array([[1] * 10, list(range(10)), [3, 5] * 5])
+        return np.full((3, 28, 28), 0.5, np.float32), labels
+
+    mod = types.ModuleType("bayesim.data.ambiguous")
+    mod.load_ambiguous = load_ambiguous
+    monkeypatch.setitem(sys.modules, "bayesim.data.ambiguous", mod)
+    return calls
+
+
+def _one_error_line(capsys, rc):
+    out = capsys.readouterr()
+    assert rc == 2
+    lines = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bayesim: error:"), out.err
+    return lines[0]
+
+
+def test_info_json_on_real_data(data_dir, fake_ambiguous, capsys):
+    rc = main(["data", "info", "--json", "--data-dir", str(data_dir)])
+    assert rc == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["data_dir"] == str(data_dir)
+    assert info["train"]["mnist"]["n"] == 60000
+    assert info["train"]["mnist"]["class_counts"] == MNIST_TRAIN_COUNTS
+    assert info["train"]["ambiguous_pairs"]["n"] == 30 and info["train"]["ambiguous_pairs"]["images"] == 3
+    t = info["test"]
+    assert t["mnist"]["n"] == 10000 and t["ood"]["n"] == 10000 and t["ambiguous"]["n"] == 13
+    assert t["ood"]["class_counts"] == [1000] * 10
+    assert not t["mnist"]["subset"] and abs(t["mnist"]["mean"]) < 0.02 and abs(t["mnist"]["std"] - 1) < 0.02
+    assert all(c["generate"] is False for c in fake_ambiguous)  # info never generates
+
+
+def test_info_text_and_own_normalization(data_dir, fake_ambiguous, capsys):
+    assert main(["data", "info", "--data-dir", str(data_dir), "--normalization", "own"]) == 0
+    out = capsys.readouterr().out
+    assert "60000" in out and "5923 6742" in out and "normalization: own" in out
+    ood = [ln for ln in out.splitlines() if ln.startswith("test  ood")][0]
+    assert abs(float(ood.split()[3])) < 0.02  # Fashion normalised with its own mean
+
+
+def test_info_embedded_when_folder_empty(tmp_path, capsys):
+    assert main(["data", "info", "--json", "--data-dir", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["train"]["mnist"] is None and info["train"]["ambiguous_pairs"] is None
+    for name in ("mnist", "ood"):
+        assert info["test"][name]["subset"] is True and info["test"][name]["n"] == 1000
+        assert info["test"][name]["class_counts"] == [100] * 10
+
+
+def test_info_missing_folder_exit_2(tmp_path, capsys):
+    missing = tmp_path / "does-not-exist"
+    line = _one_error_line(capsys, main(["data", "info", "--data-dir", str(missing)]))
+    assert str(missing) in line and "does not exist" in line
+
+
+def test_info_corrupt_file_exit_2(tmp_path, capsys):
+    for sub in ("mnist", "fashion-mnist"):
+        (tmp_path / sub).mkdir()
+        for base in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            (tmp_path / sub / f"{base}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 9))
+    line = _one_error_line(capsys, main(["data", "info", "--data-dir", str(tmp_path)]))
+    assert "t10k-images-idx3-ubyte.gz" in line and "truncated" in line
+
+
+def test_prepare_verifies_and_generates(data_dir, fake_ambiguous, capsys):
+    rc = main(["data", "prepare", "--data-dir", str(data_dir), "--size", "3", "--seed", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.count("MD5 verified") == 8 and "data ready" in out
+    assert [(c["split"], c["size"], c["seed"], c["generate"]) for c in fake_ambiguous] == [
+        ("train", 3, 4, True), ("test", 3, 4, True)]
+
+
+def test_prepare_offline_lists_all_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sources, "MIRRORS", {"mnist": ["http://bayesim-test.invalid/"],
+                                             "fashion": ["http://bayesim-test.invalid/"]})
+    target = tmp_path / "fresh"
+    line = _one_error_line(capsys, main(["data", "prepare", "--data-dir", str(target)]))
+    assert line.count("-ubyte.gz") == 8 and str(target) in line
+
+
+def test_cli_subprocess_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bayesim", "data", "info", "--data-dir", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr

@@ -1,0 +1,271 @@
+"""AnalogLayer: ideal-device equivalence to software, analytic mean/variance under programming noise,
+lumped vs per-cell paths, DAC/ADC end to end, thread-count determinism, conv via im2col."""
+from types import SimpleNamespace as NS
+
+import numba
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from bayesim import rng
+from bayesim.bnn.ops import BayesConvOp, BayesLinearOp, LayerQuant
+from bayesim.bnn.quant import quantize_log, quantize_uniform
+from bayesim.crossbar import AnalogLayer, crossbar_from_dict
+from bayesim.errors import BayesimError
+
+
+class IdealDevice:
+    """Programs and reads exactly its targets (protocol-conforming test device)."""
+    name = "ideal"
+    g_min, g_max = 1.0, 25.0
+    gaussian_programming = True  # per-level tables in the fused kernel
+    gaussian_read = True  # read = held + read_sigma(held) * z, fused into the kernel
+
+    def levels(self, n, spacing="linear"):
+        f = np.geomspace if spacing == "log" else np.linspace
+        return f(self.g_min, self.g_max, n).astype(np.float32)
+
+    def program(self, targets, key, cell_key):
+        return np.asarray(targets, np.float32).copy()
+
+    def read(self, held, t_read, key, cell_key):
+        return np.asarray(held, np.float32).copy()
+
+    def program_sigma(self, g):
+        return np.zeros(np.shape(g), np.float32)
+
+    def read_sigma(self, g, t_read):
+        return np.zeros(np.shape(g), np.float32)
+
+
+class GaussianDevice(IdealDevice):
+    """Constant Gaussian programming (sd_prog uS) and read (sd_read uS) noise, no clipping."""
+    name = "gauss"
+    clip_range = (-1e9, 1e9)
+
+    def __init__(self, sd_prog=0.5, sd_read=0.0, tables=True):
+        self.sd_prog, self.sd_read = sd_prog, sd_read
+        self.gaussian_programming = self.gaussian_read = tables
+
+    def program(self, targets, key, cell_key):
+        t = np.asarray(targets, np.float32)
+        return t + np.float32(self.sd_prog) * rng.normals(key, t.shape)
+
+    def read(self, held, t_read, key, cell_key):
+        h = np.asarray(held, np.float32)
+        return h + np.float32(self.sd_read) * rng.normals(key, h.shape)
+
+    def program_sigma(self, g):
+        return np.full(np.shape(g), self.sd_prog, np.float32)
+
+    def read_sigma(self, g, t_read):
+        return np.full(np.shape(g), self.sd_read, np.float32)
+
+
+IDEAL_CARD = crossbar_from_dict({"name": "ideal", "tile": {"rows": 128, "cols": 32},
+                                 "dac": {"bits": None, "signed": True}, "adc": {"bits": None}})
+
+
+def _layer_params(out=40, inn=300, seed=0):
+    r = np.random.default_rng(seed)
+    mu = r.normal(0, 0.3, (out, inn)).astype(np.float32)
+    sg = np.abs(r.normal(0, 0.05, (out, inn))).astype(np.float32)
+    mb = r.normal(0, 0.1, out).astype(np.float32)
+    sb = np.full(out, 0.02, np.float32)
+    x = r.uniform(-1, 1, (24, inn)).astype(np.float32)
+    return mu, sg, mb, sb, x
+
+
+def _software(mu, sg, mb, sb, x, quant, seed, s, layer):
+    """The interface's software rule (bnn/ops.py) for sample s of `layer`."""
+    eps = rng.normals(rng.derive_key(seed, "eps_w", s, layer), mu.shape)
+    epsb = rng.normals(rng.derive_key(seed, "eps_b", s, layer), mb.shape)
+    w, b = mu + sg * eps, mb + sb * epsb
+    if quant.strategy in ("spq", "jq"):
+        w = quantize_uniform(w, quant.w_step, quant.w_bits)
+        b = quantize_uniform(b, quant.w_step, quant.w_bits)
+    return x @ w.T + b
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("strategy", ["fp", "vpq", "spq", "jq"])
+@pytest.mark.parametrize("device", [IdealDevice(), GaussianDevice(0.0, 0.0, tables=False)])
+def test_ideal_device_matches_software(strategy, device):
+    mu, sg, mb, sb, x = _layer_params()
+    q = LayerQuant(strategy, 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    if strategy in ("vpq", "jq"):
+        mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
+        sg = quantize_log(sg, q.sigma_max, q.sigma_bits)
+    op = BayesLinearOp(mu, sg, mb, sb, q)
+    layer = AnalogLayer(op, device, IDEAL_CARD, layer_index=2, seed=11)
+    for s in (0, 5):
+        y = layer.forward(x, s)
+        ref = _software(mu, sg, mb, sb, x, q, 11, s, 2)
+        assert y.dtype == np.float32 and y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+        assert np.abs(_softmax(y) - _softmax(ref)).max() <= 1e-5
+
+
+def test_conv_im2col_matches_torch():
+    r = np.random.default_rng(1)
+    mu = r.normal(0, 0.3, (6, 3, 3, 3)).astype(np.float32)
+    sg = np.abs(r.normal(0, 0.05, mu.shape)).astype(np.float32)
+    mb, sb = np.zeros(6, np.float32), np.zeros(6, np.float32)
+    q = LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01)
+    op = BayesConvOp(mu, sg, mb, sb, stride=2, padding=1, quant=q)
+    x = r.uniform(0, 1, (2, 3, 9, 9)).astype(np.float32)
+    y = AnalogLayer(op, IdealDevice(), IDEAL_CARD, 0, 3).forward(x, 4)
+    w = mu + sg * rng.normals(rng.derive_key(3, "eps_w", 4, 0), mu.shape)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=1).numpy()
+    assert y.shape == ref.shape == (2, 6, 5, 5)
+    np.testing.assert_allclose(y, ref, atol=2e-5)
+
+
+def test_programming_noise_mean_and_variance_match_analytic():
+    """SPQ, weights on the grid (sigma = 0), Gaussian programming noise sd_p on each of the pair's cells:
+    w_eff = w + (n+ - n-) * wscale / span, so E[y] = x @ w.T and Var[y_j] = sum_k x_k^2 * 2 sd_p^2 (wscale_j/span)^2."""
+    r = np.random.default_rng(2)
+    out, inn, n_samples, sd_p = 64, 200, 200, 0.6
+    k = r.integers(-7, 8, (out, inn))
+    k[:, 0] = 7  # every column uses the full grid -> wscale_j = 7 * step
+    step = 0.1
+    w = (k * step).astype(np.float32)
+    q = LayerQuant("spq", 8, step, 8, 0.1, "log", 4, step)
+    op = BayesLinearOp(w, np.zeros_like(w), np.zeros(out, np.float32), np.zeros(out, np.float32), q)
+    dev = GaussianDevice(sd_p, 0.0)
+    layer = AnalogLayer(op, dev, IDEAL_CARD, 0, 5)
+    x = r.uniform(0, 1, (1, inn)).astype(np.float32)
+    ys = np.stack([layer.forward(x, s)[0] for s in range(n_samples)])
+    mean = (x @ w.T)[0]
+    var = (x[0] ** 2).sum() * 2 * sd_p ** 2 * (7 * step / (dev.g_max - dev.g_min)) ** 2
+    z = (ys.mean(0) - mean) / np.sqrt(var / n_samples)
+    assert np.abs(z).max() < 4.5  # 64 columns, each standard normal under the analytic mean
+    ratio = ys.var(0, ddof=1).mean() / var  # pooled over 64 columns: relative sd ~ sqrt(2/(64*199)) = 1.3%
+    assert abs(ratio - 1) < 0.06
+    assert layer.stats.program_events == n_samples * 2 * out * inn
+
+
+def test_lumped_agrees_with_per_cell_in_distribution():
+    mu, sg, mb, sb, x = _layer_params(out=32, inn=150, seed=3)
+    sg *= 4
+    x = x[:4]
+    q = LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01)
+    op = BayesLinearOp(mu, sg, mb, np.zeros_like(sb), q)
+    per_cell = AnalogLayer(op, IdealDevice(), IDEAL_CARD, 0, 9)
+    lumped = AnalogLayer(op, IdealDevice(), IDEAL_CARD, 0, 9, lumped=True)
+    assert lumped.lumped and not per_cell.lumped
+    mean = x @ mu.T + mb
+    sd = np.sqrt((x ** 2) @ (sg ** 2).T)
+    zs = {}
+    for name, layer in (("cell", per_cell), ("lumped", lumped)):
+        y = np.stack([layer.forward(x, s) for s in range(150)])
+        zs[name] = ((y - mean) / sd).ravel()  # 150 x 4 x 32 standardised outputs
+        assert abs(zs[name].mean()) < 0.03 and abs(zs[name].var() - 1) < 0.05
+    assert stats.ks_2samp(zs["cell"], zs["lumped"]).pvalue > 1e-3
+    assert not np.array_equal(zs["cell"], zs["lumped"])  # genuinely different random paths
+
+
+def test_lumped_falls_back_where_not_exact():
+    mu, sg, mb, sb, x = _layer_params(out=8, inn=20)
+    op = BayesLinearOp(mu, sg, mb, sb, LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.1))
+    layer = AnalogLayer(op, IdealDevice(), IDEAL_CARD, 0, 1, lumped=True)
+    assert not layer.lumped and "quantized" in layer.lumped_reason
+    ir = crossbar_from_dict({"name": "ir", "dac": {"bits": None}, "adc": {"bits": None},
+                             "ir_drop": {"model": "first_order", "r_wire_ohm": 1.0}})
+    op = BayesLinearOp(mu, sg, mb, sb, LayerQuant("fp", 4, 0.05, 3, 0.1, "log", 4, 0.1))
+    layer = AnalogLayer(op, IdealDevice(), ir, 0, 1, lumped=True)
+    assert not layer.lumped and "IR drop" in layer.lumped_reason
+
+
+def test_dac_adc_end_to_end_hand_computed():
+    """w = [0.5, -1.0] -> wscale 1, wn = [0.5, -1]; x = [1, 1] -> 2-bit unsigned DAC codes [3, 3];
+    u = -0.5; 3-bit ADC (q = 3) with fixed range 1: rint(-1.5) = -2 -> -2/3; + bias 0.25."""
+    card = crossbar_from_dict({"name": "hand", "dac": {"bits": 2}, "adc": {"bits": 3, "range": "fixed",
+                                                                             "full_scale": 1.0}})
+    q = LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01)
+    op = BayesLinearOp(np.array([[0.5, -1.0]], np.float32), np.zeros((1, 2), np.float32),
+                       np.array([0.25], np.float32), np.zeros(1, np.float32), q)
+    layer = AnalogLayer(op, IdealDevice(), card, 0, 0)
+    y = layer.forward(np.array([[1.0, 1.0], [2.0, -3.0]], np.float32), 0)
+    # row 2: scale 3, codes rint([2, -3]) -> [2, 0] (negative clipped, unsigned DAC): xn = [2/3, 0];
+    # u = 1/3 -> rint(1.0) = 1 -> 1/3, times x_scale 3 -> 1.0; + 0.25
+    np.testing.assert_allclose(y[:, 0], [-2 / 3 + 0.25, 1.0 + 0.25], rtol=1e-6)
+    st = layer.stats
+    assert (st.dac_conversions, st.dac_clipped, st.adc_conversions, st.adc_saturated, st.cell_reads) == (4, 1, 2, 0, 8)
+    y = layer.forward(np.array([[-1.0, 1.0]], np.float32), 0)  # u = -1 -> exactly the full scale
+    assert layer.stats.adc_saturated == 0
+
+
+def test_adc_calibration_and_saturation():
+    mu, sg, mb, sb, x = _layer_params(out=16, inn=300, seed=4)
+    op = BayesLinearOp(mu, sg, mb, sb, LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01))
+    card = crossbar_from_dict({"name": "c", "tile": {"rows": 128, "cols": 16},
+                               "dac": {"bits": 8, "signed": True}, "adc": {"bits": 6, "range": "max"}})
+    layer = AnalogLayer(op, IdealDevice(), card, 0, 0)
+    with pytest.raises(BayesimError, match="calibrated"):
+        layer.forward(x, 0)
+    rngs = layer.calibrate_adc(x, range(3))
+    assert rngs.shape == (3, 16)
+    for s in range(3):
+        layer.forward(x, s)
+    assert layer.stats.adc_saturated == 0  # max calibration on the same data never saturates
+    layer.adc_range = rngs / 2
+    layer.forward(x, 0)
+    assert layer.stats.adc_saturated > 0
+
+
+def test_bit_identical_whatever_the_thread_count():
+    mu, sg, mb, sb, x = _layer_params(out=48, inn=300, seed=5)
+    q = LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
+    sg = quantize_log(sg, q.sigma_max, q.sigma_bits)
+    op = BayesLinearOp(mu, sg, mb, sb, q)
+    card = crossbar_from_dict({"name": "c", "tile": {"rows": 64, "cols": 16}, "output_noise": 0.1,
+                               "adc": {"bits": 8, "range": "fixed", "full_scale": 8.0}})
+    dev = GaussianDevice(0.4, 0.2)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            layer = AnalogLayer(op, dev, card, 1, 21)
+            outs.append(np.stack([layer.forward(x, s) for s in range(3)]))
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+    assert not np.array_equal(outs[0][0], outs[0][1])
+
+
+def test_device_sampler_reports_shortfall():
+    mu, sg, mb, sb, x = _layer_params(out=8, inn=30)
+    op = BayesLinearOp(mu, sg * 10, mb, sb, LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01))
+    layer = AnalogLayer(op, GaussianDevice(0.01, 0.0, tables=False), IDEAL_CARD, 0, 0, sampler="device")
+    sf = layer.sigma_shortfall
+    assert sf["fraction_short"] > 0.9 and sf["mean_realised_sigma"] < sf["mean_requested_sigma"]
+    y0, y1 = layer.forward(x, 0), layer.forward(x, 1)
+    assert not np.array_equal(y0, y1)  # the device's programming spread is the random source
+    np.testing.assert_allclose(y0, x @ mu.T + _bias_sample(mb, sb, 0), atol=0.05)
+
+
+def _bias_sample(mb, sb, s):
+    return mb + sb * rng.normals(rng.derive_key(0, "eps_b", s, 0), mb.shape)
+
+
+def test_bad_inputs_are_refused():
+    mu, sg, mb, sb, x = _layer_params(out=4, inn=10)
+    q = LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01)
+    with pytest.raises(BayesimError, match="NaN"):
+        AnalogLayer(BayesLinearOp(np.full_like(mu, np.nan), sg, mb, sb, q), IdealDevice(), IDEAL_CARD, 0, 0)
+    with pytest.raises(BayesimError, match="negative"):
+        AnalogLayer(BayesLinearOp(mu, -sg - 1, mb, sb, q), IdealDevice(), IDEAL_CARD, 0, 0)
+    layer = AnalogLayer(BayesLinearOp(mu, sg, mb, sb, q), IdealDevice(), IDEAL_CARD, 0, 0)
+    with pytest.raises(BayesimError, match=r"input must be \[N, 10\]"):
+        layer.forward(x[:, :5], 0)
+    with pytest.raises(BayesimError, match="sampler"):
+        AnalogLayer(NS(mu_w=mu, sigma_w=sg, mu_b=mb, sigma_b=sb, quant=q), IdealDevice(), IDEAL_CARD, 0, 0,
+                    sampler="magic")

@@ -1,0 +1,231 @@
+"""Ambiguous-MNIST: official-file loading, generation (determinism, filter, labels), cache integrity."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bayesim.data import ambiguous as amb
+from bayesim.errors import DataError
+
+N = 40  # images per split in the generated test set
+SEED = 3
+
+
+def _mnist_train(data_dir: Path):
+    from bayesim.data.sources import load_mnist
+
+    return load_mnist("train", data_dir)
+
+
+@pytest.fixture(scope="module")
+def generated(data_dir):
+    """One small generation (shared by the tests below): images, labels, report, ensemble."""
+    x, y = _mnist_train(data_dir)
+    return amb._generate(x, y, N, SEED, progress=False)
+
+
+# ---------------------------------------------------------------------------------------- generation
+def test_same_seed_same_bytes_other_seed_differs(data_dir, generated):
+    images, labels, report, _ = generated
+    x, y = _mnist_train(data_dir)
+    torch.manual_seed(123)
+    images2, labels2, report2 = amb.generate_ambiguous(x, y, N, SEED, progress=False)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after)  # the caller's global torch RNG is left untouched
+    assert images2.tobytes() == images.tobytes()
+    assert labels2.tobytes() == labels.tobytes()
+    assert report2["candidates_drawn"] == report["candidates_drawn"]
+    # the cache file bytes are reproducible too (fixed zip timestamps)
+    assert amb._npz_bytes({"images": amb.to_uint8(images2), "labels": labels2.astype(np.uint8)}) == \
+        amb._npz_bytes({"images": amb.to_uint8(images), "labels": labels.astype(np.uint8)})
+
+
+def test_shapes_ranges_and_labels(generated):
+    images, labels, report, ensemble = generated
+    assert images.shape == (2 * N, 28, 28) and images.dtype == np.float32
+    assert labels.shape == (2 * N, 10) and labels.dtype == np.int64
+    assert images.min() >= 0 and images.max() <= 1 and images.max() > 0.5
+    # stored as 8-bit pixels: the uint8 round trip is exact
+    np.testing.assert_array_equal(amb.to_uint8(images).astype(np.float32) * np.float32(1 / 255), images)
+    assert labels.min() >= 0 and labels.max() <= 9
+    assert len(np.unique(images.reshape(2 * N, -1), axis=0)) == 2 * N  # no duplicated image
+    # labels follow the ensemble's predictive distribution: the share of labels equal to the
+    # ensemble's top class matches the mean top probability (800 draws, sd <= 0.018; bound = 4 sd)
+    p = ensemble.probs(images).mean(0)
+    hits = (labels == p.argmax(1)[:, None]).mean()
+    assert abs(hits - p.max(1).mean()) < 0.07
+    assert 0 < report["kept_fraction"] < 1
+    assert report["recipe"]["n_per_split"] == N
+
+
+def test_filter_holds_on_kept_images(generated):
+    images, _, report, ensemble = generated
+    h, mi = amb.ensemble_uncertainty(images, ensemble)
+    r = report["recipe"]
+    tol = 1e-5  # recomputation at another batch size / thread count may move the last float bits
+    assert np.all(mi <= r["mi_max"] + tol), mi.max()
+    assert np.all(h >= r["entropy_min"] - tol) and np.all(h < r["entropy_max"]), (h.min(), h.max())
+    assert abs(h.mean() - report["mean_entropy"]) < 1e-3
+    # the ensemble's MI on MNIST-like inputs is small but not zero: the filter is not vacuous
+    assert report["max_mi"] > 0.005
+
+
+def test_flattening_moves_mass_to_rare_high_entropy():
+    rng = np.random.default_rng(0)
+    h = np.concatenate([rng.uniform(0.05, 0.25, 9000), rng.uniform(1.0, 2.0, 1000)])
+    w = amb._flatten_weights(h, 0.05, np.log(10), 20, cap=1000.0)
+    pick = amb._weighted_sample(w, 200, np.random.default_rng(1))
+    assert len(np.unique(pick)) == 200
+    # 10 % of the pool is high-entropy; flattened, the ~9 sparse high bins weigh as much each as each of
+    # the 2 dense low bins, so ~80 % of the picks are high (200 picks: sd 0.03; bound 0.65 = 5 sd)
+    assert (h[pick] >= 1.0).mean() > 0.65
+    # a cap of 1 means equal weights: plain uniform subsampling keeps the pool's 10 %
+    w1 = amb._flatten_weights(h, 0.05, np.log(10), 20, cap=1.0)
+    assert np.all(w1 == w1[0])
+
+
+# ---------------------------------------------------------------------------------------- cache
+def _fake_generate(generated, calls):
+    def fake(x, y, n, seed, progress):
+        calls.append((n, seed))
+        return generated
+
+    return fake
+
+
+@pytest.fixture()
+def patched(monkeypatch, generated):
+    """load_ambiguous without real MNIST / generation: returns the fixture set, records calls."""
+    import bayesim.data.sources as sources
+
+    calls: list = []
+    monkeypatch.setattr(amb, "_generate", _fake_generate(generated, calls))
+    monkeypatch.setattr(sources, "load_mnist", lambda split, d=None: (None, None))
+    return calls
+
+
+def test_cache_round_trip_and_read_only_fallback(tmp_path, generated, patched):
+    ro = tmp_path / "ro"
+    (ro / "mnist").mkdir(parents=True)
+    ro.chmod(0o555)
+    try:
+        x, y = amb.load_ambiguous(ro, "test", seed=SEED, size=N, progress=False)
+    finally:
+        ro.chmod(0o755)
+    assert not (ro / amb.SUBDIR).exists()  # the read-only data folder was left alone
+    cached = Path(os.environ["BAYESIM_CACHE"]) / "data" / amb.SUBDIR / f"{amb.cache_stem(SEED, N)}.json"
+    assert cached.is_file() and amb.find_cache(ro, SEED, N) == cached
+    np.testing.assert_array_equal(x, generated[0][N:])
+    np.testing.assert_array_equal(y, generated[1][N:])
+    xt, yt = amb.load_ambiguous(ro, "train", seed=SEED, size=N, generate=False)
+    np.testing.assert_array_equal(xt, generated[0][:N])
+    assert patched == [(N, SEED)]  # second load came from the cache
+    man = amb._read_manifest(cached)
+    assert man["seed"] == SEED and man["n_per_split"] == N and len(man["sha256"]) == 2
+    assert {"torch_version", "numpy_version", "bayesim_version", "kept_fraction", "recipe"} <= set(man)
+    ens = amb.load_ensemble(ro, SEED, N)
+    np.testing.assert_array_equal(ens.probs(xt[:5]), generated[3].probs(xt[:5]))
+
+
+def test_corrupt_cache_detected_and_regenerated(tmp_path, generated, patched):
+    d = tmp_path / "data"
+    d.mkdir()
+    amb.load_ambiguous(d, "train", seed=SEED, size=N, progress=False)
+    npz = d / amb.SUBDIR / f"{amb.cache_stem(SEED, N)}.npz"  # writable data folder holds the cache
+    assert npz.is_file()
+    blob = bytearray(npz.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    npz.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="corrupt") as e:
+        amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)
+    assert str(npz) in str(e.value)
+    with pytest.warns(UserWarning, match="regenerating"):
+        x, _ = amb.load_ambiguous(d, "train", seed=SEED, size=N, progress=False)
+    np.testing.assert_array_equal(x, generated[0][:N])
+    assert len(patched) == 2
+    amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)  # repaired
+
+
+def test_missing_generated_set_without_generation(tmp_path):
+    with pytest.raises(DataError, match="not generated yet"):
+        amb.load_ambiguous(tmp_path, "test", size=7, generate=False)
+    with pytest.raises(DataError, match="split"):
+        amb.load_ambiguous(tmp_path, "val", size=7)
+    with pytest.raises(DataError, match="positive integer"):
+        amb.load_ambiguous(tmp_path, "test", size=0)
+
+
+# ---------------------------------------------------------------------------------------- official files
+def _write_official(folder: Path, samples, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(samples, folder / amb.OFFICIAL_SAMPLES)
+    torch.save(labels, folder / amb.OFFICIAL_LABELS)
+
+
+def test_official_files_loaded_and_split(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand((6, 1, 28, 28), generator=g)
+    l = torch.randint(0, 10, (6, 10), generator=g)
+    _write_official(tmp_path / amb.SUBDIR, s, l)
+    x, y = amb.load_ambiguous(tmp_path, "train", generate=False)
+    assert x.shape == (3, 28, 28) and x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(x, s[:3, 0].numpy())
+    np.testing.assert_array_equal(y, l[:3].numpy())
+    x, y = amb.load_ambiguous(tmp_path, "test", generate=False)
+    np.testing.assert_array_equal(x, s[3:, 0].numpy())
+    np.testing.assert_array_equal(y, l[3:].numpy())
+    # an explicit size asks for a generated set: the official files are not used
+    with pytest.raises(DataError, match="not generated yet"):
+        amb.load_ambiguous(tmp_path, "test", size=3, generate=False)
+
+
+def test_official_files_in_data_root(tmp_path):
+    s = torch.full((2, 28, 28), 0.5, dtype=torch.float64)
+    l = torch.tensor([[1] * 10, [2] * 10], dtype=torch.int32)
+    _write_official(tmp_path, s, l)
+    x, y = amb.load_ambiguous(tmp_path, "test", generate=False)
+    assert x.dtype == np.float32 and np.all(x == 0.5) and y.tolist() == [[2] * 10]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("what, samples, labels, match", [
+    ("range", torch.full((2, 28, 28), 1.5), torch.zeros((2, 10), dtype=torch.long), "samples.pt.*\\[0, 1\\]"),
+    ("nan", torch.full((2, 28, 28), float("nan")), torch.zeros((2, 10), dtype=torch.long), "samples.pt.*finite"),
+    ("odd", torch.rand(3, 28, 28), torch.zeros((3, 10), dtype=torch.long), "samples.pt.*N even"),
+    ("shape", torch.rand(2, 27, 28), torch.zeros((2, 10), dtype=torch.long), "samples.pt.*shape"),
+    ("int pixels", torch.zeros((2, 28, 28), dtype=torch.uint8), torch.zeros((2, 10), dtype=torch.long),
+     "samples.pt.*dtype"),
+    ("label rows", torch.rand(2, 28, 28), torch.zeros((4, 10), dtype=torch.long), "labels.pt.*shape"),
+    ("label range", torch.rand(2, 28, 28), torch.full((2, 10), 10), "labels.pt.*0..9"),
+    ("float labels", torch.rand(2, 28, 28), torch.zeros((2, 10)), "labels.pt.*dtype"),
+    ("not a tensor", {"x": torch.rand(2, 28, 28)}, torch.zeros((2, 10), dtype=torch.long), "samples.pt.*tensor"),
+    ("code", _Evil(), torch.zeros((2, 10), dtype=torch.long), "samples.pt.*weights_only"),
+])
+def test_malformed_official_files(tmp_path, what, samples, labels, match):
+    _write_official(tmp_path / amb.SUBDIR, samples, labels)
+    with pytest.raises(DataError, match=match):
+        amb.load_ambiguous(tmp_path, "train")
+
+
+def test_garbage_and_half_official_files(tmp_path):
+    d = tmp_path / amb.SUBDIR
+    d.mkdir()
+    (d / amb.OFFICIAL_SAMPLES).write_bytes(b"not a torch file at all")
+    with pytest.raises(DataError, match="labels.pt is missing"):
+        amb.load_ambiguous(tmp_path, "train")
+    torch.save(torch.zeros((2, 10), dtype=torch.long), d / amb.OFFICIAL_LABELS)
+    with pytest.raises(DataError, match="amnist_samples.pt: cannot be read"):
+        amb.load_ambiguous(tmp_path, "train")
+    (d / amb.OFFICIAL_SAMPLES).write_bytes(pickle.dumps(np.zeros(3)))
+    with pytest.raises(DataError, match="amnist_samples.pt"):
+        amb.load_ambiguous(tmp_path, "train")

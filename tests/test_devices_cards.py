@@ -1,0 +1,163 @@
+"""Card validation (errors name the file and the key, with did-you-mean), the shipped cards, the
+registry and the `bayesim devices` command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayesim.cli import main
+from bayesim.devices import list_devices, load_card, load_device, register
+from bayesim.errors import BayesimError, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = REPO / "devices"
+CARDS = ["ideal.yaml", "gaussian_mlc.yaml", "pcm_ibm.yaml", "rram_wan2022.yaml", "measured_pcm_drift.yaml"]
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def expect(tmp_path, text, key, *words):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_device(p)
+    msg = str(e.value)
+    assert str(p) in msg and f": {key}: " in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_unknown_keys_with_did_you_mean(tmp_path):
+    expect(tmp_path, "name: x\nmodel: pcm\nprograming: {model: none}\n", "programing", "did you mean 'programming'")
+    expect(tmp_path, "name: x\nmodel: gaussian\nprogramming: {coefs_uS: [0.1]}\n", "programming.coefs_uS",
+           "did you mean 'coeffs_uS'")
+    expect(tmp_path, "name: x\nmodel: pcm\ndrift: {model: pmc}\n", "drift.model", "did you mean 'pcm'")
+    expect(tmp_path, "name: x\nmodel: pmc\n", "model", "did you mean 'pcm'")
+
+
+def test_wrong_types_and_negative_sigma(tmp_path):
+    expect(tmp_path, "name: x\nmodel: gaussian\nrange: {g_max_uS: lots}\n", "range.g_max_uS", "expected a number")
+    expect(tmp_path, "name: x\nmodel: gaussian\nd2d: {relative: -0.1}\n", "d2d.relative", "out of range")
+    expect(tmp_path, "name: x\nmodel: gaussian\ndrift: {nu_std: -0.01}\n", "drift.nu_std", "out of range")
+    expect(tmp_path, "name: x\nmodel: gaussian\nprogramming: {coeffs_uS: [0.1, -0.5]}\n", "programming.coeffs_uS",
+           "sigma is negative")
+    expect(tmp_path, "name: x\nmodel: pcm\nread: {model: polynomial, coeffs_uS: [-0.1]}\n", "read.coeffs_uS",
+           "sigma is negative")
+    expect(tmp_path, "name: x\nmodel: gaussian\nfaults: {stuck_at_gmin: 0.7, stuck_at_gmax: 0.5}\n",
+           "faults.stuck_at_gmax", "must not exceed 1")
+
+
+def test_range_and_level_count(tmp_path):
+    expect(tmp_path, "name: x\nmodel: gaussian\nrange: {g_min_uS: 40, g_max_uS: 10}\n", "range.g_min_uS",
+           "must be below g_max_uS")
+    expect(tmp_path, "name: x\nmodel: gaussian\nrange: {g_min_uS: 10, g_max_uS: 10}\n", "range.g_min_uS")
+    expect(tmp_path, "name: x\nmodel: ideal\nrange: {levels_uS: [5.0]}\n", "range.levels_uS", "at least 2")
+    expect(tmp_path, "name: x\nmodel: ideal\nrange: {n_levels: 1}\n", "range.n_levels", "out of range")
+    expect(tmp_path, "name: x\nmodel: ideal\nrange: {levels_uS: [1.0, 30.0]}\n", "range.levels_uS")
+
+
+def test_table_errors_name_the_csv(tmp_path):
+    (tmp_path / "t.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,0.1\n# note\n5,5.2,-0.3\n")
+    msg = expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: t.csv}\n", "programming.file",
+                 "t.csv", "line 4", "negative std_uS")
+    assert "line 4" in msg
+    (tmp_path / "u.csv").write_text("target,mean\n1,2\n")
+    expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: u.csv}\n", "programming.file", "header must be")
+    (tmp_path / "v.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,0.1\n")
+    expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: v.csv}\n", "programming.file", "at least 2 levels")
+    expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: nope.csv}\n", "programming.file", "not found")
+
+
+def test_plugin_card_errors(tmp_path):
+    expect(tmp_path, "name: x\nmodel: missing.py:Cls\n", "model", "not found")
+    write(tmp_path, "class NotADevice:\n    def __init__(self, **kw):\n        pass\n", "bad.py")
+    expect(tmp_path, "name: x\nmodel: bad.py:NotADevice\n", "model", "DeviceModel protocol")
+    msg = expect(tmp_path, f"name: x\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\nparams: {{nope: 1}}\n",
+                 "params", "rejected its parameters")
+    assert "nope" in msg
+    expect(tmp_path, f"name: x\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\nrange: {{g_min_uS: 1}}\n",
+           "range", "plug-in")
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_shipped_cards_are_valid_and_sourced(card):
+    c = load_card(DEV / card)
+    assert c.source.strip() and c.name
+    dev = load_device(DEV / card)
+    lv = dev.levels(4)
+    assert lv.dtype == np.float32 and np.all(np.diff(lv) > 0)
+    # every component the card sets is either sourced or declared an assumption
+    import yaml
+
+    raw = yaml.safe_load((DEV / card).read_text())
+    for sec in ("range", "programming", "read", "drift", "faults", "d2d"):
+        if sec in raw and raw[sec].get("model", "x") != "none":
+            covered = [k for k in [*c.sources, *c.assumptions] if k == sec or k.startswith(sec + ".")]
+            assert covered or card == "ideal.yaml", (card, sec)
+
+
+def test_registry_register_and_list(tmp_path):
+    class Fixed:
+        name, g_min, g_max = "fixed", 0.0, 1.0
+        gaussian_programming = True
+
+        def levels(self, n, spacing="linear"):
+            return np.linspace(0, 1, n, dtype=np.float32)
+
+        def program(self, t, key, cell_key):
+            return np.asarray(t, np.float32)
+
+        def read(self, h, t_read, key, cell_key):
+            return np.asarray(h, np.float32)
+
+        def program_sigma(self, g):
+            return np.zeros_like(g, dtype=np.float32)
+
+        def read_sigma(self, g, t_read):
+            return np.zeros_like(g, dtype=np.float32)
+
+    register("fixed_test_device", Fixed)
+    assert isinstance(load_device("fixed_test_device"), Fixed)
+    write(tmp_path, "name: extra_card\nmodel: ideal\nsource: test\n", "extra.yaml")
+    names = {(r["name"], r["kind"]) for r in list_devices([tmp_path])}
+    assert {("pcm", "built-in"), ("pcm_ibm", "card"), ("extra_card", "card"),
+            ("fixed_test_device", "registered")} <= names
+    assert load_device("extra_card", [tmp_path]).name == "extra_card"
+    with pytest.raises(BayesimError, match="did you mean 'pcm_ibm'"):
+        load_device("pcm_ibn")
+    with pytest.raises(BayesimError, match="does not exist"):
+        list_devices([tmp_path / "nope"])
+
+
+def test_cli_list_and_show(tmp_path, capsys):
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "pcm_ibm" in out and "built-in" in out and "rram_wan2022" in out
+    png = tmp_path / "p.png"
+    assert main(["devices", "show", "rram_wan2022", "--plot", str(png), "--samples", "500"]) == 0
+    out = capsys.readouterr().out
+    assert png.stat().st_size > 1000 and "distinguishable at 1 sigma" in out and "coeffs_uS" in out
+    assert main(["devices", "show", str(DEV / "examples" / "my_device.yaml"), "--levels", "4"]) == 0
+    assert main(["devices", "show", "nope"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+
+
+def test_distinguishable_levels_counts():
+    from bayesim.devices import distinguishable_levels, max_distinguishable_levels
+
+    assert distinguishable_levels([0, 1, 2, 3], [0.4] * 4) == 4
+    assert distinguishable_levels([0, 1, 2, 3], [0.6] * 4) == 2  # 0 and 2 (2 > 1.2), then 3 too close to 2
+    assert max_distinguishable_levels(load_device("ideal")) == float("inf")
+    # constant sigma s on [0, 25]: levels every 2s (+ grid step) -> floor(25 / 2s) + 1
+    from bayesim.devices.card import build_card
+    from bayesim.devices.composed import ComposedDevice
+
+    d = ComposedDevice(build_card({"name": "c", "model": "ideal", "programming": {"model": "polynomial",
+                                                                                 "coeffs_uS": [1.0]}}))
+    assert max_distinguishable_levels(d, 1.0) == 13
