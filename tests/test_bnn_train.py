@@ -83,3 +83,20 @@ def test_train_cli_writes_checkpoint(tmp_path, monkeypatch):
     bad.write_text("model: {arch: mlp}\nepochz: 1\n")
     assert main(["train", str(bad)]) == 2
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_learned_ranges_train_and_survive_freezing():
+    x, y = _task(1500, 5)
+    cfg = _cfg(epochs=2, model={"arch": "mlp", "widths": [32],
+                                "activation": {"kind": "bounded", "upper": 3.0, "bits": 3, "learn_upper": True},
+                                "quant": {"strategy": "vpq", "mu_bits": 3, "sigma_bits": 2, "range": "learned"}})
+    from bayesim.bnn import build_model
+
+    torch.manual_seed(0)
+    init = build_model(cfg.model).bayes_layers[0].mu_step.item()
+    model, _ = train(cfg, x, y, log=None)
+    lay = model.bayes_layers[0]
+    assert lay.mu_step.item() != pytest.approx(init, rel=1e-3)  # the step was trained, not recalibrated
+    assert model.export_ops()[1].quant.mu_step == pytest.approx(lay.mu_step.item())
+    assert model.layers[2].upper.item() != 3.0  # PACT clip level learned
+    assert _acc(model, *_task(300, 6)) > 0.8

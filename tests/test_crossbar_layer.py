@@ -269,3 +269,82 @@ def test_bad_inputs_are_refused():
     with pytest.raises(BayesimError, match="sampler"):
         AnalogLayer(NS(mu_w=mu, sigma_w=sg, mu_b=mb, sigma_b=sb, quant=q), IdealDevice(), IDEAL_CARD, 0, 0,
                     sampler="magic")
+
+
+def test_ir_drop_layer_uses_effective_conductances_per_tile():
+    """fp weights, ideal device, first-order IR drop: the output equals x @ W_ir.T with
+    W_ir = (M(G+) - M(G-)) / span * wscale built tile by tile from irdrop.first_order."""
+    from bayesim.crossbar import irdrop
+
+    r = np.random.default_rng(6)
+    out, inn = 12, 40
+    mu = r.normal(0, 0.3, (out, inn)).astype(np.float32)
+    q = LayerQuant("fp", 8, 0.01, 8, 0.1, "log", 8, 0.01)
+    op = BayesLinearOp(mu, np.zeros_like(mu), np.zeros(out, np.float32), np.zeros(out, np.float32), q)
+    card = crossbar_from_dict({"name": "ir", "tile": {"rows": 16, "cols": 8}, "dac": {"bits": None},
+                               "adc": {"bits": None}, "ir_drop": {"model": "first_order", "r_wire_ohm": 20.0}})
+    dev = IdealDevice()
+    layer = AnalogLayer(op, dev, card, 0, 0)
+    x = r.uniform(0, 1, (5, inn)).astype(np.float32)
+    y = layer.forward(x, 0)
+    span = dev.g_max - dev.g_min
+    expected = np.zeros((5, out))
+    for r0 in range(0, inn, 16):
+        blk = mu[:, r0:r0 + 16]
+        ws = np.abs(blk).max(axis=1)
+        wn = blk / ws[:, None]
+        for c0 in range(0, out, 8):
+            gp = dev.g_min + np.maximum(wn[c0:c0 + 8], 0) * span
+            gm = dev.g_min + np.maximum(-wn[c0:c0 + 8], 0) * span
+            m = (irdrop.first_order(gp.T, 20.0) - irdrop.first_order(gm.T, 20.0)) / span  # [rows, cols]
+            expected[:, c0:c0 + 8] += (x[:, r0:r0 + 16] @ m) * ws[c0:c0 + 8]
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    ideal = x @ mu.T
+    assert np.abs(y - ideal).max() > 1e-3  # the drop is visible
+
+
+def test_fused_and_generic_stored_reads_agree_in_distribution():
+    """JQ with read noise on the stored arrays: the fused kernel read (Gaussian-read device) and the generic
+    device.read path are different random streams of the same model: equal output mean and spread."""
+    mu, sg, mb, sb, x = _layer_params(out=32, inn=100, seed=7)
+    q = LayerQuant("vpq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
+    sg = quantize_log(sg, q.sigma_max, q.sigma_bits)
+    op = BayesLinearOp(mu, np.zeros_like(sg), mb, np.zeros_like(sb), q)  # only read noise varies
+    x = x[:2]
+    res = []
+    for tables in (True, False):
+        layer = AnalogLayer(op, GaussianDevice(0.0, 0.3, tables=tables), IDEAL_CARD, 0, 3)
+        res.append(np.stack([layer.forward(x, s) for s in range(120)]))
+    m0, m1 = res[0].mean(0), res[1].mean(0)
+    s0, s1 = res[0].std(0), res[1].std(0)
+    assert np.abs(m0 - m1).max() < 5 * np.sqrt(2 / 120) * s0.max()
+    assert abs(s0.mean() / s1.mean() - 1) < 0.1
+
+
+@pytest.mark.parametrize("strategy", ["fp", "spq"])
+@pytest.mark.parametrize("device", [IdealDevice(), GaussianDevice(0.0, 0.0, tables=False)])
+def test_offset_mapping_and_per_tile_scale_match_software(strategy, device):
+    mu, sg, mb, sb, x = _layer_params(out=20, inn=90, seed=8)
+    q = LayerQuant(strategy, 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    card = crossbar_from_dict({"name": "off", "tile": {"rows": 32, "cols": 8}, "dac": {"bits": None},
+                               "adc": {"bits": None}, "mapping": {"kind": "offset", "scale": "per_tile"}})
+    layer = AnalogLayer(BayesLinearOp(mu, sg, mb, sb, q), device, card, 0, 4)
+    y = layer.forward(x, 2)
+    ref = _software(mu, sg, mb, sb, x, q, 4, 2, 0)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_vpq_lumped_runs_on_read_values():
+    mu, sg, mb, sb, x = _layer_params(out=16, inn=60, seed=9)
+    q = LayerQuant("vpq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
+    sg = quantize_log(sg, q.sigma_max, q.sigma_bits)
+    layer = AnalogLayer(BayesLinearOp(mu, sg, mb, np.zeros_like(sb), q), IdealDevice(), IDEAL_CARD, 0, 1,
+                        lumped=True)
+    assert layer.lumped
+    y = np.stack([layer.forward(x[:3], s) for s in range(200)])
+    mean = x[:3] @ mu.T + mb
+    sd = np.sqrt((x[:3] ** 2) @ (sg ** 2).T)
+    z = (y - mean) / np.where(sd > 0, sd, 1)
+    assert abs(z.mean()) < 0.05 and abs(z.var() - 1) < 0.08

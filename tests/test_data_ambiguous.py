@@ -30,7 +30,7 @@ def generated(data_dir):
 
 
 # ---------------------------------------------------------------------------------------- generation
-def test_same_seed_same_bytes_other_seed_differs(data_dir, generated):
+def test_same_seed_same_bytes(data_dir, generated):
     images, labels, report, _ = generated
     x, y = _mnist_train(data_dir)
     torch.manual_seed(123)
@@ -100,10 +100,14 @@ def _fake_generate(generated, calls):
 
 
 @pytest.fixture()
-def patched(monkeypatch, generated):
-    """load_ambiguous without real MNIST / generation: returns the fixture set, records calls."""
+def patched(monkeypatch, generated, tmp_path):
+    """load_ambiguous without real MNIST / generation: returns the fixture set, records calls.
+
+    The per-user cache is a fresh folder for each test.
+    """
     import bayesim.data.sources as sources
 
+    monkeypatch.setenv("BAYESIM_CACHE", str(tmp_path / "user-cache"))
     calls: list = []
     monkeypatch.setattr(amb, "_generate", _fake_generate(generated, calls))
     monkeypatch.setattr(sources, "load_mnist", lambda split, d=None: (None, None))
@@ -150,6 +154,23 @@ def test_corrupt_cache_detected_and_regenerated(tmp_path, generated, patched):
     np.testing.assert_array_equal(x, generated[0][:N])
     assert len(patched) == 2
     amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)  # repaired
+
+
+def test_cache_of_another_generator_version_is_ignored(tmp_path, generated, patched):
+    import json
+
+    d = tmp_path / "data"
+    d.mkdir()
+    amb.load_ambiguous(d, "train", seed=SEED, size=N, progress=False)
+    man = d / amb.SUBDIR / f"{amb.cache_stem(SEED, N)}.json"
+    m = json.loads(man.read_text())
+    m["generator_version"] = amb.GENERATOR_VERSION - 1
+    man.write_text(json.dumps(m))
+    assert amb.find_cache(d, SEED, N) is None
+    with pytest.raises(DataError, match="not generated yet"):
+        amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)
+    amb.load_ambiguous(d, "train", seed=SEED, size=N, progress=False)  # regenerated, manifest replaced
+    assert len(patched) == 2 and amb.find_cache(d, SEED, N) == man
 
 
 def test_missing_generated_set_without_generation(tmp_path):
@@ -217,6 +238,7 @@ def test_malformed_official_files(tmp_path, what, samples, labels, match):
         amb.load_ambiguous(tmp_path, "train")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_garbage_and_half_official_files(tmp_path):
     d = tmp_path / amb.SUBDIR
     d.mkdir()

@@ -161,3 +161,18 @@ def test_distinguishable_levels_counts():
     d = ComposedDevice(build_card({"name": "c", "model": "ideal", "programming": {"model": "polynomial",
                                                                                  "coeffs_uS": [1.0]}}))
     assert max_distinguishable_levels(d, 1.0) == 13
+
+
+def test_intrinsic_sigma_and_realisable_range():
+    from bayesim.devices import intrinsic_sigma, realisable_sigma
+
+    d = load_device("rram")
+    g = np.float32([10.0, 20.0])
+    p = d.program_sigma(g).astype(np.float64)
+    np.testing.assert_allclose(intrinsic_sigma(d, g, 1.0, "program"), p, rtol=1e-6)
+    np.testing.assert_allclose(intrinsic_sigma(d, g, 1.0, "read"), [0.4, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(intrinsic_sigma(d, g, 1.0, "both"), np.sqrt(p ** 2 + 0.16), rtol=1e-6)
+    r = realisable_sigma(d, source="program")
+    # the Wan 2022 polynomial: 0.722 uS at g_min = 1 uS, peaks near G/g_max = 0.27 (about 2.3 uS)
+    assert abs(r["min"] - 0.723) < 0.01 and 2.2 < r["max"] < 2.4
+    assert realisable_sigma(load_device("ideal"))["max"] == 0.0

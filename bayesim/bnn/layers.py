@@ -64,15 +64,20 @@ class _BayesLayer(nn.Module):
         self.w_step.requires_grad_(quant.range == "learned")
 
     @torch.no_grad()
-    def calibrate(self):
-        """Freeze the ranges from the current parameters (numpy rule, identical to the hardware's)."""
+    def calibrate(self, keep_learned: bool = False):
+        """Freeze the ranges from the current parameters (numpy rule, identical to the hardware's).
+
+        keep_learned: with range "learned", keep the trained steps and only re-anchor sigma_max.
+        """
         q = self.quant
         mode = "percentile" if q.range == "percentile" else "max"
         mu = np.concatenate([self.mu_w.detach().cpu().numpy().ravel(), self.mu_b.detach().cpu().numpy().ravel()])
         sw, sb = self.sigmas()
         sig = np.concatenate([sw.cpu().numpy().ravel(), sb.cpu().numpy().ravel()])
-        self.mu_step.fill_(float(Q.uniform_step(mu, q.mu_bits, mode, q.percentile)))
         self.sigma_max.fill_(float(sig.max()))
+        if keep_learned and q.range == "learned" and float(self.mu_step) > 0 and float(self.w_step) > 0:
+            return
+        self.mu_step.fill_(float(Q.uniform_step(mu, q.mu_bits, mode, q.percentile)))
         if q.quantize_stored:
             mu = Q.quantize_uniform(mu, self.mu_step.item(), q.mu_bits)
             sig = Q.quantize_log(sig, self.sigma_max.item(), q.sigma_bits)

@@ -84,9 +84,10 @@ class BayesNet(nn.Module):
                 m.upper.fill_(float(act.upper if uppers is None else uppers[i]))
                 m.upper.requires_grad_(bool(act.learn_upper))
 
-    def calibrate(self):
+    def calibrate(self, keep_learned: bool = False):
+        """Freeze every layer's quantizer ranges from its parameters (see `_BayesLayer.calibrate`)."""
         for m in self.bayes_layers:
-            m.calibrate()
+            m.calibrate(keep_learned)
 
     def export_ops(self) -> list[Op]:
         """The frozen network as plain numpy ops in execution order (see `bayesim.bnn.ops`)."""

@@ -117,6 +117,8 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
     model.to(dev).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    learned = [p for n, p in model.named_parameters()
+               if p.requires_grad and n.rsplit(".", 1)[-1] in ("mu_step", "w_step", "upper")]
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     n = len(x)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -138,6 +140,10 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if learned:
+                with torch.no_grad():
+                    for t in learned:
+                        t.clamp_(min=1e-6)
             if not torch.isfinite(loss):
                 raise BayesimError(f"training diverged at epoch {epoch + 1}, batch {bi} (loss {loss.item()}); "
                                    "lower lr or check the data")
@@ -154,7 +160,7 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} nll {rec['nll']:.4f} "
                 f"train acc {rec['accuracy']:.4f} ({rec['seconds']:.1f} s)")
     model.cpu().eval()
-    model.calibrate()
+    model.calibrate(keep_learned=True)
     return model, history
 
 

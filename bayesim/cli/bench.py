@@ -10,7 +10,7 @@ def register(subparsers) -> None:
                                           "workload against BLAS float32 matmul and a numpy baseline, in one run.")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--samples", type=int, default=32, help="Monte-Carlo samples (default 32)")
-    p.add_argument("--repeat", type=int, default=3, help="timing repeats, best kept (default 3)")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved timing rounds; medians reported (default 3)")
     p.set_defaults(func=_handler)
 
 

@@ -30,6 +30,13 @@ def register(subparsers) -> None:
     sh.set_defaults(func=cmd_show)
 
 
+# parameters that matter for each component model (the others keep their unused defaults)
+_RELEVANT = {("programming", "none"): (), ("programming", "polynomial"): ("coeffs_uS",),
+             ("programming", "table"): ("file",), ("read", "none"): (), ("read", "polynomial"): ("coeffs_uS",),
+             ("read", "pcm"): ("q_coeff", "q_exponent", "q_max", "t_pulse_s", "t0_s"), ("drift", "none"): (),
+             ("drift", "power_law"): ("nu", "nu_std", "t0_s"), ("drift", "pcm"): ("t0_s",)}
+
+
 def _cards(args) -> list:
     return [*getattr(args, "cards_top", []), *getattr(args, "cards", [])]
 
@@ -73,7 +80,10 @@ def cmd_show(args: argparse.Namespace) -> int:
             if d.get(k):
                 print(f"{k}: {d[k]}")
         for sec in ("range", "programming", "read", "drift", "faults", "d2d"):
-            print(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in d[sec].items() if v not in (None, [], "")))
+            keep = _RELEVANT.get((sec, d[sec].get("model")))
+            items = [(k, v) for k, v in d[sec].items() if v not in (None, [], "")
+                     and (keep is None or k == "model" or k in keep)]
+            print(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in items))
         if d["params"]:
             print("params: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
         if d["assumptions"]:

@@ -16,8 +16,6 @@ Results are therefore bit-identical for a seed whatever the thread count.
 """
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 
@@ -64,9 +62,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
       (differential) or g_base + g_span/2 * (1 + wn) (offset); no device noise (digital weights).
     Programmed values are clipped to [g_lo, g_hi] before read noise is added.
     stored (VPQ/JQ with a Gaussian-read device): mu and sigma are not taken from `mu`, `sigma` but read
-      from the stored arrays (block layout): held_* + sd_* * z (z: one hash per cell from read_keys[r, c]),
-      mu = snap(d * inv_mu_unit[g]) * mu_step with d = G+ - G-, sigma decoded from the log ladder
-      (piecewise linear in g between rungs) or linearly (sigma_log False).
+      from the stored arrays (block layout, z from one hash per cell of read_keys[r, c]):
+      mu = held_p + sd_p*z1 - sd_m*z2 with held_p the decoded mean mu and sd_p, sd_m the cells' read std
+      in mu units (the decode is linear); the sigma cell reads held_s + sd_s*z3 (uS), decoded from the log
+      ladder (piecewise linear in g between rungs) or linearly (sigma_log False).
     out_kind OUT_NORMALISED writes wn into out_a; OUT_CONDUCTANCE writes the two cells into out_a, out_b.
     """
     n_out, n_in = mu.shape
@@ -91,14 +90,11 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 kl = k - r0
                 if stored:
                     rb = bits64(read_keys[r, c], kl * tile_cols + jl)
-                    rp = held_p[base + kl] + sd_p[base + kl] * dtable[(rb >> _S0) & _M12]
-                    rm = held_m[base + kl] + sd_m[base + kl] * dtable[(rb >> _S1) & _M12]
+                    # mu decodes linearly from G+ - G-: its read value is the decoded mean plus the two
+                    # cells' read noise scaled by mu_step / (uS per step), precomputed per cell
+                    mu_v = (held_p[base + kl] + sd_p[base + kl] * dtable[(rb >> _S0) & _M12]
+                            - sd_m[base + kl] * dtable[(rb >> _S1) & _M12])
                     rs = held_s[base + kl] + sd_s[base + kl] * dtable[(rb >> _S2) & _M12]
-                    kf = np.float64(rp - rm) * inv_mu_unit[g]
-                    kr = math.floor(kf + 0.5)
-                    if abs(kf - kr) < 1e-4:
-                        kf = kr
-                    mu_v = np.float32(kf) * mu_step
                     sg_v = _decode_sigma(rs, rungs[base + kl], sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, g_base, g_span)
                 else:
                     mu_v = mu[j, k]

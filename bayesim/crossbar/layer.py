@@ -23,7 +23,6 @@ draws and says why in `lumped_reason`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -305,6 +304,16 @@ class AnalogLayer:
                     self._tile_view(mean, off, rows_r, c0, c1)[...] = h if f is None else f(h, self.t_read, ck)
                 self.read_mean[name] = mean
                 self.read_sd[name] = np.asarray(self.device.read_sigma(mean, self.t_read), np.float32)
+            # the mu decode is linear in G+ - G-: fold it into a mean mu and per-cell std in mu units
+            self._mu_mean = self._decode_mu_blocks(self.read_mean["mu+"], self.read_mean["mu-"])
+            per = np.empty_like(self._mu_mean)
+            for r in range(self.n_rt):
+                r0, r1 = self.row_starts[r], self.row_starts[r + 1]
+                off, n = self.out_features * r0, self.out_features * (r1 - r0)
+                unit = (np.float64(np.float32(self.quant.mu_step)) / self.mu_unit[self.grp[r]])
+                per[off:off + n] = np.repeat(unit, r1 - r0)
+            self._mu_sd_p = (self.read_sd["mu+"] * per).astype(np.float32)
+            self._mu_sd_m = (self.read_sd["mu-"] * per).astype(np.float32)
             _, values, ladder = self._sigma_ladder()
             self._ladder = (ladder if ladder is not None else np.ones(1), values if values is not None else np.zeros(1))
             if ladder is not None:  # rung of each sigma cell (a search start for the decode)
@@ -360,22 +369,31 @@ class AnalogLayer:
                 ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
                 self._tile_view(out, off, rows_r, c0, c1)[...] = self.device.read(h, self.t_read, key, ck)
             reads[name] = out
-        step = self.quant.mu_step
-        per = self.mu_unit[self.grp]
+        mu_blocks = self._decode_mu_blocks(reads["mu+"], reads["mu-"])
         for r in range(self.n_rt):
             r0, r1 = self.row_starts[r], self.row_starts[r + 1]
             off, n = self.out_features * r0, self.out_features * (r1 - r0)
             shape = (self.out_features, r1 - r0)
-            d = (reads["mu+"][off:off + n] - reads["mu-"][off:off + n]).reshape(shape)
-            k = d.astype(np.float64) / per[r][:, None]
-            # snap values within 1e-4 of a level step to it: that is float32 round-off of the conductance
-            # arithmetic, so a noise-free device returns the stored grid values bit for bit
-            kr = np.rint(k)
-            k = np.where(np.abs(k - kr) < 1e-4, kr, k)
-            self._mu_read[:, r0:r1] = (k.astype(np.float32) * np.float32(step))
+            self._mu_read[:, r0:r1] = mu_blocks[off:off + n].reshape(shape)
             self._sigma_read[:, r0:r1] = self._g_to_sigma(reads["sigma"][off:off + n]).reshape(shape)
         self.stats.cell_reads += 3 * self.mu.size
         return self._mu_read, self._sigma_read
+
+    def _decode_mu_blocks(self, gp, gm):
+        """mu (block layout, float32) from the read pair conductances: (G+ - G-) / (uS per step) * mu_step.
+        Values within 1e-4 of a level step snap to it: that is float32 round-off of the conductance
+        arithmetic, so a noise-free device returns the stored grid values bit for bit."""
+        out = np.empty_like(gp)
+        for r in range(self.n_rt):
+            r0, r1 = self.row_starts[r], self.row_starts[r + 1]
+            off, n = self.out_features * r0, self.out_features * (r1 - r0)
+            shape = (self.out_features, r1 - r0)
+            d = (gp[off:off + n] - gm[off:off + n]).reshape(shape)
+            k = d.astype(np.float64) / self.mu_unit[self.grp[r]][:, None]
+            kr = np.rint(k)
+            k = np.where(np.abs(k - kr) < 1e-4, kr, k)
+            out[off:off + n] = (k.astype(np.float32) * np.float32(self.quant.mu_step)).ravel()
+        return out
 
     # ------------------------------------------------------------------ per-sample weights
     def _build(self, s):
@@ -431,8 +449,8 @@ class AnalogLayer:
         stored = self.stored and getattr(self, "fused_read", False) and not self.lumped
         if stored:
             q = self.quant
-            hp, hm, hs = (self.read_mean[k] for k in ("mu+", "mu-", "sigma"))
-            sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
+            hp, hm, hs = self._mu_mean, self._mu_mean, self.read_mean["sigma"]
+            sp, sm, ss = self._mu_sd_p, self._mu_sd_m, self.read_sd["sigma"]
             read_keys = self._keys("read_stored", s, self.layer)
             inv_unit = 1.0 / self.mu_unit
             ladder, values = self._ladder

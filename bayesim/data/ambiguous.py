@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import time
 import warnings
 import zipfile
@@ -53,6 +52,9 @@ OFFICIAL_SAMPLES = "amnist_samples.pt"
 OFFICIAL_LABELS = "amnist_labels.pt"
 GEN_THREADS = 1  # fixed during generation: bytes do not depend on the machine's core count
 CACHE_FORMAT = 1
+# Bumped whenever the recipe or its code changes what a (seed, size) generates: caches written by
+# another generator version are stale and ignored (regenerated), never mixed with current ones.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,11 @@ def recipe_for(n_per_split: int, n_mnist: int) -> Recipe:
     """The recipe for `n_per_split` images per split given `n_mnist` MNIST train images.
 
     Scaling: the networks see min(n_mnist, max(6000, 10 * n_per_split)) MNIST images (all 60,000
-    for the full 6000-per-split set; 6000 for small test sets); epochs stay fixed, and on subsets under
-    30,000 images the LeNets train with batch 64 instead of 256 so they still take enough steps. Candidates are drawn in chunks until
-    pool_factor x (2 x n_per_split) pass the filters, up to 60 x that many candidates.
+    for the full 6000-per-split set; 6000 for small test sets); epochs stay fixed, and on subsets
+    under 30,000 images the LeNets train with batch 64 instead of 256 so they still take enough
+    steps. Candidates are drawn in chunks of min(8192, max(1024, 4 * n_per_split)) until
+    pool_factor x (2 x n_per_split) pass the filters, giving up (DataError) after
+    max(20 chunks, 60 x 2 x n_per_split) candidates.
     """
     if n_per_split < 1:
         raise DataError(f"Ambiguous-MNIST size must be >= 1 image per split, got {n_per_split}")
@@ -139,8 +143,6 @@ class Ensemble:
 
     def probs(self, images) -> np.ndarray:
         """Softmax outputs float32 [M, N, 10] of images [N, 28, 28] (uint8 or float in [0, 1])."""
-        import torch
-
         from bayesim.data._ambiguous_nets import ensemble_probs
 
         return ensemble_probs(self.models, _as_unit_tensor(images)).numpy()
@@ -487,6 +489,7 @@ def save_cache(folder: Path, seed: int, size: int, images: np.ndarray, labels: n
         files[ens.name] = _sha256(ens)
     manifest = {
         "format": CACHE_FORMAT,
+        "generator_version": GENERATOR_VERSION,
         "dataset": "Ambiguous-MNIST (generated)",
         "seed": int(seed),
         "n_per_split": int(size),
@@ -534,11 +537,21 @@ def load_cache(manifest_path: Path, seed: int, size: int) -> tuple[np.ndarray, n
     return images_u8.astype(np.float32) * np.float32(1 / 255), labels.astype(np.int64)
 
 
+def _manifest_version(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("generator_version")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return GENERATOR_VERSION  # unreadable: let load_cache report it as corrupt
+
+
 def find_cache(data_dir: Path, seed: int, size: int) -> Path | None:
-    """The manifest of a cached generated set (data folder first, then the per-user cache), or None."""
+    """The manifest of a cached generated set (data folder first, then the per-user cache), or None.
+
+    Manifests of another generator version (stale caches) are skipped.
+    """
     for d in _cache_dirs(Path(data_dir)):
         p = d / f"{cache_stem(seed, size)}.json"
-        if p.is_file():
+        if p.is_file() and _manifest_version(p) == GENERATOR_VERSION:
             return p
     return None
 

@@ -13,6 +13,14 @@ Randomness is passed as 64-bit stream keys (see `bayesim.rng`), never as hidden 
 Element i of the array is cell i of the tile (C order), so the same cell gets the same fault whatever
 the batch shape or thread count. Built-in models do this in numba kernels on the counter-based streams
 of `bayesim.rng`; a numpy plug-in may use `bayesim.rng.generator(key)`.
+
+Optional attributes (read with getattr and a default by consumers; the built-ins provide them all):
+- `gaussian_programming: bool` (default False): True when program() is exactly
+  clip(target + program_sigma(target) z) and read() exactly clip(held + read_sigma(held, t) z), with no
+  stuck-at faults, d2d variation, drift or bias, so a crossbar kernel may fuse both draws itself.
+- `clip_range: (lo, hi)` uS (default (g_min, g_max)): where programmed/read values are clipped.
+- `measured_levels() -> array | None`, `n_levels: int | None` (published level count),
+  `program_offset(g)` (mean programming error, uS), `drift_factor(g, t_read)` (median G(t)/G_prog).
 """
 from __future__ import annotations
 

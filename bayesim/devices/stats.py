@@ -65,3 +65,28 @@ def level_overlap(device, n: int, spacing: str = "linear", t_read: float = 1.0, 
     return {"levels": lv, "programmed": prog, "read": read, "prog_mean": pm, "prog_std": ps,
             "read_mean": rm, "read_std": rs, "distinguishable_programmed": distinguishable_levels(pm, ps),
             "distinguishable_read": distinguishable_levels(rm, rs), "t_read": float(t_read)}
+
+
+def intrinsic_sigma(device, g, t_read: float = 1.0, source: str = "program") -> np.ndarray:
+    """The std (uS) a device gives at conductance `g` when used as a Bayesian machine's random source:
+    "program" (re-programming, cycle-to-cycle), "read" (read noise at `t_read`) or "both" (a fresh
+    program then a read: the two in quadrature)."""
+    g = np.asarray(g, np.float32)
+    if source not in ("program", "read", "both"):
+        raise ValueError(f"source must be 'program', 'read' or 'both', got {source!r}")
+    ps = np.asarray(device.program_sigma(g), np.float64) if source != "read" else 0.0
+    rs = np.asarray(device.read_sigma(g, t_read), np.float64) if source != "program" else 0.0
+    return np.sqrt(ps ** 2 + rs ** 2 + np.zeros(g.shape)).astype(np.float32)
+
+
+def realisable_sigma(device, t_read: float = 1.0, source: str = "program", grid: int = 1001) -> dict:
+    """Which sigma values (uS) the device's own stochasticity can realise over [g_min, g_max]:
+    {"g": grid, "sigma": sigma(g), "min": ..., "max": ..., "relative_min"/"relative_max": sigma/G}.
+    A trained sigma outside [min, max] (in conductance units) cannot come from the device alone."""
+    g = np.linspace(device.g_min, device.g_max, grid).astype(np.float32)
+    s = intrinsic_sigma(device, g, t_read, source).astype(np.float64)
+    pos = g > 0
+    rel = s[pos] / g[pos]
+    return {"g": g, "sigma": s, "min": float(s.min()), "max": float(s.max()),
+            "relative_min": float(rel.min()) if rel.size else 0.0,
+            "relative_max": float(rel.max()) if rel.size else 0.0}
