@@ -32,12 +32,22 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def is_writable(folder: Path) -> bool:
-    """True when files can be created in `folder` (creating it if needed)."""
+    """True when files may be created in `folder` (creating it if needed).
+
+    A folder without any write permission bit counts as read-only even for root (who could write
+    anyway): a data folder handed over read-only, as ../shared is in CI, is never written into.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and (probe.stat().st_mode & 0o222) == 0:
+        return False
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return False
-    return os.access(folder, os.W_OK)
+    return (folder.stat().st_mode & 0o222) != 0 and os.access(folder, os.W_OK)
 
 
 def writable_dir(preferred: Path, subdir: str) -> Path:

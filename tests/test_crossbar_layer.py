@@ -19,8 +19,7 @@ class IdealDevice:
     """Programs and reads exactly its targets (protocol-conforming test device)."""
     name = "ideal"
     g_min, g_max = 1.0, 25.0
-    gaussian_programming = True  # per-level tables in the fused kernel
-    gaussian_read = True  # read = held + read_sigma(held) * z, fused into the kernel
+    gaussian_programming = True  # program/read are clip(g + sigma(g) z): fused into the crossbar kernel
 
     def levels(self, n, spacing="linear"):
         f = np.geomspace if spacing == "log" else np.linspace
@@ -46,7 +45,7 @@ class GaussianDevice(IdealDevice):
 
     def __init__(self, sd_prog=0.5, sd_read=0.0, tables=True):
         self.sd_prog, self.sd_read = sd_prog, sd_read
-        self.gaussian_programming = self.gaussian_read = tables
+        self.gaussian_programming = tables
 
     def program(self, targets, key, cell_key):
         t = np.asarray(targets, np.float32)

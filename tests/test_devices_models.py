@@ -232,19 +232,14 @@ def test_example_plugin_by_path_and_statistics():
     np.testing.assert_array_equal(d.program(t, 3, 4), d.program(t, 3, 4))
 
 
-def test_example_plugin_by_entry_point(monkeypatch):
-    import importlib.metadata as md
-
+def test_example_plugin_by_entry_point(monkeypatch, tmp_path):
+    """A real installed distribution (a dist-info folder on sys.path) advertising the plug-in."""
+    dist = tmp_path / "my_device_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-device-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bayesim.devices]\nmy_device = my_device:MyDevice\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(DEV / "examples"))
-    ep = md.EntryPoint("my_device", "my_device:MyDevice", "bayesim.devices")
-    real = md.entry_points
-
-    def fake(**kw):
-        if kw.get("group") == "bayesim.devices":
-            return md.EntryPoints([ep])
-        return real(**kw)
-
-    monkeypatch.setattr(md, "entry_points", fake)
     from bayesim.devices import list_devices
 
     d = load_device("my_device")

@@ -35,7 +35,6 @@ class PcmStandIn:
     name = "pcm-standin"
     g_min, g_max = 0.1, 25.0
     gaussian_programming = True
-    gaussian_read = True
     clip_range = (0.0, 25.0 * 1.5)
 
     def levels(self, n, spacing="linear"):
@@ -61,17 +60,15 @@ class PcmStandIn:
         return (h + self.read_sigma(h, t_read) * rng.normals(key, h.shape)).astype(np.float32)
 
 
-def _device():
-    """The PCM card if the device registry provides it, else the stand-in (and say which)."""
-    card = _REPO / "devices" / "pcm.yaml"
-    if card.exists():
-        try:
-            from bayesim.devices import load_device  # type: ignore[attr-defined]
+def _device(name: str = "pcm_ibm"):
+    """The PCM device card from the device registry, else the stand-in (and say which)."""
+    try:
+        from bayesim.devices import load_device
 
-            return load_device(card), f"PCM card {card.name}"
-        except (ImportError, AttributeError):
-            pass
-    return PcmStandIn(), "stand-in Gaussian PCM (aihwkit programming polynomial): devices/pcm.yaml not loadable yet"
+        dev = load_device(name)
+        return dev, f"{name} card ({getattr(dev, 'name', name)})"
+    except (ImportError, AttributeError, ValueError) as e:
+        return PcmStandIn(), f"stand-in Gaussian PCM (aihwkit programming polynomial): {name} not loadable ({e})"
 
 
 def _workload(seed=0):

@@ -48,7 +48,7 @@ OUT_CONDUCTANCE = 1  # write G+ and G- (or G and Gref) in uS, for IR drop or a d
 def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w_step, kmax_grp, inv_wscale, grp,
                 lvl, sd_prog, sd_read, g_lo, g_hi, g_base, g_span, offset, ref_sd_prog, ref_sd_read,
                 tile_keys, row_starts, tile_rows, tile_cols, out_kind, out_a, out_b,
-                stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_step,
+                stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_mean,
                 sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, rungs):
     """Effective weights of one layer for one sample (see module docstring).
 
@@ -60,12 +60,13 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
       reference cell at lvl[g, m] (no noise tables given: noise-free targets).
     not quantized: normalised weight wn = w * inv_wscale[g] and targets g_base + max(+-wn, 0)*g_span
       (differential) or g_base + g_span/2 * (1 + wn) (offset); no device noise (digital weights).
-    Programmed values are clipped to [g_lo, g_hi] before read noise is added.
+    Programmed values and read values are both clipped to [g_lo, g_hi] (the device's clip_range), as
+    the devices' `gaussian_programming` contract states.
     stored (VPQ/JQ with a Gaussian-read device): mu and sigma are not taken from `mu`, `sigma` but read
-      from the stored arrays (block layout, z from one hash per cell of read_keys[r, c]):
-      mu = held_p + sd_p*z1 - sd_m*z2 with held_p the decoded mean mu and sd_p, sd_m the cells' read std
-      in mu units (the decode is linear); the sigma cell reads held_s + sd_s*z3 (uS), decoded from the log
-      ladder (piecewise linear in g between rungs) or linearly (sigma_log False).
+      from the stored arrays (block layout, z from one hash per cell of read_keys[r, c]): each cell reads
+      clip(held + sd*z) (uS); mu = mu_mean + (dG+ - dG-) * inv_mu_unit[g] (the linear decode of G+ - G-
+      around the decoded held value mu_mean, in mu units per uS); sigma is decoded from the log ladder
+      (piecewise linear in g between rungs) or linearly (sigma_log False).
     out_kind OUT_NORMALISED writes wn into out_a; OUT_CONDUCTANCE writes the two cells into out_a, out_b.
     """
     n_out, n_in = mu.shape
@@ -90,11 +91,14 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 kl = k - r0
                 if stored:
                     rb = bits64(read_keys[r, c], kl * tile_cols + jl)
-                    # mu decodes linearly from G+ - G-: its read value is the decoded mean plus the two
-                    # cells' read noise scaled by mu_step / (uS per step), precomputed per cell
-                    mu_v = (held_p[base + kl] + sd_p[base + kl] * dtable[(rb >> _S0) & _M12]
-                            - sd_m[base + kl] * dtable[(rb >> _S1) & _M12])
-                    rs = held_s[base + kl] + sd_s[base + kl] * dtable[(rb >> _S2) & _M12]
+                    # mu decodes linearly from G+ - G-: the decoded held value (mu_mean, exact on the grid
+                    # for a noise-free device) plus the clipped read deviations in mu units
+                    hp = held_p[base + kl]
+                    hm = held_m[base + kl]
+                    rp = min(max(hp + sd_p[base + kl] * dtable[(rb >> _S0) & _M12], glo), ghi)
+                    rm = min(max(hm + sd_m[base + kl] * dtable[(rb >> _S1) & _M12], glo), ghi)
+                    mu_v = mu_mean[base + kl] + np.float32(((rp - hp) - (rm - hm)) * inv_mu_unit[g])
+                    rs = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[(rb >> _S2) & _M12], glo), ghi)
                     sg_v = _decode_sigma(rs, rungs[base + kl], sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, g_base, g_span)
                 else:
                     mu_v = mu[j, k]
@@ -133,12 +137,12 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                         bits = bits64(key, kl * tile_cols + jl)
                         ga = ga + spa * dtable[(bits >> _S0) & _M12]
                         ga = min(max(ga, glo), ghi)  # branch-free clip to the physical range
-                        ga = ga + sra * dtable[(bits >> _S1) & _M12]
+                        ga = min(max(ga + sra * dtable[(bits >> _S1) & _M12], glo), ghi)
                         if offset:
                             bits = bits64(key, tile_rows * tile_cols + kl)
                         gb = gb + spb * dtable[(bits >> _S2) & _M12]
                         gb = min(max(gb, glo), ghi)  # branch-free clip to the physical range
-                        gb = gb + srb * dtable[(bits >> _S3) & _M12]
+                        gb = min(max(gb + srb * dtable[(bits >> _S3) & _M12], glo), ghi)
                 else:
                     wn = w * inv_wscale[g]
                     if out_kind == OUT_NORMALISED:

@@ -290,39 +290,23 @@ class AnalogLayer:
                 self._tile_view(held, off, rows_r, c0, c1)[...] = self.device.program(tgt, key, ck)
             self.held[name] = held
         self.stats.program_events += 3 * self.mu.size
-        # Gaussian-read devices: read(h, t) = mean(h, t) + read_sigma(mean, t) * z with z fresh per read, so
-        # the per-sample read fuses into the weight kernel; mean and std per cell are fixed for a given t_read
-        self.fused_read = bool(getattr(self.device, "gaussian_read", False)) and not self.lumped
+        self._mu_read = np.empty_like(self.mu)
+        self._sigma_read = np.empty_like(self.sigma)
+        # Gaussian devices (the `gaussian_programming` contract of bayesim.devices.base: read(h, t) is exactly
+        # clip(h + read_sigma(h, t) z)): the per-sample read fuses into the weight kernel; the held values and
+        # read std per cell are fixed for a given t_read
+        self.fused_read = self.table_noise and not self.lumped
         if self.fused_read:
-            self.read_mean, self.read_sd = {}, {}
-            for name, held in self.held.items():
-                mean = np.empty_like(held)
-                for r, c, off, rows_r, c0, c1 in self._tiles():
-                    h = self._tile_view(held, off, rows_r, c0, c1)
-                    ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
-                    f = getattr(self.device, "read_mean", None)
-                    self._tile_view(mean, off, rows_r, c0, c1)[...] = h if f is None else f(h, self.t_read, ck)
-                self.read_mean[name] = mean
-                self.read_sd[name] = np.asarray(self.device.read_sigma(mean, self.t_read), np.float32)
-            # the mu decode is linear in G+ - G-: fold it into a mean mu and per-cell std in mu units
-            self._mu_mean = self._decode_mu_blocks(self.read_mean["mu+"], self.read_mean["mu-"])
-            per = np.empty_like(self._mu_mean)
-            for r in range(self.n_rt):
-                r0, r1 = self.row_starts[r], self.row_starts[r + 1]
-                off, n = self.out_features * r0, self.out_features * (r1 - r0)
-                unit = (np.float64(np.float32(self.quant.mu_step)) / self.mu_unit[self.grp[r]])
-                per[off:off + n] = np.repeat(unit, r1 - r0)
-            self._mu_sd_p = (self.read_sd["mu+"] * per).astype(np.float32)
-            self._mu_sd_m = (self.read_sd["mu-"] * per).astype(np.float32)
+            self.read_sd = {k: np.asarray(self.device.read_sigma(h, self.t_read), np.float32)
+                            for k, h in self.held.items()}
+            self._mu_mean = self._decode_mu_blocks(self.held["mu+"], self.held["mu-"])
             _, values, ladder = self._sigma_ladder()
             self._ladder = (ladder if ladder is not None else np.ones(1), values if values is not None else np.zeros(1))
             if ladder is not None:  # rung of each sigma cell (a search start for the decode)
-                self._rungs = np.searchsorted(ladder, self.read_mean["sigma"].astype(np.float64), side="right")
-                self._rungs = np.clip(self._rungs - 1, 0, ladder.size - 2).astype(np.int16)
+                rungs = np.searchsorted(ladder, self.held["sigma"].astype(np.float64), side="right")
+                self._rungs = np.clip(rungs - 1, 0, ladder.size - 2).astype(np.int16)
             else:
                 self._rungs = np.zeros(self.mu.size, np.int16)
-        self._mu_read = np.empty_like(self.mu)
-        self._sigma_read = np.empty_like(self.sigma)
 
     def _sigma_ladder(self):
         """Log-level sigma array: code k (sigma_max * 2^-k, k = 0..n-1, code n = zero) sits on rung
@@ -449,19 +433,19 @@ class AnalogLayer:
         stored = self.stored and getattr(self, "fused_read", False) and not self.lumped
         if stored:
             q = self.quant
-            hp, hm, hs = self._mu_mean, self._mu_mean, self.read_mean["sigma"]
-            sp, sm, ss = self._mu_sd_p, self._mu_sd_m, self.read_sd["sigma"]
+            hp, hm, hs = (self.held[k] for k in ("mu+", "mu-", "sigma"))
+            sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
             read_keys = self._keys("read_stored", s, self.layer)
-            inv_unit = 1.0 / self.mu_unit
+            inv_unit = np.float64(np.float32(q.mu_step)) / self.mu_unit  # mu per uS, per group
             ladder, values = self._ladder
             d = np.diff(ladder)
             slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
-            st = (True, hp, hm, hs, sp, sm, ss, read_keys, inv_unit, np.float32(q.mu_step),
+            st = (True, hp, hm, hs, sp, sm, ss, read_keys, inv_unit, self._mu_mean,
                   getattr(q, "sigma_kind", "log") == "log", ladder, values, slopes, float(q.sigma_max),
                   self._rungs)
         else:
             z = np.zeros(1, np.float32)
-            st = (False, z, z, z, z, z, z, keys, np.ones(1), np.float32(1.0), True, np.ones(1), np.zeros(1),
+            st = (False, z, z, z, z, z, z, keys, np.ones(1), z, True, np.ones(1), np.zeros(1),
                   np.zeros(1), 1.0, np.zeros(1, np.int16))
         noisy = self.quantized and self.table_noise and self.sampler == "digital"
         kernels.build_tiles(
