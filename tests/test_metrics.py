@@ -98,3 +98,14 @@ def test_summarize_standard_pairs():
 def test_refuses_non_probabilities(bad, msg):
     with pytest.raises(BayesimError, match=msg):
         metrics.decompose(bad)
+
+
+def test_mutual_information_below_float32_resolution_is_zero():
+    # two samples that differ only in the 9th decimal: MI ~ 1e-17 nats is round-off, reported as 0
+    p1 = np.array([1 - 1e-9, 1e-9])
+    p2 = np.array([1 - 2e-9, 2e-9])
+    d = metrics.decompose(np.stack([p1, p2])[:, None, :])
+    assert d["epistemic"][0] == 0.0
+    # a real disagreement far above the floor is kept
+    d = metrics.decompose(np.array([[[0.9, 0.1]], [[0.7, 0.3]]]))
+    assert d["epistemic"][0] > 1e-2

@@ -4,7 +4,8 @@
 
 - total (predictive) entropy  H[E_s p_s]
 - aleatoric (expected entropy) E_s H[p_s]
-- epistemic (mutual information) total - aleatoric, clipped at 0 against round-off
+- epistemic (mutual information) total - aleatoric; below float32 machine epsilon (1.2e-7 nats),
+  which is round-off of float32 probabilities rather than information, it is exactly 0
 - accuracy, NLL, Brier score, ECE (15 equal-width confidence bins) of the mean prediction
 - AUROC (exact Mann-Whitney statistic, ties count one half) and AUPR (average precision, ties grouped)
   of any score between two splits; `summarize` computes the standard Dirty-MNIST pairs.

@@ -10,6 +10,11 @@ from bayesim.errors import BayesimError
 SUM_TOLERANCE = 1e-3
 ECE_BINS = 15
 _TINY = 1e-12
+# Mutual information is a difference of two entropies of float32 probabilities; below the float32
+# resolution (machine epsilon, in nats) it is round-off, not information, and is reported as exactly 0.
+# Without the floor, values of 1e-18 vs 1e-12 would be "ranked" in AUROCs although no float32
+# pipeline (nor any hardware) resolves them.
+EPISTEMIC_RESOLUTION = float(np.finfo(np.float32).eps)
 
 # name -> (positive splits, negative splits, score); positives are expected to score higher.
 STANDARD_PAIRS = {
@@ -53,7 +58,8 @@ def decompose(probs) -> dict:
     mean = p.mean(axis=0)
     total = _entropy(mean)
     aleatoric = _entropy(p).mean(axis=0)
-    epistemic = np.maximum(total - aleatoric, 0.0)
+    epistemic = total - aleatoric
+    epistemic[epistemic < EPISTEMIC_RESOLUTION] = 0.0
     return {"mean_probs": mean, "total": total, "aleatoric": aleatoric, "epistemic": epistemic}
 
 

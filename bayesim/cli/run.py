@@ -1,0 +1,31 @@
+"""`bayesim run CONFIG.yaml [--out DIR] [--set key=value ...]`: one experiment on simulated hardware."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a trained BNN on simulated crossbars (metrics.json + table)",
+                       description="Run one experiment config: software FP32 vs the network on a device "
+                                   "and crossbar card under a quantization strategy.")
+    p.add_argument("config", nargs="?", help="experiment YAML (default: the built-in quickstart: shipped "
+                                             "LeNet-5, JQ 4 bits, PCM, default crossbar, S = 32)")
+    p.add_argument("--out", help="output folder for metrics.json (default: out/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set hardware.bits.w=3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from bayesim.experiment import load_experiment, result_table, run_experiment
+
+    if args.config:
+        cfg = load_experiment(args.config, args.overrides)
+    else:
+        cfg = load_experiment(None, args.overrides, base={"name": "quickstart"})
+    out = Path(args.out) if args.out else Path("out") / cfg.name
+    result = run_experiment(cfg, out, progress=not args.no_progress)
+    print(result_table(result))
+    print(f"wrote {out / 'metrics.json'}")
+    return 0

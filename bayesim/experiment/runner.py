@@ -1,0 +1,303 @@
+"""Run one experiment: a trained BNN on simulated crossbars, against its software FP32 reference.
+
+    cfg = load_experiment("configs/quickstart.yaml")
+    result = run_experiment(cfg, out_dir="out/quickstart")
+
+Steps: resolve the model (shipped default, checkpoint, Pyro import) -> apply the strategy (a model
+trained with that strategy and bits is used as stored, otherwise post-training quantization) ->
+load the test splits -> software FP32 Monte-Carlo prediction -> AnalogBNN on the device and crossbar
+cards (ADC calibrated on MNIST training images) -> metrics, deltas, hardware summary, memory, energy
+-> `out_dir/metrics.json` (written atomically).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bayesim import __version__
+from bayesim._io import write_json_atomic
+from bayesim.config import to_dict
+from bayesim.errors import BayesimError
+from bayesim.experiment.config import ExperimentConfig
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "resources" / "lenet5_default.safetensors"
+CROSSBAR_CARDS = Path(__file__).resolve().parents[2] / "crossbars"
+ADC_CALIBRATION_IMAGES = 256
+SCALAR_KEYS = ("accuracy", "nll", "brier", "ece", "mean_total_entropy", "mean_aleatoric", "mean_epistemic")
+
+
+# ---------------------------------------------------------------------------------------------- model
+def load_network(spec, normalization: str):
+    """The trained network named by a `ModelSpec` and a description of where it came from."""
+    from bayesim.bnn import load_model
+
+    if spec.source == "default":
+        if not DEFAULT_MODEL.exists():
+            raise BayesimError(f"the shipped default model is missing ({DEFAULT_MODEL}); reinstall bayesim")
+        model, _meta = load_model(DEFAULT_MODEL)
+        return model, {"kind": "default", "path": str(DEFAULT_MODEL)}
+    if spec.source == "checkpoint":
+        model, _meta = load_model(spec.path)
+        return model, {"kind": "checkpoint", "path": str(spec.path)}
+    from bayesim.bnn.pyro_import import import_pyro
+
+    return import_pyro(spec.path, spec.arch, normalization=normalization), \
+        {"kind": "pyro", "path": str(spec.path), "arch": spec.arch}
+
+
+def apply_strategy(model, hw):
+    """The network as the hardware strategy stores it.
+
+    A model already trained (QAT) with this strategy and these bits is used as stored; otherwise a copy
+    is post-training quantized (ranges recalibrated from its parameters).
+    """
+    from bayesim.bnn import QuantConfig
+
+    q = model.cfg.quant
+    b = hw.bits
+    want = QuantConfig(strategy=hw.strategy, mu_bits=b.mu, sigma_bits=b.sigma, w_bits=b.w, range=q.range)
+    same = q.strategy == want.strategy and (
+        want.strategy == "fp"
+        or (not want.quantize_stored or (q.mu_bits, q.sigma_bits) == (want.mu_bits, want.sigma_bits))
+        and (not want.quantize_sampled or q.w_bits == want.w_bits))
+    out = model
+    if not same:
+        out = copy.deepcopy(model)
+        out.set_quant(want)
+    if b.act is not None and out.cfg.activation.bits != b.act:
+        if out.cfg.activation.kind != "bounded":
+            raise BayesimError(f"hardware.bits.act = {b.act} needs a model with bounded activations; "
+                               f"this one uses {out.cfg.activation.kind!r}")
+        if out is model:
+            out = copy.deepcopy(model)
+        uppers = [float(m.upper.item()) for m in out.layers if hasattr(m, "upper")]
+        out.set_activation(replace(out.cfg.activation, bits=b.act), uppers)
+    return out, ("as trained" if same else "post-training quantization")
+
+
+def software_fp32(model):
+    """The FP32 software reference: the same network with strategy fp (activation bits kept)."""
+    from bayesim.bnn import QuantConfig
+
+    if model.cfg.quant.strategy == "fp":
+        return model
+    ref = copy.deepcopy(model)
+    ref.set_quant(QuantConfig(strategy="fp"))
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------- data
+def unique_images(x: np.ndarray):
+    """Distinct images of x and the inverse index (Ambiguous-MNIST repeats an image once per label)."""
+    flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    _, first, inverse = np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel(),
+                                  return_index=True, return_inverse=True)
+    return x[first], inverse.ravel()
+
+
+def calibration_images(data_dir, normalization: str, splits: dict) -> tuple[np.ndarray, str]:
+    """ADC calibration inputs: MNIST training images when present, else the first mnist test images."""
+    from bayesim.data import MNIST_MEAN, MNIST_STD
+    from bayesim.data import load_mnist
+
+    try:
+        imgs, _ = load_mnist("train", data_dir)
+        x = imgs[:ADC_CALIBRATION_IMAGES].astype(np.float32)[:, None] / np.float32(255)
+        return ((x - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)).astype(np.float32), \
+            f"first {ADC_CALIBRATION_IMAGES} MNIST training images"
+    except BayesimError:
+        sp = splits.get("mnist") or next(iter(splits.values()))
+        return sp.x[:ADC_CALIBRATION_IMAGES], f"first {ADC_CALIBRATION_IMAGES} images of split {sp.name!r}"
+
+
+# ---------------------------------------------------------------------------------------------- run
+def _predict_splits(predict, splits: dict, samples: int, desc: str, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    probs = {}
+    for name, sp in splits.items():
+        xu, inv = unique_images(sp.x)
+        with tqdm(total=samples, desc=f"{desc} {name}", unit="sample", disable=not progress, leave=False) as bar:
+            probs[name] = predict(xu, bar)[:, inv]
+    return probs
+
+
+def _summarize(probs: dict, splits: dict) -> dict:
+    from bayesim.metrics import summarize
+
+    out = summarize(probs, {k: s.y for k, s in splits.items()})
+    for name, sp in splits.items():
+        out[name]["subset"] = bool(sp.subset)
+        out[name]["source"] = sp.source
+    return out
+
+
+def _delta(hw: dict, sw: dict) -> dict:
+    d = {}
+    for split in hw:
+        if split in ("auroc", "aupr"):
+            d[split] = {k: hw[split][k] - sw[split][k] for k in hw[split] if k in sw.get(split, {})}
+        elif isinstance(hw[split], dict) and split in sw:
+            d[split] = {k: hw[split][k] - sw[split][k] for k in SCALAR_KEYS}
+    return d
+
+
+def resolve_crossbar(cfg: ExperimentConfig):
+    from bayesim.crossbar import load_crossbar
+
+    ref = cfg.hardware.crossbar
+    path = Path(ref)
+    if not (ref.endswith((".yaml", ".yml")) or path.exists()):
+        path = CROSSBAR_CARDS / f"{ref}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in CROSSBAR_CARDS.glob("*.yaml"))
+            raise BayesimError(f"hardware.crossbar: no crossbar card {ref!r}; known cards: {', '.join(known)} "
+                               "(or give a path to a .yaml card)")
+    card = load_crossbar(path)
+    b = cfg.hardware.bits
+    if b.dac is not None or b.adc is not None:
+        from bayesim.crossbar.card import crossbar_from_dict
+
+        d = to_dict(card)
+        if b.dac is not None:
+            d["dac"]["bits"] = b.dac
+        if b.adc is not None:
+            d["adc"]["bits"] = b.adc
+        card = crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)")
+    return card, path
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
+                   log=print) -> dict:
+    """Run `cfg`; return the metrics dict and write it to `out_dir/metrics.json` when given."""
+    import torch
+
+    from bayesim.analog import AnalogBNN
+    from bayesim.bnn import memory_report, predict_probs
+    from bayesim.data import load_test_splits
+    from bayesim.devices import load_device
+
+    t0 = time.perf_counter()
+    hw = cfg.hardware
+    # Resolve every card and the model before any simulation starts: bad input fails fast.
+    device = load_device(hw.device)
+    card, card_path = resolve_crossbar(cfg)
+    model, model_info = load_network(cfg.model, cfg.data.normalization)
+    qmodel, how = apply_strategy(model, hw)
+    splits = load_test_splits(cfg.data.dir, normalization=cfg.data.normalization, embedded=cfg.data.embedded,
+                              limit=cfg.data.limit, progress=progress)
+    splits = {k: splits[k] for k in cfg.data.splits}
+    for name, sp in splits.items():
+        if len(sp.y) == 0:
+            raise BayesimError(f"data split {name!r} is empty; nothing to evaluate")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    S = cfg.samples
+
+    software = None
+    if cfg.software_reference:
+        ref = software_fp32(qmodel)
+        sw_probs = _predict_splits(
+            lambda x, bar: _software_predict(predict_probs, ref, x, S, cfg.seed, cfg.batch_size, bar),
+            splits, S, "software", progress)
+        software = _summarize(sw_probs, splits)
+        del sw_probs
+
+    t_hw = time.perf_counter()
+    analog = AnalogBNN(qmodel.export_ops(), device, card, seed=cfg.seed, sampler=hw.sampler,
+                       t_read_s=hw.read_time_s, lumped=hw.lumped != "off")
+    x_cal, cal_source = calibration_images(cfg.data.dir, cfg.data.normalization, splits)
+    analog.calibrate(x_cal)
+    hw_probs = _predict_splits(lambda x, bar: analog.predict_probs(x, S, cfg.batch_size, progress=bar),
+                               splits, S, "hardware", progress)
+    hardware = _summarize(hw_probs, splits)
+    hw_time = time.perf_counter() - t_hw
+    del hw_probs
+
+    n_images = sum(len(unique_images(sp.x)[0]) for sp in splits.values())
+    st = analog.stats
+    energy = st.energy_J(card)
+    summ = analog.summary()
+    q, a = qmodel.cfg.quant, qmodel.cfg.activation
+    result = {
+        **hardware,
+        "model": {**model_info, "arch": qmodel.cfg.arch, "quantization": how, "config": to_dict(qmodel.cfg)},
+        "strategy": q.strategy,
+        "bits": {"mu": q.mu_bits if q.quantize_stored else None,
+                 "sigma": q.sigma_bits if q.quantize_stored else None,
+                 "w": q.w_bits if q.quantize_sampled else None,
+                 "act": a.bits, "dac": card.dac.bits, "adc": card.adc.bits},
+        "activation": {"kind": a.kind, "bits": a.bits},
+        "memory": memory_report(qmodel),
+        "samples": S,
+        "seed": cfg.seed,
+        "normalization": cfg.data.normalization,
+        "software_fp32": software,
+        "delta": _delta(hardware, software) if software else None,
+        "hardware": {
+            "device": getattr(device, "name", hw.device),
+            "crossbar": card.name,
+            "crossbar_card": str(card_path),
+            "sampler": hw.sampler,
+            "read_time_s": hw.read_time_s,
+            "tiles": summ["tiles"],
+            "cells": summ["cells"],
+            "layers": summ["layers"],
+            "adc_calibration": cal_source,
+            "mc_forward_passes": n_images * S,
+            "adc_conversions_per_inference": st.adc_conversions / n_images,
+            "dac_conversions_per_inference": st.dac_conversions / n_images,
+            "adc_saturation_rate": st.adc_saturated / max(st.adc_conversions, 1),
+            "dac_clip_rate": st.dac_clipped / max(st.dac_conversions, 1),
+            "program_events": st.program_events,
+            "energy_per_inference_J": {k: v / n_images for k, v in energy.items()},
+            "simulation_time_s": hw_time,
+        },
+        "config": to_dict(cfg),
+        "wall_time_s": time.perf_counter() - t0,
+        "bayesim_version": __version__,
+    }
+    if out_dir is not None:
+        write_json_atomic(Path(out_dir) / "metrics.json", result)
+    return result
+
+
+def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
+    out = predict_probs(model, x, samples, seed, batch_size)
+    bar.update(samples)
+    return out
+
+
+def result_table(result: dict) -> str:
+    """The printed summary: software FP32 vs hardware per split, AUROCs, hardware costs."""
+    sw = result.get("software_fp32") or {}
+    rows = [f"{'split':<10} {'metric':<20} {'software':>9} {'hardware':>9} {'delta':>9}"]
+    for split in ("mnist", "ambiguous", "ood"):
+        if split not in result:
+            continue
+        for k in ("accuracy", "nll", "ece", "mean_aleatoric", "mean_epistemic"):
+            h = result[split][k]
+            s = sw.get(split, {}).get(k)
+            rows.append(f"{split:<10} {k:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
+    for k, h in result.get("auroc", {}).items():
+        s = sw.get("auroc", {}).get(k)
+        rows.append(f"{'auroc':<10} {k:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
+    hwd = result["hardware"]
+    mem = result["memory"]
+    subset = any(result[s].get("subset") for s in ("mnist", "ambiguous", "ood") if s in result)
+    rows.append(f"strategy {result['strategy']} bits {result['bits']} | device {hwd['device']} | crossbar "
+                f"{hwd['crossbar']} | {hwd['tiles']} tiles | sampler {hwd['sampler']}")
+    rows.append(f"memory {mem['bits_per_weight']:.2f} bits/weight ({mem['reduction_vs_fp32']:.2f}x less than FP32) | "
+                f"ADC conversions/inference {hwd['adc_conversions_per_inference']:.3g} | "
+                f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
+                f"ADC saturation {hwd['adc_saturation_rate']:.2%}")
+    rows.append(f"S = {result['samples']}, seed {result['seed']}, wall time {result['wall_time_s']:.1f} s"
+                + ("  [EMBEDDED SUBSET of the test splits]" if subset else ""))
+    return "\n".join(rows)
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -1,0 +1,60 @@
+"""AnalogBNN: the whole network on crossbars against the software model."""
+import numpy as np
+import pytest
+
+from bayesim.analog import AnalogBNN
+from bayesim.bnn import ModelConfig, build_model, predict_probs
+from bayesim.config import build
+from bayesim.crossbar import crossbar_from_dict, load_crossbar
+from bayesim.devices import load_device
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _model(strategy="fp", activation=None, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = build(ModelConfig, {"arch": "lenet5", "init_rho": -3.0,
+                              "activation": activation or {"kind": "relu"},
+                              "quant": {"strategy": strategy, "mu_bits": 4, "sigma_bits": 4, "w_bits": 4}})
+    return build_model(cfg)
+
+
+def _images(n=24, seed=1):
+    return np.random.default_rng(seed).normal(0, 1, (n, 1, 28, 28)).astype(np.float32)
+
+
+@pytest.mark.parametrize("strategy, activation", [
+    ("fp", {"kind": "relu"}),
+    ("spq", {"kind": "bounded", "upper": 4.0, "bits": 4}),
+])
+def test_ideal_crossbar_reproduces_software_probabilities(strategy, activation):
+    model = _model(strategy, activation)
+    x = _images()
+    soft = predict_probs(model, x, samples=3, seed=7)
+    hw = AnalogBNN(model.export_ops(), load_device("ideal"), load_crossbar(REPO / "crossbars" / "ideal.yaml"),
+                   seed=7)
+    probs = hw.predict_probs(x, samples=3, batch_size=10)
+    assert probs.shape == soft.shape
+    assert np.abs(probs - soft).max() <= 1e-5
+    # small tiles: the same network spread over many tiles with digital accumulation
+    small = crossbar_from_dict({"name": "small", "tile": {"rows": 16, "cols": 8}, "dac": {"bits": None},
+                                "adc": {"bits": None}})
+    probs_small = AnalogBNN(model.export_ops(), load_device("ideal"), small, seed=7).predict_probs(x, 3)
+    assert np.abs(probs_small - soft).max() <= 1e-5
+
+
+def test_noisy_device_changes_predictions_but_stays_deterministic():
+    model = _model("jq", {"kind": "bounded", "upper": 4.0, "bits": 8})
+    x = _images(16)
+    card = load_crossbar(REPO / "crossbars" / "default.yaml")
+    runs = []
+    for _ in range(2):
+        hw = AnalogBNN(model.export_ops(), load_device("pcm"), card, seed=3)
+        hw.calibrate(_images(32, seed=5))
+        runs.append(hw.predict_probs(x, samples=2))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    soft = predict_probs(model, x, samples=2, seed=3)
+    assert np.abs(runs[0] - soft).max() > 1e-4  # PCM noise and 8-bit periphery do change the outputs
+    assert hw.stats.adc_conversions > 0 and hw.summary()["tiles"] >= 5
