@@ -120,3 +120,22 @@ def test_ste_gradients():
 def test_bits_validation(bad):
     with pytest.raises(BayesimError, match="1..16"):
         Q.check_bits(bad, "--bits")
+
+
+def test_uniform_sigma_quantizer_ablation_levels_idempotence_and_torch_parity():
+    import torch
+
+    from bayesim.bnn import quant as Q
+
+    s = np.abs(np.random.default_rng(3).normal(0, 0.02, 5000)).astype(np.float32)
+    for bits in (2, 3, 4):
+        q = Q.quantize_sigma(s, s.max(), bits, "uniform")
+        step = np.float32(s.max() / np.float32(2 ** bits - 1))
+        assert np.unique(q).size <= 2 ** bits and q.min() >= 0 and q.max() <= s.max() * (1 + 1e-6)
+        np.testing.assert_allclose(q / step, np.rint(q / step), atol=1e-4)  # on the grid j * step
+        np.testing.assert_array_equal(Q.quantize_sigma(q, s.max(), bits, "uniform"), q)  # idempotent
+        np.testing.assert_array_equal(Q.quantize_sigma_t(torch.from_numpy(s), float(s.max()), bits, "uniform").numpy(), q)
+    # log and uniform differ for small sigmas: uniform collapses them to 0, log keeps octaves
+    small = np.float32([s.max() / 64])
+    assert Q.quantize_sigma(small, s.max(), 3, "uniform")[0] == 0
+    assert Q.quantize_sigma(small, s.max(), 3, "log")[0] == pytest.approx(s.max() / 64)

@@ -38,6 +38,7 @@ class QuantConfig:
     mu_bits: int = spec(8, lo=1, hi=16)
     sigma_bits: int = spec(8, lo=1, hi=16)
     w_bits: int = spec(8, lo=1, hi=16)
+    sigma_quantizer: Literal["log", "uniform"] = spec("log", doc="log (power-of-two) grid, or uniform (ablation)")
     range: Literal["max", "percentile", "learned"] = "max"
     percentile: float = spec(99.9, lo=50.0, hi=100.0)
     w_range_sigmas: float = spec(3.0, lo=0.0, doc="SPQ grid covers max(|mu| + n*sigma)")

@@ -80,7 +80,7 @@ class _BayesLayer(nn.Module):
         self.mu_step.fill_(float(Q.uniform_step(mu, q.mu_bits, mode, q.percentile)))
         if q.quantize_stored:
             mu = Q.quantize_uniform(mu, self.mu_step.item(), q.mu_bits)
-            sig = Q.quantize_log(sig, self.sigma_max.item(), q.sigma_bits)
+            sig = Q.quantize_sigma(sig, self.sigma_max.item(), q.sigma_bits, q.sigma_quantizer)
         span = np.abs(mu) + np.float32(q.w_range_sigmas) * sig
         self.w_step.fill_(float(Q.uniform_step(span, q.w_bits, mode, q.percentile)))
 
@@ -102,7 +102,8 @@ class _BayesLayer(nn.Module):
         mw, mb = self.mu_w, self.mu_b
         if q.quantize_stored:
             mw, mb = Q.quantize_uniform_t(mw, self.mu_step, q.mu_bits), Q.quantize_uniform_t(mb, self.mu_step, q.mu_bits)
-            sw, sb = Q.quantize_log_t(sw, smax, q.sigma_bits), Q.quantize_log_t(sb, smax, q.sigma_bits)
+            sw = Q.quantize_sigma_t(sw, smax, q.sigma_bits, q.sigma_quantizer)
+            sb = Q.quantize_sigma_t(sb, smax, q.sigma_bits, q.sigma_quantizer)
         span = torch.cat([(mw.abs() + q.w_range_sigmas * sw).ravel(), (mb.abs() + q.w_range_sigmas * sb).ravel()])
         self.w_step.copy_(span.max() / Q.max_level(q.w_bits) if q.w_bits > 1 else span.mean())
 
@@ -117,8 +118,8 @@ class _BayesLayer(nn.Module):
         if q.quantize_stored:
             mw = Q.uniform_ste(mw, self.mu_step, q.mu_bits)
             mb = Q.uniform_ste(mb, self.mu_step, q.mu_bits)
-            sw = Q.log_ste(sw, self.sigma_max, q.sigma_bits)
-            sb = Q.log_ste(sb, self.sigma_max, q.sigma_bits)
+            sw = Q.log_ste(sw, self.sigma_max, q.sigma_bits, q.sigma_quantizer)
+            sb = Q.log_ste(sb, self.sigma_max, q.sigma_bits, q.sigma_quantizer)
         w = mw + sw * torch.randn_like(sw)
         b = mb + sb * torch.randn_like(sb)
         if q.quantize_sampled:
@@ -135,14 +136,15 @@ class _BayesLayer(nn.Module):
         out = [np.ascontiguousarray(a, dtype=np.float32) for a in out]
         if q.quantize_stored:
             step, smax = self.mu_step.item(), self.sigma_max.item()
-            out = [Q.quantize_uniform(out[0], step, q.mu_bits), Q.quantize_log(out[1], smax, q.sigma_bits),
-                   Q.quantize_uniform(out[2], step, q.mu_bits), Q.quantize_log(out[3], smax, q.sigma_bits)]
+            k = q.sigma_quantizer
+            out = [Q.quantize_uniform(out[0], step, q.mu_bits), Q.quantize_sigma(out[1], smax, q.sigma_bits, k),
+                   Q.quantize_uniform(out[2], step, q.mu_bits), Q.quantize_sigma(out[3], smax, q.sigma_bits, k)]
         return tuple(out)
 
     def layer_quant(self) -> LayerQuant:
         q = self.quant
         return LayerQuant(strategy=q.strategy, mu_bits=q.mu_bits, mu_step=float(self.mu_step.item()),
-                          sigma_bits=q.sigma_bits, sigma_max=float(self.sigma_max.item()), sigma_kind="log",
+                          sigma_bits=q.sigma_bits, sigma_max=float(self.sigma_max.item()), sigma_kind=q.sigma_quantizer,
                           w_bits=q.w_bits, w_step=float(self.w_step.item()))
 
 

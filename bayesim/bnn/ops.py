@@ -36,7 +36,8 @@ class LayerQuant:
 
     mu levels: k * mu_step, |k| <= 2^(mu_bits-1) - 1 (binary {-mu_step, +mu_step} at 1 bit).
     sigma levels (sigma_kind "log"): sigma_max * 2^-k, k = 0 .. 2^sigma_bits - 2, and 0 for sigma below the
-    smallest level by more than half an octave (`bayesim.bnn.quant.quantize_log`).
+    smallest level by more than half an octave (`bayesim.bnn.quant.quantize_log`); sigma_kind "uniform" (the
+    ablation): j * sigma_max / (2^sigma_bits - 1), j = 0 .. 2^sigma_bits - 1 (`quantize_sigma_uniform`).
     sampled weight levels: k * w_step, |k| <= 2^(w_bits-1) - 1, clipped.
     Fields of a quantizer the strategy does not use are still filled (informational).
     """

@@ -89,6 +89,24 @@ def quantize_log(sigma, sigma_max, bits: int) -> np.ndarray:
     return log_levels(sigma_max, bits)[log_codes(sigma, sigma_max, bits)]
 
 
+def quantize_sigma_uniform(sigma, sigma_max, bits: int) -> np.ndarray:
+    """Uniform quantization of sigma on [0, sigma_max]: 2^b levels j * sigma_max / (2^b - 1) (the
+    ablation of the log quantizer; small sigmas collapse to 0 or the first step), float32."""
+    s = np.asarray(sigma, dtype=np.float32)
+    smax = np.float32(sigma_max)
+    if not smax > 0:
+        return np.zeros_like(s)
+    step = np.float32(smax / np.float32((1 << int(bits)) - 1))
+    return (np.clip(np.rint(s / step), 0, (1 << int(bits)) - 1) * step).astype(np.float32)
+
+
+def quantize_sigma(sigma, sigma_max, bits: int, kind: str = "log") -> np.ndarray:
+    """Sigma quantizer by `kind`: "log" (`quantize_log`) or "uniform" (`quantize_sigma_uniform`)."""
+    if kind == "uniform":
+        return quantize_sigma_uniform(sigma, sigma_max, bits)
+    return quantize_log(sigma, sigma_max, bits)
+
+
 def quantize_activation(a, upper, bits: int | None) -> np.ndarray:
     """Bounded activation: clip to [0, upper]; with `bits`, round to 2^b levels j * upper/(2^b - 1)."""
     a = np.clip(np.asarray(a, dtype=np.float32), np.float32(0), np.float32(upper))
@@ -149,6 +167,18 @@ def quantize_log_t(sigma, sigma_max, bits: int):
     return table[k]
 
 
+def quantize_sigma_t(sigma, sigma_max, bits: int, kind: str = "log"):
+    """torch version of `quantize_sigma` (no gradient)."""
+    torch = _torch()
+    if kind != "uniform":
+        return quantize_log_t(sigma, sigma_max, bits)
+    smax = torch.as_tensor(sigma_max, dtype=torch.float32)
+    if not float(smax) > 0:
+        return torch.zeros_like(sigma)
+    step = smax / float((1 << int(bits)) - 1)
+    return torch.clamp(torch.round(sigma / step), 0, (1 << int(bits)) - 1) * step
+
+
 def quantize_activation_t(a, upper, bits: int | None):
     """torch version of `quantize_activation` (no gradient); `upper` a float or 0-d tensor."""
     torch = _torch()
@@ -178,9 +208,10 @@ def uniform_ste(x, step, bits: int):
     return _round_ste(v) * step
 
 
-def log_ste(sigma, sigma_max, bits: int):
-    """Log quantizer of sigma with an identity straight-through gradient."""
-    q = quantize_log_t(sigma.detach(), sigma_max.detach() if hasattr(sigma_max, "detach") else sigma_max, bits)
+def log_ste(sigma, sigma_max, bits: int, kind: str = "log"):
+    """Sigma quantizer (log, or uniform for the ablation) with an identity straight-through gradient."""
+    q = quantize_sigma_t(sigma.detach(), sigma_max.detach() if hasattr(sigma_max, "detach") else sigma_max, bits,
+                         kind)
     return sigma + (q - sigma).detach()
 
 

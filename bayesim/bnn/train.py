@@ -57,7 +57,8 @@ def _device(name: str):
 
 
 def init_from_checkpoint(model, path: str) -> None:
-    """Copy mu / rho of a checkpoint into `model` (same architecture); ranges are recalibrated."""
+    """Copy mu / rho (and bounded-activation clip levels) of a checkpoint into `model` (same
+    architecture); quantizer ranges are recalibrated."""
     from safetensors.torch import load_file
 
     from bayesim.bnn.checkpoint import read_metadata
@@ -73,7 +74,11 @@ def init_from_checkpoint(model, path: str) -> None:
 
     with torch.no_grad():
         for name, ref in state.items():
-            if name.rsplit(".", 1)[-1] not in ("mu_w", "rho_w", "mu_b", "rho_b"):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "upper" and name in tensors and tuple(tensors[name].shape) == tuple(ref.shape):
+                ref.copy_(tensors[name])  # start from the checkpoint's clip levels
+                continue
+            if leaf not in ("mu_w", "rho_w", "mu_b", "rho_b"):
                 continue
             t = tensors.get(name)
             if t is None or tuple(t.shape) != tuple(ref.shape):

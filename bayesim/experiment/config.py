@@ -71,7 +71,8 @@ class HardwareSpec:
     device: str = spec("pcm", doc="device name, card path (.yaml) or plug-in name")
     crossbar: str = spec("default", doc="crossbar card name or path (.yaml)")
     read_time_s: float = spec(1.0, lo=0.0, doc="time between programming and reading, s")
-    lumped: Literal["auto", "on", "off"] = spec("auto", doc="lumped output-noise fast path where exact")
+    lumped: Literal["auto", "on", "off"] = spec(
+        "auto", doc="lumped output-noise fast path where exact (auto: not for fp, the software reference)")
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,13 @@ def apply_strategy(model, hw):
 
     q = model.cfg.quant
     b = hw.bits
-    want = QuantConfig(strategy=hw.strategy, mu_bits=b.mu, sigma_bits=b.sigma, w_bits=b.w, range=q.range)
+    want = QuantConfig(strategy=hw.strategy, mu_bits=b.mu, sigma_bits=b.sigma, w_bits=b.w,
+                       sigma_quantizer=hw.sigma_quantizer, range=q.range)
+    stored_same = (q.mu_bits, q.sigma_bits, q.sigma_quantizer) == (want.mu_bits, want.sigma_bits,
+                                                                   want.sigma_quantizer)
     same = q.strategy == want.strategy and (
         want.strategy == "fp"
-        or (not want.quantize_stored or (q.mu_bits, q.sigma_bits) == (want.mu_bits, want.sigma_bits))
-        and (not want.quantize_sampled or q.w_bits == want.w_bits))
+        or (not want.quantize_stored or stored_same) and (not want.quantize_sampled or q.w_bits == want.w_bits))
     out = model
     if not same:
         out = copy.deepcopy(model)
@@ -171,6 +173,12 @@ def resolve_crossbar(cfg: ExperimentConfig):
     return card, path
 
 
+def use_lumped(hw) -> bool:
+    """Lumped output noise is exact in distribution but draws other random numbers than the per-weight
+    software path, so "auto" keeps strategy fp (the software reference) on the per-weight draws."""
+    return hw.lumped == "on" or (hw.lumped == "auto" and hw.strategy != "fp")
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
                    log=print) -> dict:
     """Run `cfg`; return the metrics dict and write it to `out_dir/metrics.json` when given."""
@@ -208,7 +216,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
 
     t_hw = time.perf_counter()
     analog = AnalogBNN(qmodel.export_ops(), device, card, seed=cfg.seed, sampler=hw.sampler,
-                       t_read_s=hw.read_time_s, lumped=hw.lumped != "off")
+                       t_read_s=hw.read_time_s, lumped=use_lumped(hw))
     x_cal, cal_source = calibration_images(cfg.data.dir, cfg.data.normalization, splits)
     analog.calibrate(x_cal)
     hw_probs = _predict_splits(lambda x, bar: analog.predict_probs(x, S, cfg.batch_size, progress=bar),

@@ -1,0 +1,76 @@
+"""`bayesim run`: config validation, the end-to-end runner and its metrics.json."""
+import json
+
+import numpy as np
+import pytest
+
+from bayesim.cli import main
+from bayesim.errors import ConfigError
+from bayesim.experiment import load_experiment, run_experiment
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from bayesim.bnn import ModelConfig, build_model, save_model
+    from bayesim.config import build
+
+    torch.manual_seed(0)
+    cfg = build(ModelConfig, {"arch": "lenet5", "init_rho": -4.0,
+                              "activation": {"kind": "bounded", "upper": 4.0}})
+    path = tmp_path_factory.mktemp("model") / "lenet.safetensors"
+    save_model(build_model(cfg), path)
+    return path
+
+
+def _cfg(checkpoint, **hw):
+    return {"name": "t", "model": {"source": "checkpoint", "path": str(checkpoint)},
+            "data": {"embedded": True, "limit": 40}, "samples": 2, "seed": 1,
+            "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "fp", **hw}}
+
+
+def test_ideal_hardware_matches_software_reference(checkpoint, tmp_path):
+    cfg = load_experiment(None, base=_cfg(checkpoint))
+    r = run_experiment(cfg, tmp_path, progress=False, log=None)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["strategy"] == "fp" and on_disk["samples"] == 2
+    for split in ("mnist", "ambiguous", "ood"):
+        assert r[split]["subset"] is True and r[split]["n"] == 40
+        for k, v in r["delta"][split].items():
+            assert abs(v) < 1e-5, (split, k, v)
+    assert set(r["auroc"]) == {"ood_vs_in_mi", "ood_vs_in_total", "ood_vs_mnist_mi", "ambiguous_vs_mnist_aleatoric"}
+    assert r["hardware"]["tiles"] >= 5 and r["hardware"]["adc_conversions_per_inference"] > 0
+
+
+def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, tmp_path):
+    cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="jq",
+                                          bits={"mu": 4, "sigma": 4, "w": 4}))
+    r = run_experiment(cfg, None, progress=False, log=None)
+    assert r["model"]["quantization"] == "post-training quantization"
+    assert r["memory"]["reduction_vs_fp32"] == pytest.approx(8.0, rel=0.01)
+    assert r["bits"] == {"mu": 4, "sigma": 4, "w": 4, "act": None, "dac": 8, "adc": 8}
+    assert r["hardware"]["energy_per_inference_J"]["total"] > 0
+    assert max(abs(v) for v in r["delta"]["mnist"].values()) > 0
+
+
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hardware:\n  strategi: jq\n")
+    out = tmp_path / "out"
+    assert main(["run", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.yaml: hardware.strategi: unknown key" in err[0] and "did you mean 'strategy'" in err[0]
+    assert not out.exists()
+    assert main(["run", "--set", "hardware.bits.w=17", "--out", str(out)]) == 2
+    assert "hardware.bits.w: 17 is out of range; allowed [1, 16]" in capsys.readouterr().err
+    assert main(["run", "--set", "hardware.crossbar=nosuch", "--out", str(out)]) == 2
+    assert "no crossbar card 'nosuch'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_config_validation_rules():
+    with pytest.raises(ConfigError, match="model.source 'pyro' needs model.arch"):
+        load_experiment(None, base={"model": {"source": "pyro", "path": "x.pt"}})
+    with pytest.raises(ConfigError, match="splits"):
+        load_experiment(None, base={"data": {"splits": ["mnist", "mnist"]}})
