@@ -20,6 +20,7 @@ class ConfigError(BayesimError):
     def __init__(self, message: str, source: str | None = None, key: str | None = None):
         self.source = source
         self.key = key
+        self.message = message
         where = ""
         if source and key:
             where = f"{source}: {key}: "

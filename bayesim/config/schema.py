@@ -217,7 +217,7 @@ def build(cls, mapping: Any, source: str = "<dict>", key: str = ""):
             check()
         except ConfigError as e:
             if e.source is None:
-                raise ConfigError(str(e), source, _join(key, e.key) if e.key else (key or None)) from None
+                raise ConfigError(e.message, source, _join(key, e.key) if e.key else (key or None)) from None
             raise
     return obj
 

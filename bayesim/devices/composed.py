@@ -192,9 +192,7 @@ class ComposedDevice:
             nu = np.full_like(g, dr.nu)
         elif dr.model == "pcm":
             mu, sd = _pcm_nu(g / self.g_max)
-            from scipy.stats import foldnorm
-
-            nu = foldnorm.median(np.abs(mu / sd), scale=sd)
+            nu = sd * _foldnorm_median_unit(np.abs(mu / sd))
         else:
             nu = np.zeros_like(g)
         return np.exp(-nu * lr).astype(np.float32)
@@ -217,6 +215,23 @@ class ComposedDevice:
 
     def __repr__(self) -> str:
         return f"ComposedDevice({self.name!r}, model={self.card.model!r}, G=[{self.g_min}, {self.g_max}] uS)"
+
+
+_FOLD_C = np.linspace(0.0, 40.0, 4001)
+_FOLD_MEDIAN = None
+
+
+def _foldnorm_median_unit(c: np.ndarray) -> np.ndarray:
+    """Median of |X|, X ~ N(c, 1), by interpolation in a table (scipy's per-element root finding is
+    far too slow for whole tiles). Linear interpolation on a 0.01 grid: error < 2e-5 (in units of
+    the std); beyond c = 40 the median is c."""
+    global _FOLD_MEDIAN
+    if _FOLD_MEDIAN is None:
+        from scipy.stats import foldnorm
+
+        _FOLD_MEDIAN = foldnorm.median(_FOLD_C)
+    c = np.asarray(c, np.float64)
+    return np.where(c >= _FOLD_C[-1], c, np.interp(c, _FOLD_C, _FOLD_MEDIAN))
 
 
 def _pcm_nu(g_rel):
