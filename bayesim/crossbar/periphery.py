@@ -28,6 +28,14 @@ def dac(x: np.ndarray, bits, signed: bool, scaling: str, full_range: float):
     Returns (x_norm [N, K] float32 in [-1, 1], x_scale [N] float32, n_clipped). x ~ x_norm * x_scale.
     """
     x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 2 and x.shape[1] and x.shape[0] >= 64:  # fused parallel kernel, identical values
+        return im2col_dac(x.reshape(x.shape[0], 1, 1, x.shape[1]), 1, 1, 1, 0, bits, signed, scaling, full_range)
+    return dac_numpy(x, bits, signed, scaling, full_range)
+
+
+def dac_numpy(x: np.ndarray, bits, signed: bool, scaling: str, full_range: float):
+    """The numpy reference of `dac` (same values, bit for bit)."""
+    x = np.asarray(x, dtype=np.float32)
     if scaling == "abs_max":
         scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
         scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
@@ -45,6 +53,93 @@ def dac(x: np.ndarray, bits, signed: bool, scaling: str, full_range: float):
     clipped = int(np.count_nonzero((codes < qlo) | (codes > qhi)))
     np.clip(codes, qlo, qhi, out=codes)
     return (codes / np.float32(qhi)).astype(np.float32), scale, clipped
+
+
+def im2col_dac(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits, signed: bool, scaling: str,
+               full_range: float, out: np.ndarray | None = None):
+    """im2col of x [N, C, H, W] (rows (n, oh, ow), columns (c, i, j): torch weight order) fused with the
+    DAC of every patch row, in one parallel pass: the values of `dac(im2col(x))`, bit for bit.
+
+    A dense [N, K] input is the case C = H = 1, W = K, kh = kw = 1. Returns (x_norm [rows, K],
+    x_scale [rows], n_clipped); `out` (float32 [rows, K]) is reused when given.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, c, h, w = x.shape
+    ho = (h + 2 * padding - kh) // stride + 1
+    wo = (w + 2 * padding - kw) // stride + 1
+    rows, k = n * ho * wo, c * kh * kw
+    if out is None or out.shape != (rows, k):
+        out = np.empty((rows, k), np.float32)
+    scale = np.empty(rows, np.float32)
+    clipped = np.zeros(rows, np.int64)
+    if bits is None:
+        qlo, qhi = (-1, 1) if signed else (0, 1)
+    else:
+        qlo, qhi = dac_levels(int(bits), bool(signed))
+    _im2col_dac(x, kh, kw, stride, padding, ho, wo, scaling == "abs_max", np.float32(full_range),
+                bits is not None, qlo, qhi, out, scale, clipped)
+    return out, scale, int(clipped.sum())
+
+
+_MAGIC32 = np.float32(12582912.0)  # 1.5 * 2^23: float32 x + M - M rounds half to even (|x| < 2^22)
+_BIG32 = np.float32(4194304.0)
+
+
+@nb.njit(parallel=True, cache=True)
+def _im2col_dac(x, kh, kw, stride, padding, ho, wo, abs_max, full_range, quantize, qlo, qhi, out, scale, clipped):
+    n, c, h, w = x.shape
+    per = ho * wo
+    k = c * kh * kw
+    fq = np.float32(qhi)
+    flo = np.float32(qlo)
+    for row in nb.prange(n * per):
+        b = row // per
+        p = row - b * per
+        oh = p // wo
+        ow = p - oh * wo
+        m = np.float32(0.0)
+        col = 0
+        for ci in range(c):
+            for i in range(kh):
+                ih = oh * stride - padding + i
+                for j in range(kw):
+                    iw = ow * stride - padding + j
+                    v = np.float32(0.0)
+                    if 0 <= ih < h and 0 <= iw < w:
+                        v = x[b, ci, ih, iw]
+                    out[row, col] = v
+                    a = abs(v)
+                    if a > m or a != a:
+                        m = a
+                    col += 1
+        if abs_max:
+            s = m if m > 0 else np.float32(1.0)
+        else:
+            s = full_range
+        scale[row] = s
+        cl = 0
+        for col in range(k):
+            v = out[row, col] / s
+            if quantize:
+                t = v * fq
+                t = min(max(t, -_BIG32), _BIG32)
+                t = (t + _MAGIC32) - _MAGIC32
+                if t < flo:
+                    cl += 1
+                    t = flo
+                elif t > fq:
+                    cl += 1
+                    t = fq
+                out[row, col] = t / fq
+            else:
+                if v < flo:
+                    cl += 1
+                    v = flo
+                elif v > np.float32(1.0):
+                    cl += 1
+                    v = np.float32(1.0)
+                out[row, col] = v
+        clipped[row] = cl
 
 
 @nb.njit(parallel=True, cache=True)

@@ -102,10 +102,14 @@ def unique_images(x: np.ndarray):
 
 
 def calibration_images(data_dir, normalization: str, splits: dict) -> tuple[np.ndarray, str]:
-    """ADC calibration inputs: MNIST training images when present, else the first mnist test images."""
+    """ADC calibration inputs: MNIST training images, or for an embedded-subset run (or when the training
+    files are missing) the first images of the mnist split."""
     from bayesim.data import MNIST_MEAN, MNIST_STD
     from bayesim.data import load_mnist
 
+    if any(sp.subset for sp in splits.values()):  # offline (embedded) run: no training files at hand
+        sp = splits.get("mnist") or next(iter(splits.values()))
+        return sp.x[:ADC_CALIBRATION_IMAGES], f"first {ADC_CALIBRATION_IMAGES} images of split {sp.name!r}"
     try:
         imgs, _ = load_mnist("train", data_dir)
         x = imgs[:ADC_CALIBRATION_IMAGES].astype(np.float32)[:, None] / np.float32(255)
