@@ -58,3 +58,34 @@ def test_noisy_device_changes_predictions_but_stays_deterministic():
     soft = predict_probs(model, x, samples=2, seed=3)
     assert np.abs(runs[0] - soft).max() > 1e-4  # PCM noise and 8-bit periphery do change the outputs
     assert hw.stats.adc_conversions > 0 and hw.summary()["tiles"] >= 5
+
+
+def test_loop_orders_give_identical_results_and_counts(monkeypatch):
+    """Batches outer with cached per-sample weights (and the first layer's DAC done once per batch) gives
+    the same probabilities and event counts, bit for bit, as samples outer."""
+    import bayesim.analog.network as net
+
+    model = _model("jq", {"kind": "bounded", "upper": 4.0, "bits": 8})
+    x = _images(20)
+    card = load_crossbar(REPO / "crossbars" / "default.yaml")
+    results = []
+    for budget in (net.WEIGHT_CACHE_BYTES, 0):  # 0: nothing fits, samples outer
+        monkeypatch.setattr(net, "WEIGHT_CACHE_BYTES", budget)
+        hw = AnalogBNN(model.export_ops(), load_device("pcm"), card, seed=3)
+        hw.calibrate(_images(32, seed=5))
+        results.append((hw.predict_probs(x, samples=3, batch_size=7), hw.stats.to_dict()))
+        assert all(layer._sample_cache is None for layer in hw.layers.values())  # cache released
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_maxpool_kernel_equals_window_max():
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from bayesim.analog.network import _maxpool
+
+    r = np.random.default_rng(0)
+    for shape, k, s in [((3, 4, 28, 28), 2, 2), ((2, 3, 13, 11), 3, 2), ((2, 2, 9, 9), 2, 1)]:
+        x = r.normal(size=shape).astype(np.float32)
+        ref = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s].max(axis=(4, 5))
+        np.testing.assert_array_equal(_maxpool(x, k, s), ref)

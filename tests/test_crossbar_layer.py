@@ -218,7 +218,12 @@ def test_adc_calibration_and_saturation():
     assert layer.stats.adc_saturated > 0
 
 
-def test_bit_identical_whatever_the_thread_count():
+@pytest.mark.parametrize("device", ["gaussian", "pcm"])
+def test_bit_identical_whatever_the_thread_count(device, monkeypatch):
+    from bayesim.crossbar import kernels
+    from bayesim.devices import load_device
+
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # small layers too run on the thread pool
     mu, sg, mb, sb, x = _layer_params(out=48, inn=300, seed=5)
     q = LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
     mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
@@ -226,7 +231,7 @@ def test_bit_identical_whatever_the_thread_count():
     op = BayesLinearOp(mu, sg, mb, sb, q)
     card = crossbar_from_dict({"name": "c", "tile": {"rows": 64, "cols": 16}, "output_noise": 0.1,
                                "adc": {"bits": 8, "range": "fixed", "full_scale": 8.0}})
-    dev = GaussianDevice(0.4, 0.2)
+    dev = GaussianDevice(0.4, 0.2) if device == "gaussian" else load_device("pcm")  # pcm: fused device law
     before = numba.get_num_threads()
     try:
         outs = []
@@ -347,3 +352,47 @@ def test_vpq_lumped_runs_on_read_values():
     sd = np.sqrt((x[:3] ** 2) @ (sg ** 2).T)
     z = (y - mean) / np.where(sd > 0, sd, 1)
     assert abs(z.mean()) < 0.05 and abs(z.var() - 1) < 0.08
+
+
+class _GenericOnly:
+    """A device seen without its fast contract: the crossbar must take the generic per-tile path."""
+
+    def __init__(self, device):
+        self._d = device
+        self.name, self.g_min, self.g_max, self.clip_range = device.name, device.g_min, device.g_max, device.clip_range
+        self.gaussian_programming = False
+
+    def __getattr__(self, name):
+        if name in ("gaussian_program", "read_moments", "read_cell_law"):
+            raise AttributeError(name)
+        return getattr(self._d, name)
+
+
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_pcm_fused_device_law_matches_generic_path_in_distribution(mapping):
+    """PCM (drift: no `gaussian_programming`) with JQ: the fused kernel (stored arrays read as drifted mean
+    + read noise, sampled weights programmed and read by the device's per-cell law) and the generic
+    device.program/read path are different random streams of the same model: equal output mean and spread,
+    and both differ from a drift-free read (long read time, so drift is visible)."""
+    from bayesim.devices import load_device
+
+    pcm = load_device("pcm")
+    mu, sg, mb, sb, x = _layer_params(out=24, inn=60, seed=5)
+    q = LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.06)
+    op = BayesLinearOp(quantize_uniform(mu, q.mu_step, q.mu_bits), quantize_log(sg, q.sigma_max, q.sigma_bits),
+                       mb, sb, q)
+    card = crossbar_from_dict({"name": "c", "tile": {"rows": 32, "cols": 16}, "dac": {"bits": None},
+                               "adc": {"bits": None}, "mapping": {"kind": mapping}})
+    x = x[:3]
+    n = 160
+    res = []
+    for dev, t in ((pcm, 1e6), (_GenericOnly(pcm), 1e6), (pcm, 0.0)):
+        layer = AnalogLayer(op, dev, card, 0, 3, t_read=t, t_compute=t)
+        layer.program()
+        assert layer.cell_law == (dev is pcm) and layer.fused_read == (dev is pcm)
+        res.append(np.stack([layer.forward(x, s) for s in range(n)]))
+    (m0, m1, m2), (s0, s1) = (r.mean(0) for r in res), (r.std(0) for r in res[:2])
+    se = np.sqrt(s0 ** 2 / n + s1 ** 2 / n)
+    assert np.abs(m0 - m1).max() < 5 * se.max()
+    assert abs(s0.mean() / s1.mean() - 1) < 0.1
+    assert np.abs(m0 - m2).max() > 10 * se.max()  # drift at 1e6 s shifts the outputs far beyond the noise

@@ -48,3 +48,53 @@ def test_adc_accumulates_row_tiles_digitally():
                              np.ones((2, 2), np.float32), 0, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat)
     np.testing.assert_allclose(y[0], [1 + 1.05, 1 + 0.4], rtol=1e-6)
     assert sat[0] == 0
+
+
+def test_fused_im2col_dac_equals_numpy_im2col_then_dac():
+    """The fused parallel kernel gives the numpy reference's values bit for bit (zero padding, stride, all
+    DAC modes, an all-zero image whose scale falls back to 1)."""
+    import pytest
+
+    from bayesim.crossbar.layer import im2col
+
+    r = np.random.default_rng(0)
+    for shape, k, stride, pad in [((5, 1, 12, 12), 5, 1, 2), ((3, 4, 9, 9), 3, 2, 1), ((2, 2, 6, 7), 2, 1, 0)]:
+        x = r.normal(0, 1, shape).astype(np.float32)
+        x[0] = 0
+        cols, _, _ = im2col(x, k, k, stride, pad)
+        for bits, signed, scaling in [(8, False, "abs_max"), (4, True, "abs_max"), (3, False, "fixed"),
+                                      (None, True, "fixed"), (None, False, "abs_max")]:
+            ref = periphery.dac_numpy(cols, bits, signed, scaling, 1.5)
+            got = periphery.im2col_dac(x, k, k, stride, pad, bits, signed, scaling, 1.5)
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+            assert got[2] == ref[2]
+            dense = periphery.dac(cols, bits, signed, scaling, 1.5)  # dense inputs take the same kernel
+            np.testing.assert_array_equal(dense[0], ref[0])
+            assert dense[2] == ref[2]
+    with pytest.raises(AssertionError):  # the comparison can fail: another scale changes the codes
+        np.testing.assert_array_equal(periphery.im2col_dac(x, 2, 2, 1, 0, 8, False, "fixed", 1.0)[0],
+                                      periphery.dac_numpy(cols, 8, False, "fixed", 1.5)[0])
+
+
+def test_fused_mvm_adc_matches_blas_then_adc():
+    """Products + ADC + accumulation in one kernel = BLAS products then adc_accumulate (up to float32
+    summation order, which can move a value across an ADC step only at a tie; none here)."""
+    r = np.random.default_rng(1)
+    n, k, out = 50, 70, 5
+    xn = r.uniform(0, 1, (n, k)).astype(np.float32)
+    w = r.normal(0, 0.3, (out, k)).astype(np.float32)
+    starts = np.array([0, 32, 64, 70], np.int64)
+    blocks = np.concatenate([w[:, a:b].ravel() for a, b in zip(starts[:-1], starts[1:])])
+    xs = r.uniform(0.5, 2, n).astype(np.float32)
+    ws = r.uniform(0.5, 2, (3, out)).astype(np.float32)
+    u = np.stack([xn[:, a:b] @ w[:, a:b].T for a, b in zip(starts[:-1], starts[1:])])
+    rg = (np.abs(u).max(axis=1) * 0.8).astype(np.float32)  # some saturate
+    y_ref = np.zeros((n, out), np.float32)
+    sat_ref = np.zeros(n, np.int64)
+    periphery.adc_accumulate(u, y_ref, xs, ws, rg, 7, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat_ref)
+    y = np.empty((n, out, 1), np.float32)
+    sat = np.zeros(n, np.int64)
+    periphery.mvm_adc(xn, blocks, starts, y, 1, xs, ws, rg, 7, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat, False, y)
+    np.testing.assert_allclose(y[:, :, 0], y_ref, rtol=1e-5, atol=1e-6)
+    assert sat.sum() == sat_ref.sum() > 0

@@ -251,3 +251,20 @@ def test_example_plugin_by_entry_point(monkeypatch, tmp_path):
 
     d2 = device_from_card(card)
     assert d2.g_max == 30.0 and d2.name == "ep_card"
+
+
+@pytest.mark.parametrize("card", ["pcm_ibm.yaml", "gaussian_mlc.yaml"])
+def test_read_moments_give_the_read_law(card):
+    """read(held, t) is clip(mean + sd z) with (mean, sd) = read_moments(held, t, cell_key): z recovered from
+    the read equals the read stream's own normals (unclipped cells), drift included."""
+    d = load_device(DEV / card)
+    h = d.program(np.tile(d.levels(16), 256), 3, 4)
+    mean, sd = d.read_moments(h, 1e4, 4)
+    r = d.read(h, 1e4, 5, 4)
+    z = rng.normals(5, h.shape)
+    ok = (sd > 0) & (r > d.clip_range[0]) & (r < d.clip_range[1])
+    assert ok.mean() > 0.5
+    np.testing.assert_allclose(r[ok], (mean + sd * z)[ok], rtol=1e-5, atol=1e-5)
+    if card == "pcm_ibm.yaml":
+        assert d.gaussian_program and not d.gaussian_programming
+        assert np.median(mean[h > 1] / h[h > 1]) < 0.8  # PCM drift over 1e4 s (nu ~ 0.05-0.1, t0 20 s)

@@ -6,13 +6,16 @@ pooling and flattening run digitally in float32. Monte-Carlo sample s of every l
 counter-based weight streams as the software model, so an ideal device with ideal periphery gives the
 software's predictive probabilities.
 
-The loop is samples (outer) x batches x layers: a layer builds its effective weights of sample s once,
-then serves every batch; nothing holds S copies of a matrix.
+Loop order: when the effective weights of all S samples of all layers fit in WEIGHT_CACHE_BYTES
+(LeNet-5: 62k weights x 32 samples x 4 B = 8 MB), batches run outer and samples inner: every layer
+builds sample s once, keeps it, and the first layer's input (and its im2col + DAC, which do not depend
+on the sample) is prepared once per batch. Otherwise samples run outer (each layer builds sample s
+once, then serves every batch), so a big network never holds S copies of a matrix.
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from bayesim.bnn.ops import ActivationOp, BayesConvOp, BayesLinearOp, FlattenOp, MaxPoolOp
 from bayesim.bnn.quant import quantize_activation
@@ -22,14 +25,48 @@ from bayesim.errors import BayesimError
 # Monte-Carlo sample indices used for ADC calibration: far from the evaluation samples 0..S-1 so
 # calibration never sees the draws it is evaluated on.
 CALIBRATION_SAMPLE_BASE = 1 << 40
+#: Memory budget (bytes) for keeping every sample's effective weights (batches-outer loop order).
+WEIGHT_CACHE_BYTES = 64 << 20
 
 
 def _maxpool(x: np.ndarray, k: int, s: int) -> np.ndarray:
-    if k == s and x.shape[2] % k == 0 and x.shape[3] % k == 0:
-        n, c, h, w = x.shape
-        return x.reshape(n, c, h // k, k, w // k, k).max(axis=(3, 5))
-    win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s]
-    return np.ascontiguousarray(win.max(axis=(4, 5)))
+    """Max pooling [N, C, H, W] -> [N, C, (H-k)//s + 1, (W-k)//s + 1] (no padding), one parallel pass."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, c, h, w = x.shape
+    out = np.empty((n, c, (h - k) // s + 1, (w - k) // s + 1), np.float32)
+    from bayesim.crossbar.kernels import serial_if_small
+
+    with serial_if_small(x.size):
+        _maxpool_kernel(x.reshape(n * c, h, w), k, s, out.reshape(n * c, out.shape[2], out.shape[3]))
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _maxpool_kernel(x, k, s, out):
+    planes, ho, wo = out.shape
+    for p in nb.prange(planes):
+        for i in range(ho):
+            for j in range(wo):
+                m = x[p, i * s, j * s]
+                for a in range(k):
+                    for b in range(k):
+                        v = x[p, i * s + a, j * s + b]
+                        if v > m or v != v:  # NaN propagates, as numpy's max
+                            m = v
+                out[p, i, j] = m
+
+
+def _digital(op, h: np.ndarray) -> np.ndarray:
+    """One digital (non-crossbar) op."""
+    if isinstance(op, ActivationOp):
+        if op.kind == "relu":
+            return np.maximum(h, np.float32(0))
+        return quantize_activation(h, op.upper, op.bits)
+    if isinstance(op, MaxPoolOp):
+        return _maxpool(h, op.kernel, op.stride)
+    if isinstance(op, FlattenOp):
+        return h.reshape(h.shape[0], -1)
+    raise BayesimError(f"{type(op).__name__} is not a digital op")
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -66,23 +103,21 @@ class AnalogBNN:
         self.calibrated = False
 
     # ------------------------------------------------------------------ execution
-    def _run(self, x: np.ndarray, sample: int, calibrate_with=None) -> np.ndarray:
+    def _run(self, x: np.ndarray, sample: int, calibrate_with=None, start: int = 0, prepared=None) -> np.ndarray:
+        """Ops start.. on x; `prepared` (from AnalogLayer.prepare) replaces the input of op `start`."""
         h = x
-        for i, op in enumerate(self.ops):
+        for i in range(start, len(self.ops)):
+            op = self.ops[i]
             if i in self.layers:
                 layer = self.layers[i]
                 if calibrate_with is not None:
                     layer.calibrate_adc(h, calibrate_with)
-                h = layer.forward(h, sample)
-            elif isinstance(op, ActivationOp):
-                if op.kind == "relu":
-                    h = np.maximum(h, np.float32(0))
+                if prepared is not None and i == start:
+                    h = layer.forward_prepared(prepared, sample)
                 else:
-                    h = quantize_activation(h, op.upper, op.bits)
-            elif isinstance(op, MaxPoolOp):
-                h = _maxpool(h, op.kernel, op.stride)
-            elif isinstance(op, FlattenOp):
-                h = h.reshape(h.shape[0], -1)
+                    h = layer.forward(h, sample)
+            else:
+                h = _digital(op, h)
         return h
 
     def calibrate(self, x: np.ndarray, samples: int = 4) -> None:
@@ -97,10 +132,41 @@ class AnalogBNN:
         self.calibrated = True
 
     def predict_probs(self, x: np.ndarray, samples: int, batch_size: int = 1000, progress=None) -> np.ndarray:
-        """Predictive samples [S, N, C] float32 for inputs x [N, ...]."""
+        """Predictive samples [S, N, C] float32 for inputs x [N, ...] (loop order: module docstring)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] == 0:
             raise BayesimError("empty input: nothing to predict")
+        starts = list(range(0, x.shape[0], batch_size))
+        per_sample = sum(layer.weight_bytes() for layer in self.layers.values())
+        if len(starts) > 1 and samples * per_sample > WEIGHT_CACHE_BYTES:
+            return self._predict_samples_outer(x, samples, batch_size, progress)
+        first = min(self.layers)
+        out = None
+        done = 0
+        try:
+            for layer in self.layers.values():
+                layer.cache_samples(len(starts) > 1)
+            for b, i in enumerate(starts):
+                h = x[i:i + batch_size]
+                for k in range(first):  # digital ops before the first crossbar layer (sample-independent)
+                    h = _digital(self.ops[k], h)
+                prepared = self.layers[first].prepare(h)
+                for s in range(samples):
+                    p = _softmax(self._run(None, s, start=first, prepared=prepared))
+                    if out is None:
+                        out = np.empty((samples, x.shape[0], p.shape[1]), np.float32)
+                    out[s, i:i + batch_size] = p
+                if progress is not None:
+                    now = samples * (b + 1) // len(starts)
+                    if now > done:
+                        progress.update(now - done)
+                        done = now
+        finally:
+            for layer in self.layers.values():
+                layer.cache_samples(False)
+        return out
+
+    def _predict_samples_outer(self, x, samples, batch_size, progress):
         out = None
         for s in range(samples):
             for i in range(0, x.shape[0], batch_size):

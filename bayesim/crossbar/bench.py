@@ -1,8 +1,8 @@
 """`bayesim bench`: speed of the crossbar simulator on a fixed workload, as ratios measured in one run.
 
 Workload: one 784x512 Bayesian linear layer, batch 256, S = 32 Monte-Carlo samples, JQ at 4 bits
-(mu, sigma and sampled weights), the PCM device card, the default crossbar card (256x256 tiles,
-8-bit DAC and ADC with per-column max-calibrated ranges).
+(mu, sigma and sampled weights), the PCM device card (`load_device("pcm")`: drift, 1/f read noise),
+the default crossbar card (256x256 tiles, 8-bit DAC and ADC with per-column max-calibrated ranges).
 
 Reported: time per sample; throughput as a ratio of BLAS float32 matmul of the same shapes
 (S x [256,784] @ [784,512], timed in the same run); speed as a ratio of `numpy_baseline`, a
@@ -24,50 +24,12 @@ N_IN, N_OUT, BATCH, SAMPLES, BITS = 784, 512, 256, 32, 4
 _REPO = Path(__file__).resolve().parents[2]
 
 
-class PcmStandIn:
-    """Gaussian PCM cell with the statistics of devices/pcm_ibm.yaml minus drift.
-
-    The pcm_ibm card models drift (per-cell nu), so it does not satisfy the `gaussian_programming`
-    contract and runs through the generic per-tile device.program/read path; the benchmark measures
-    the fused kernel path with this drift-free stand-in and says so.
-
-    Programming noise: the PCM polynomial of Nandakumar et al. (2019) as used in IBM aihwkit's
-    PCMLikeNoiseModel, sigma_prog(g) = 0.2635 + 1.9650 x - 1.1731 x^2 uS with x = g / 25 uS;
-    read noise: 1/f model Q(g) = min(0.0088 / x^0.65, 0.2), sigma_read = g Q sqrt(ln((t + 250 ns) / 500 ns));
-    no drift (drift compensation assumed). Range 0.1 .. 25 uS.
-    """
-    name = "pcm-standin"
-    g_min, g_max = 0.1, 25.0
-    gaussian_programming = True
-    clip_range = (0.0, 25.0 * 1.5)
-
-    def levels(self, n, spacing="linear"):
-        f = np.geomspace if spacing == "log" else np.linspace
-        return f(self.g_min, self.g_max, n).astype(np.float32)
-
-    def program_sigma(self, g):
-        x = np.asarray(g, np.float64) / self.g_max
-        return np.maximum(0.2635 + 1.9650 * x - 1.1731 * x * x, 0.0).astype(np.float32)
-
-    def read_sigma(self, g, t_read):
-        g = np.maximum(np.asarray(g, np.float64), 1e-6)
-        q = np.minimum(0.0088 / (g / self.g_max) ** 0.65, 0.2)
-        return (g * q * np.sqrt(np.log((t_read + 250e-9) / 500e-9))).astype(np.float32)
-
-    def program(self, targets, key, cell_key):
-        t = np.asarray(targets, np.float32)
-        held = t + self.program_sigma(t) * rng.normals(key, t.shape)
-        return np.clip(held, *self.clip_range).astype(np.float32)
-
-    def read(self, held, t_read, key, cell_key):
-        h = np.asarray(held, np.float32)
-        return (h + self.read_sigma(h, t_read) * rng.normals(key, h.shape)).astype(np.float32)
-
-
 def _device():
-    """The device of the benchmark: the Gaussian PCM stand-in (see PcmStandIn for why not pcm_ibm)."""
-    return PcmStandIn(), ("stand-in Gaussian PCM (pcm_ibm programming polynomial and 1/f read noise, no drift); "
-                          "the pcm_ibm card has drift, so it takes the generic per-tile device path")
+    """The device of the benchmark: the PCM card (devices/pcm_ibm.yaml: aihwkit PCM programming noise,
+    per-cell drift and 1/f read noise), through the crossbar's fused device-law path."""
+    from bayesim.devices import load_device
+
+    return load_device("pcm"), "pcm (PCM card: programming polynomial, per-cell drift, 1/f read noise)"
 
 
 def _workload(seed=0):
@@ -88,24 +50,45 @@ def _workload(seed=0):
     return BayesLinearOp(mu_q, sg_q, b, b, q), x
 
 
+def _np_read(device, g0, z_nu, t):
+    """numpy: PCM read law at t s (drift with the cell's fixed normal z_nu, then 1/f read noise)."""
+    dr, rd = device.card.drift, device.card.read
+    gr = np.abs(g0) / device.g_max
+    lg = np.log(np.maximum(gr, 1e-7))
+    nu = np.abs(np.clip(-0.0155 * lg + 0.0244, 0.049, 0.1) + np.clip(-0.0125 * lg - 0.0059, 0.008, 0.045) * z_nu)
+    g = g0 * ((t + dr.t0_s) / dr.t0_s) ** -nu
+    q = np.minimum(rd.q_coeff / np.maximum(gr ** rd.q_exponent, 1e-3), rd.q_max)
+    sd = np.abs(g) * q * np.sqrt(np.log((t + rd.t0_s + rd.t_pulse_s) / (2 * rd.t_pulse_s)))
+    return g, sd
+
+
 def numpy_baseline(op, device, card, x, samples, adc_range, t_read=1.0, t_compute=1.0, seed=0):
     """Straightforward numpy implementation of the same model (the benchmark's baseline)."""
     q = op.quant
     g = np.random.default_rng(seed)
+    lo = device.clip_range[0]
     span = device.g_max - device.g_min
-    m_mu, m_w = (1 << (q.mu_bits - 1)) - 1, (1 << (q.w_bits - 1)) - 1
+    m_w = (1 << (q.w_bits - 1)) - 1
     k_mu = np.rint(op.mu_w / np.float32(q.mu_step))
     unit_mu = span / np.maximum(np.abs(k_mu).max(axis=1, keepdims=True), 1)
     gp = device.g_min + np.maximum(k_mu, 0) * unit_mu
     gm = device.g_min + np.maximum(-k_mu, 0) * unit_mu
-    held_p = gp + device.program_sigma(gp) * g.standard_normal(gp.shape, dtype=np.float32)
-    held_m = gm + device.program_sigma(gm) * g.standard_normal(gm.shape, dtype=np.float32)
+
+    def program(t):
+        return np.maximum(t + device.program_sigma(t) * g.standard_normal(t.shape, dtype=np.float32), lo)
+
+    def read(held, z_nu, t):
+        mean, sd = _np_read(device, held, z_nu, t)
+        return np.maximum(mean + sd * g.standard_normal(held.shape, dtype=np.float32), lo)
+
+    held_p, held_m = program(gp), program(gm)
     from bayesim.bnn.quant import log_codes, log_levels
 
     ladder = np.asarray(device.levels((1 << q.sigma_bits), "log"), np.float64)
     values = log_levels(q.sigma_max, q.sigma_bits)[::-1].astype(np.float64)
     gs = ladder[ladder.size - 1 - log_codes(op.sigma_w, q.sigma_max, q.sigma_bits)].astype(np.float32)
-    held_s = gs + device.program_sigma(gs) * g.standard_normal(gs.shape, dtype=np.float32)
+    held_s = program(gs)
+    nu_p, nu_m, nu_s, nu_a, nu_b = (g.standard_normal(gp.shape, dtype=np.float32) for _ in range(5))
     wmax = (np.abs(op.mu_w) + 4.33 * op.sigma_w).max(axis=1, keepdims=True)
     kmax = np.clip(np.rint(wmax / q.w_step), 1, m_w)
     qd = (1 << (card.dac.bits - 1 + (1 if not card.dac.signed else 0))) - 1
@@ -115,17 +98,14 @@ def numpy_baseline(op, device, card, x, samples, adc_range, t_read=1.0, t_comput
     rows = card.tile.rows
     out = []
     for s in range(samples):
-        rp = held_p + device.read_sigma(held_p, t_read) * g.standard_normal(held_p.shape, dtype=np.float32)
-        rm = held_m + device.read_sigma(held_m, t_read) * g.standard_normal(held_m.shape, dtype=np.float32)
+        rp, rm = read(held_p, nu_p, t_read), read(held_m, nu_m, t_read)
         mu_r = (rp - rm) / unit_mu * q.mu_step
-        rs = held_s + device.read_sigma(held_s, t_read) * g.standard_normal(held_s.shape, dtype=np.float32)
+        rs = read(held_s, nu_s, t_read)
         sg_r = np.interp(np.log(np.maximum(rs, 1e-30)), np.log(ladder), values).astype(np.float32)
         w = mu_r + sg_r * g.standard_normal(mu_r.shape, dtype=np.float32)
         kq = np.clip(np.rint(w / q.w_step), -kmax, kmax)
-        tp = device.g_min + np.maximum(kq, 0) * span / kmax
-        tm = device.g_min + np.maximum(-kq, 0) * span / kmax
-        tp = tp + device.program_sigma(tp) * g.standard_normal(tp.shape, dtype=np.float32)
-        tm = tm + device.program_sigma(tm) * g.standard_normal(tm.shape, dtype=np.float32)
+        tp = read(program(device.g_min + np.maximum(kq, 0) * span / kmax), nu_a, t_compute)
+        tm = read(program(device.g_min + np.maximum(-kq, 0) * span / kmax), nu_b, t_compute)
         wn = ((tp - tm) / span).astype(np.float32)
         y = np.zeros((x.shape[0], wn.shape[0]), np.float32)
         for r, r0 in enumerate(range(0, x.shape[1], rows)):

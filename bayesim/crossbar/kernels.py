@@ -16,9 +16,12 @@ Results are therefore bit-identical for a seed whatever the thread count.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numba as nb
 import numpy as np
 
+from bayesim.devices.kernels import read_cell32
 from bayesim.rng import bits64, normal
 
 DEVICE_NORMAL_BITS = 12
@@ -40,6 +43,26 @@ _M12 = np.uint64(0xFFF)
 _S = [np.uint64(52 - 12 * i) for i in range(5)]
 _S0, _S1, _S2, _S3, _S4 = _S
 
+#: Below this much work (elements, or multiply-adds / 64) a kernel runs on the calling thread: waking the
+#: numba thread pool costs ~20 us on an idle machine but a scheduler tick (~4-8 ms) on a loaded one.
+PARALLEL_MIN_WORK = 1 << 18
+
+
+@contextmanager
+def serial_if_small(work: int):
+    """Run the numba kernels of the block on one thread when `work` < PARALLEL_MIN_WORK. Results do not
+    depend on it (every random number and every sum is a function of its element only)."""
+    if work >= PARALLEL_MIN_WORK:
+        yield
+        return
+    before = nb.get_num_threads()
+    nb.set_num_threads(1)
+    try:
+        yield
+    finally:
+        nb.set_num_threads(before)
+
+
 OUT_NORMALISED = 0   # write (G+ - G-)/span (or (G - Gref)/(span/2)): the normalised effective weight
 OUT_CONDUCTANCE = 1  # write G+ and G- (or G and Gref) in uS, for IR drop or a device's own program()
 
@@ -49,7 +72,9 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 lvl, sd_prog, sd_read, g_lo, g_hi, g_base, g_span, offset, ref_sd_prog, ref_sd_read,
                 tile_keys, row_starts, tile_rows, tile_cols, out_kind, out_a, out_b,
                 stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_mean,
-                sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, rungs):
+                sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, rungs,
+                cell_law, nu_keys, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, read_coeffs,
+                q_coeff, q_exp, q_max, inv_gmax):
     """Effective weights of one layer for one sample (see module docstring).
 
     mu, sigma: [out, in] float32 (stored or read values). w = mu + sigma*eps (float32, as in software).
@@ -67,6 +92,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
       clip(held + sd*z) (uS); mu = mu_mean + (dG+ - dG-) * inv_mu_unit[g] (the linear decode of G+ - G-
       around the decoded held value mu_mean, in mu units per uS); sigma is decoded from the log ladder
       (piecewise linear in g between rungs) or linearly (sigma_log False).
+    cell_law (a device with Gaussian programming whose read is drift + noise, `read_cell_law`): each
+      programmed cell is read with bayesim.devices.kernels.read_cell (drift exponent from the cell's fixed
+      normal, stream nu_keys[r, c, side] at the cell's index in its tile, [cols, rows] C order as the
+      generic per-tile path; read noise from the cell's hash) instead of the sd_read table.
     out_kind OUT_NORMALISED writes wn into out_a; OUT_CONDUCTANCE writes the two cells into out_a, out_b.
     """
     n_out, n_in = mu.shape
@@ -133,7 +162,24 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                     else:
                         spb = sd_prog[g, ib]
                         srb = sd_read[g, ib]
-                    if spa > 0 or sra > 0 or spb > 0 or srb > 0:
+                    if cell_law:
+                        bits = bits64(key, kl * tile_cols + jl)
+                        ga = min(max(ga + spa * dtable[(bits >> _S0) & _M12], glo), ghi)
+                        drift = drift_kind != 0 and log_ratio > 0.0
+                        zn = normal(nu_keys[r, c, 0], jl * rows_r + kl, table) if drift else np.float32(0.0)
+                        ga = read_cell32(ga, np.float32(zn), dtable[(bits >> _S1) & _M12], log_ratio, noise_t,
+                                         drift_kind, nu_mean, nu_std, read_kind, read_coeffs, q_coeff, q_exp,
+                                         q_max, inv_gmax, glo, ghi)
+                        if offset:
+                            bits = bits64(key, tile_rows * tile_cols + kl)
+                            zn = normal(nu_keys[r, c, 1], kl, table) if drift else np.float32(0.0)
+                        else:
+                            zn = normal(nu_keys[r, c, 1], jl * rows_r + kl, table) if drift else np.float32(0.0)
+                        gb = min(max(gb + spb * dtable[(bits >> _S2) & _M12], glo), ghi)
+                        gb = read_cell32(gb, np.float32(zn), dtable[(bits >> _S3) & _M12], log_ratio, noise_t,
+                                         drift_kind, nu_mean, nu_std, read_kind, read_coeffs, q_coeff, q_exp,
+                                         q_max, inv_gmax, glo, ghi)
+                    elif spa > 0 or sra > 0 or spb > 0 or srb > 0:
                         bits = bits64(key, kl * tile_cols + jl)
                         ga = ga + spa * dtable[(bits >> _S0) & _M12]
                         ga = min(max(ga, glo), ghi)  # branch-free clip to the physical range

@@ -16,6 +16,18 @@ spread falls short of the trained sigma.
 The eps of sample s, layer l is the software interface stream derive_key(seed, "eps_w", s, l) at the
 flat weight index, so an ideal device with ideal periphery reproduces x @ (mu + sigma*eps).T + b.
 
+Device paths: a device with the `gaussian_programming` contract (Gaussian program and read) is
+programmed and read inside the fused weight kernel from per-level std tables; a device with Gaussian
+programming and a per-cell read law (`gaussian_program`, `read_cell_law`, `read_moments`: PCM drift and
+1/f noise) is programmed and read there too, with the device's own per-cell law
+(bayesim.devices.kernels.read_cell) and the same per-cell drift streams as the generic path, and its
+stored VPQ arrays are read as drifted mean (fixed per cell at t_read, computed once at programming) plus
+fresh read noise. Other devices take the generic per-tile device.program / device.read path.
+
+Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + accumulation in one
+numba kernel (periphery.mvm_adc); wider layers one BLAS GEMM per row tile, then adc_accumulate. Conv
+inputs go through one fused im2col + DAC kernel (`prepare`, reusable across samples).
+
 Lumped fast path (`lumped=True`): for fp/vpq with the digital sampler and no IR drop, the noise of a
 tile output is exactly Gaussian with variance sum_k x_k^2 sigma_jk^2, drawn once per output (the local
 reparameterisation). Elsewhere (quantized weights, device sampler, IR drop) it falls back to per-cell
@@ -34,6 +46,9 @@ from bayesim.errors import BayesimError
 
 Z_MAX = float(np.abs(rng.NORMAL_TABLE).max())  # largest |eps| the 16-bit table can draw (4.33)
 STRATEGIES = ("fp", "vpq", "spq", "jq")
+#: Layers with at most this many outputs run products + ADC in one fused kernel (periphery.mvm_adc):
+#: a BLAS call with so few columns is memory-bound on its [tiles, N, out] output. Wider layers use BLAS.
+FUSED_MVM_MAX_OUT = 128
 
 
 @dataclass
@@ -144,6 +159,11 @@ class AnalogLayer:
         self.stored = self.sampler == "digital" and self.strategy in ("vpq", "jq")
         self.ir = crossbar.ir_drop.model != "none" and crossbar.ir_drop.r_wire_ohm > 0
         self.table_noise = bool(getattr(device, "gaussian_programming", False))
+        # devices with Gaussian programming and a per-cell read law (drift + read noise, e.g. PCM): the fused
+        # kernel programs and reads the cells itself (the `read_cell_law` contract of ComposedDevice)
+        self.cell_law = (not self.table_noise and bool(getattr(device, "gaussian_program", False))
+                         and hasattr(device, "read_cell_law"))
+        self.fused_cells = self.table_noise or self.cell_law
         # lumped path
         why = None
         if sampler != "digital":
@@ -162,6 +182,8 @@ class AnalogLayer:
             self.adc_range = np.full((self.n_rt, self.out_features), crossbar.adc.full_scale, np.float32)
         self._programmed = False
         self._built = None
+        self._sample_cache = None
+        self._fused_mvm = self.out_features <= FUSED_MVM_MAX_OUT and not self.lumped
         self._setup_mapping()
 
     # ------------------------------------------------------------------ mapping set-up
@@ -202,13 +224,17 @@ class AnalogLayer:
         self.lvl = np.clip(lv, self.g_min, self.g_max).astype(np.float32)
         zero = np.zeros_like(self.lvl)
         self.ref_sd = (0.0, 0.0)
-        if self.quantized and self.table_noise:
+        if self.quantized and self.fused_cells:
             self.sd_prog = np.asarray(self.device.program_sigma(self.lvl), np.float32).reshape(self.lvl.shape)
-            self.sd_read = np.asarray(self.device.read_sigma(self.lvl, self.t_compute),
-                                      np.float32).reshape(self.lvl.shape)
             ref = np.array([(self.g_min + self.g_max) / 2], np.float32)
-            self.ref_sd = (float(self.device.program_sigma(ref)[0]),
-                           float(self.device.read_sigma(ref, self.t_compute)[0]))
+            if self.table_noise:
+                self.sd_read = np.asarray(self.device.read_sigma(self.lvl, self.t_compute),
+                                          np.float32).reshape(self.lvl.shape)
+                self.ref_sd = (float(self.device.program_sigma(ref)[0]),
+                               float(self.device.read_sigma(ref, self.t_compute)[0]))
+            else:  # read by the device's per-cell law in the kernel
+                self.sd_read = zero.copy()
+                self.ref_sd = (float(self.device.program_sigma(ref)[0]), 0.0)
         else:
             self.sd_prog, self.sd_read = zero, zero.copy()
         self.g_clip = tuple(getattr(self.device, "clip_range", (self.g_min, self.g_max)))
@@ -292,18 +318,32 @@ class AnalogLayer:
         self.stats.program_events += 3 * self.mu.size
         self._mu_read = np.empty_like(self.mu)
         self._sigma_read = np.empty_like(self.sigma)
-        # Gaussian devices (the `gaussian_programming` contract of bayesim.devices.base: read(h, t) is exactly
-        # clip(h + read_sigma(h, t) z)): the per-sample read fuses into the weight kernel; the held values and
-        # read std per cell are fixed for a given t_read
-        self.fused_read = self.table_noise and not self.lumped
+        # Fused read of the stored arrays: a read is clip(mean + sd z) with a per-cell mean and sd fixed for a
+        # given t_read (Gaussian devices, the `gaussian_programming` contract of bayesim.devices.base: mean =
+        # held; devices with `read_moments`, e.g. PCM: mean = the cell's drifted conductance, deterministic per
+        # cell), so the per-sample read fuses into the weight kernel and only the read noise is drawn.
+        moments = getattr(self.device, "read_moments", None)
+        self.fused_read = (self.table_noise or moments is not None) and not self.lumped
         if self.fused_read:
-            self.read_sd = {k: np.asarray(self.device.read_sigma(h, self.t_read), np.float32)
-                            for k, h in self.held.items()}
-            self._mu_mean = self._decode_mu_blocks(self.held["mu+"], self.held["mu-"])
+            if self.table_noise:
+                self.read_mean = self.held
+                self.read_sd = {k: np.asarray(self.device.read_sigma(h, self.t_read), np.float32)
+                                for k, h in self.held.items()}
+            else:
+                self.read_mean, self.read_sd = {}, {}
+                for name, held in self.held.items():
+                    mean, sd = np.empty_like(held), np.empty_like(held)
+                    for r, c, off, rows_r, c0, c1 in self._tiles():
+                        ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                        m_, s_ = moments(self._tile_view(held, off, rows_r, c0, c1), self.t_read, ck)
+                        self._tile_view(mean, off, rows_r, c0, c1)[...] = m_
+                        self._tile_view(sd, off, rows_r, c0, c1)[...] = s_
+                    self.read_mean[name], self.read_sd[name] = mean, sd
+            self._mu_mean = self._decode_mu_blocks(self.read_mean["mu+"], self.read_mean["mu-"])
             _, values, ladder = self._sigma_ladder()
             self._ladder = (ladder if ladder is not None else np.ones(1), values if values is not None else np.zeros(1))
             if ladder is not None:  # rung of each sigma cell (a search start for the decode)
-                rungs = np.searchsorted(ladder, self.held["sigma"].astype(np.float64), side="right")
+                rungs = np.searchsorted(ladder, self.read_mean["sigma"].astype(np.float64), side="right")
                 self._rungs = np.clip(rungs - 1, 0, ladder.size - 2).astype(np.int16)
             else:
                 self._rungs = np.zeros(self.mu.size, np.int16)
@@ -384,6 +424,33 @@ class AnalogLayer:
         """Effective normalised weights of sample s in block layout (cached for repeated batches)."""
         if self._built == s:
             return
+        cache = self._sample_cache
+        if cache is not None and s in cache:
+            wn, sn = cache[s]
+            np.copyto(self._wn, wn)
+            if sn is not None:
+                np.copyto(self._sn, sn)
+                self._mean_n = self._wn
+            self._built = s
+            return
+        self._build_fresh(s)
+        if cache is not None:
+            cache[s] = (self._wn.copy(), self._sn.copy() if self.lumped else None)
+
+    def weight_bytes(self) -> int:
+        """Bytes one sample's effective weights take in the per-sample cache (see cache_samples)."""
+        return 4 * self.mu.size * (2 if self.lumped else 1)
+
+    def cache_samples(self, enabled: bool) -> None:
+        """Keep the effective weights of every sample built from now on (True) so that batches may run
+        in the outer loop; False drops them. The caller bounds the memory (weight_bytes() per sample)."""
+        self._sample_cache = {} if enabled else None
+
+    def _build_fresh(self, s):
+        with kernels.serial_if_small(self.mu.size):
+            self._build_sample(s)
+
+    def _build_sample(self, s):
         if not self._programmed:
             self.program()
         fused = self.stored and self.fused_read
@@ -405,7 +472,7 @@ class AnalogLayer:
             self._built = s
             return
         use_eps = self.sampler == "digital"
-        conductance = self.ir or self.sampler == "device" or (self.quantized and not self.table_noise)
+        conductance = self.ir or self.sampler == "device" or (self.quantized and not self.fused_cells)
         if not conductance:
             self._run_kernel(mu, sigma, eps_key, use_eps, kernels.OUT_NORMALISED, self._wn, s=s)
         else:
@@ -433,7 +500,7 @@ class AnalogLayer:
         stored = self.stored and getattr(self, "fused_read", False) and not self.lumped
         if stored:
             q = self.quant
-            hp, hm, hs = (self.held[k] for k in ("mu+", "mu-", "sigma"))
+            hp, hm, hs = (self.read_mean[k] for k in ("mu+", "mu-", "sigma"))
             sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
             read_keys = self._keys("read_stored", s, self.layer)
             inv_unit = np.float64(np.float32(q.mu_step)) / self.mu_unit  # mu per uS, per group
@@ -447,7 +514,19 @@ class AnalogLayer:
             z = np.zeros(1, np.float32)
             st = (False, z, z, z, z, z, z, keys, np.ones(1), z, True, np.ones(1), np.zeros(1),
                   np.zeros(1), 1.0, np.zeros(1, np.int16))
-        noisy = self.quantized and self.table_noise and self.sampler == "digital"
+        noisy = self.quantized and self.fused_cells and self.sampler == "digital"
+        if noisy and self.cell_law:
+            law = self.device.read_cell_law(self.t_compute)
+            names = ("w", "ref") if self.offset else ("w+", "w-")
+            nu_keys = np.array([[[rng.derive_key(rng.derive_key(self.seed, "cells", self.layer, r, c, nm), "nu")
+                                  for nm in names] for c in range(self.n_ct)] for r in range(self.n_rt)], np.uint64)
+            f32 = np.float32
+            cl = (True, nu_keys, f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6],
+                  f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
+        else:
+            z32 = np.float32(0.0)
+            cl = (False, np.zeros((1, 1, 2), np.uint64), z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32,
+                  np.float32(1.0))
         kernels.build_tiles(
             mu, sigma, eps_key, use_eps, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, self.quantized,
             bool(self.quantized and int(self.quant.w_bits) == 1),
@@ -457,12 +536,12 @@ class AnalogLayer:
             np.float32(self.g_clip[0]), np.float32(self.g_clip[1]), np.float32(self.g_min),
             np.float32(self.span), self.offset, np.float32(self.ref_sd[0] if noisy else 0.0),
             np.float32(self.ref_sd[1] if noisy else 0.0), keys, self.row_starts, t.rows, t.cols, out_kind,
-            out_a, out_a if out_b is None else out_b, *st)
+            out_a, out_a if out_b is None else out_b, *st, *cl)
         return out_a
 
     def _finish_conductances(self, s):
         """Generic device program/read per tile (when no per-level tables), IR drop, -> normalised."""
-        generic = self.sampler == "device" or (self.quantized and not self.table_noise)
+        generic = self.sampler == "device" or (self.quantized and not self.fused_cells)
         ir = self.card.ir_drop
         half = self.span / 2 if self.offset else self.span
         for r, c, off, rows_r, c0, c1 in self._tiles():
@@ -524,9 +603,13 @@ class AnalogLayer:
         out = self.out_features
         n = xn.shape[0]
         u = np.empty((self.n_rt, n, out), np.float32)
+        if self._fused_mvm:  # the products of the fused forward kernel, bit for bit
+            periphery.mvm_adc(xn, self._wn, self.row_starts, u, 1, np.ones(n, np.float32), self.w_scale,
+                              self.w_scale, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE, np.zeros(n, np.int64), True, u)
+            return u
         for r in range(self.n_rt):
             r0, r1 = int(self.row_starts[r]), int(self.row_starts[r + 1])
-            xr = xn[:, r0:r1] if self.n_rt == 1 else np.ascontiguousarray(xn[:, r0:r1])
+            xr = xn[:, r0:r1]  # a strided view: BLAS takes the leading dimension, no copy
             w = self._wn[out * r0: out * r1].reshape(out, r1 - r0)
             np.matmul(xr, w.T, out=u[r])
             if self.lumped:
@@ -535,30 +618,75 @@ class AnalogLayer:
                 u[r] += np.sqrt(var) * z
         return u
 
+    def prepare(self, x: np.ndarray):
+        """The DAC'd GEMM operand of inputs x (im2col for conv, fused with the DAC in one parallel pass):
+        (x_norm [rows, in] float32, x_scale [rows], clipped, geometry). It does not depend on the
+        Monte-Carlo sample, so a caller may reuse it for every sample of the same inputs. x_norm is the
+        layer's reusable buffer: valid until this layer's next `prepare` (or `forward`) call."""
+        card = self.card
+        x = np.asarray(x, dtype=np.float32)
+        if card.ideal_periphery:
+            xm, geo = self._unfold(x)
+            return xm, np.ones(xm.shape[0], np.float32), 0, geo
+        if self.is_conv:
+            if x.ndim != 4:
+                raise BayesimError(f"layer {self.layer}: conv input must be [N, C, H, W], got {x.shape}")
+            x4 = x
+        else:
+            if x.ndim != 2 or x.shape[1] != self.in_features:
+                raise BayesimError(f"layer {self.layer}: input must be [N, {self.in_features}], got {x.shape}")
+            x4 = x.reshape(x.shape[0], x.shape[1], 1, 1)
+        kh, kw, st, pd = (self.kh, self.kw, self.stride, self.padding) if self.is_conv else (1, 1, 1, 0)
+        xn, xs, clipped = periphery.im2col_dac(x4, kh, kw, st, pd, card.dac.bits, card.dac.signed,
+                                               card.dac.scaling, card.dac.range, getattr(self, "_xbuf", None))
+        self._xbuf = xn
+        geo = None
+        if self.is_conv:
+            n, _, h, w = x.shape
+            geo = (n, (h + 2 * pd - kh) // st + 1, (w + 2 * pd - kw) // st + 1)
+        return xn, xs, clipped, geo
+
     def forward(self, x: np.ndarray, sample: int) -> np.ndarray:
         """Output of Monte-Carlo sample `sample` for inputs x ([N, in] or [N, C, H, W]); float32."""
-        xm, geo = self._unfold(x)
+        with kernels.serial_if_small(np.size(x) * max(1, self.kh * self.kw if self.is_conv else 1)):
+            prepared = self.prepare(x)
+        return self.forward_prepared(prepared, sample)
+
+    def forward_prepared(self, prepared, sample: int) -> np.ndarray:
+        """`forward` on the output of `prepare` (reusable across samples)."""
         self._build(int(sample))
+        with kernels.serial_if_small(prepared[0].size * self.out_features // 64):
+            return self._forward_prepared(prepared, sample)
+
+    def _forward_prepared(self, prepared, sample: int) -> np.ndarray:
+        xn, xs, clipped, geo = prepared
         card = self.card
-        n = xm.shape[0]
-        if card.ideal_periphery:
-            xn, xs, clipped = xm, np.ones(n, np.float32), 0
-        else:
-            xn, xs, clipped = periphery.dac(xm, card.dac.bits, card.dac.signed, card.dac.scaling,
-                                            card.dac.range)
+        n = xn.shape[0]
         qmax = 0 if card.adc.bits is None else (1 << (card.adc.bits - 1)) - 1
         if qmax and self.adc_range is None:
             raise BayesimError(f"crossbar card {card.name}: ADC range {card.adc.range!r} must be calibrated "
                                "(AnalogLayer.calibrate_adc) before the forward pass")
-        y = np.zeros((n, self.out_features), np.float32)
         sat = np.zeros(n, np.int64)
-        u = self._tile_outputs(xn, sample)
         nkey = np.uint64(rng.derive_key(self.seed, "out_noise", sample, self.layer))
-        periphery.adc_accumulate(u, y, xs, self.w_scale, self.adc_range if qmax else self.w_scale, qmax,
-                                 float(card.output_noise), nkey, rng.NORMAL_TABLE, sat)
         b = self._bias(sample)
-        if b is not None:
-            y += b
+        if self._fused_mvm:
+            # few outputs: products, ADC and accumulation fused, written straight in NCHW order
+            n_img, per = (geo[0], geo[1] * geo[2]) if geo is not None else (n, 1)
+            y = np.empty((n_img, self.out_features, per), np.float32)
+            periphery.mvm_adc(xn, self._wn, self.row_starts, y, per, xs, self.w_scale,
+                              self.adc_range if qmax else self.w_scale, qmax, float(card.output_noise), nkey,
+                              rng.NORMAL_TABLE, sat, False, y)
+            if b is not None:
+                y += b[:, None]
+            y = y.reshape(n_img, self.out_features, geo[1], geo[2]) if geo is not None else y.reshape(n, -1)
+            geo = None
+        else:
+            y = np.zeros((n, self.out_features), np.float32)
+            u = self._tile_outputs(xn, sample)
+            periphery.adc_accumulate(u, y, xs, self.w_scale, self.adc_range if qmax else self.w_scale, qmax,
+                                     float(card.output_noise), nkey, rng.NORMAL_TABLE, sat)
+            if b is not None:
+                y += b
         st = self.stats
         st.dac_conversions += n * self.in_features * self.n_ct
         st.dac_clipped += clipped * self.n_ct
@@ -572,12 +700,11 @@ class AnalogLayer:
         card = self.card
         if card.adc.bits is None or card.adc.range == "fixed":
             return self.adc_range
-        xm, _ = self._unfold(x)
-        xn, _, _ = periphery.dac(xm, card.dac.bits, card.dac.signed, card.dac.scaling, card.dac.range)
+        prepared = self.prepare(x)
         per_tile = []
         for s in samples:
             self._build(int(s))
-            per_tile.append(np.abs(self._tile_outputs(xn, s)))
+            per_tile.append(np.abs(self._tile_outputs(prepared[0], s)))
         rng_ = np.empty((self.n_rt, self.out_features), np.float32)
         for r in range(self.n_rt):
             a = np.concatenate([u[r] for u in per_tile], axis=0)
@@ -592,5 +719,6 @@ class AnalogLayer:
                 "in": self.in_features, "out": self.out_features, "row_tiles": self.n_rt,
                 "col_tiles": self.n_ct, "cells": self._cells_per_layer() + (3 * self.mu.size if self.stored else 0),
                 "path": "lumped" if self.lumped else ("per-cell (level tables)" if self.quantized and self.table_noise
+                                                      else "per-cell (fused device law)" if self.quantized and self.cell_law
                                                       else "per-cell"),
                 "lumped_fallback": self.lumped_reason, "sigma_shortfall": self.sigma_shortfall}

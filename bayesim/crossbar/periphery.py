@@ -29,7 +29,7 @@ def dac(x: np.ndarray, bits, signed: bool, scaling: str, full_range: float):
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 2 and x.shape[1] and x.shape[0] >= 64:  # fused parallel kernel, identical values
-        return im2col_dac(x.reshape(x.shape[0], 1, 1, x.shape[1]), 1, 1, 1, 0, bits, signed, scaling, full_range)
+        return im2col_dac(x.reshape(x.shape[0], x.shape[1], 1, 1), 1, 1, 1, 0, bits, signed, scaling, full_range)
     return dac_numpy(x, bits, signed, scaling, full_range)
 
 
@@ -60,7 +60,7 @@ def im2col_dac(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits,
     """im2col of x [N, C, H, W] (rows (n, oh, ow), columns (c, i, j): torch weight order) fused with the
     DAC of every patch row, in one parallel pass: the values of `dac(im2col(x))`, bit for bit.
 
-    A dense [N, K] input is the case C = H = 1, W = K, kh = kw = 1. Returns (x_norm [rows, K],
+    A dense [N, K] input is the case C = K, H = W = kh = kw = 1. Returns (x_norm [rows, K],
     x_scale [rows], n_clipped); `out` (float32 [rows, K]) is reused when given.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -76,69 +76,63 @@ def im2col_dac(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits,
         qlo, qhi = (-1, 1) if signed else (0, 1)
     else:
         qlo, qhi = dac_levels(int(bits), bool(signed))
-    _im2col_dac(x, kh, kw, stride, padding, ho, wo, scaling == "abs_max", np.float32(full_range),
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    _im2col_dac(x, kh, kw, stride, ho, wo, scaling == "abs_max", np.float32(full_range),
                 bits is not None, qlo, qhi, out, scale, clipped)
     return out, scale, int(clipped.sum())
 
 
-_MAGIC32 = np.float32(12582912.0)  # 1.5 * 2^23: float32 x + M - M rounds half to even (|x| < 2^22)
-_BIG32 = np.float32(4194304.0)
+@nb.njit(cache=True, inline="always")
+def _patch_dac(xp, b, oh, ow, kh, kw, stride, abs_max, full_range, quantize, qlo, qhi, dst):
+    """Gather the patch of output pixel (oh, ow) of image b of the zero-padded input xp into
+    dst[0:C*kh*kw] and apply the DAC in place (scale, quantize with rounding half to even, clip);
+    returns (scale, clipped count)."""
+    c = xp.shape[1]
+    fq = np.float32(qhi)
+    flo = np.float32(qlo)
+    col = 0
+    for ci in range(c):
+        for i in range(kh):
+            src = xp[b, ci, oh * stride + i, ow * stride:ow * stride + kw]
+            for j in range(kw):
+                dst[col + j] = src[j]
+            col += kw
+    k_all = c * kh * kw
+    m = np.float32(0.0)
+    nan = False
+    for col in range(k_all):
+        a = abs(dst[col])
+        m = max(m, a)
+        nan |= a != a
+    if nan:  # NaN propagates to the scale, as numpy's max
+        m = np.float32(np.nan)
+    if abs_max:
+        s = m if m > 0 or m != m else np.float32(1.0)
+    else:
+        s = full_range
+    cl = 0
+    hi = fq if quantize else np.float32(1.0)
+    for col in range(k_all):  # branch-free so that it vectorises
+        v = dst[col] / s
+        t = np.rint(v * fq) if quantize else v
+        cl += (t < flo) + (t > hi)
+        t = min(max(t, flo), hi)
+        dst[col] = t / fq if quantize else t
+    return s, cl
 
 
 @nb.njit(parallel=True, cache=True)
-def _im2col_dac(x, kh, kw, stride, padding, ho, wo, abs_max, full_range, quantize, qlo, qhi, out, scale, clipped):
-    n, c, h, w = x.shape
+def _im2col_dac(xp, kh, kw, stride, ho, wo, abs_max, full_range, quantize, qlo, qhi, out, scale, clipped):
+    n = xp.shape[0]
     per = ho * wo
-    k = c * kh * kw
-    fq = np.float32(qhi)
-    flo = np.float32(qlo)
     for row in nb.prange(n * per):
         b = row // per
         p = row - b * per
         oh = p // wo
-        ow = p - oh * wo
-        m = np.float32(0.0)
-        col = 0
-        for ci in range(c):
-            for i in range(kh):
-                ih = oh * stride - padding + i
-                for j in range(kw):
-                    iw = ow * stride - padding + j
-                    v = np.float32(0.0)
-                    if 0 <= ih < h and 0 <= iw < w:
-                        v = x[b, ci, ih, iw]
-                    out[row, col] = v
-                    a = abs(v)
-                    if a > m or a != a:
-                        m = a
-                    col += 1
-        if abs_max:
-            s = m if m > 0 else np.float32(1.0)
-        else:
-            s = full_range
+        s, cl = _patch_dac(xp, b, oh, p - oh * wo, kh, kw, stride, abs_max, full_range, quantize, qlo, qhi,
+                           out[row])
         scale[row] = s
-        cl = 0
-        for col in range(k):
-            v = out[row, col] / s
-            if quantize:
-                t = v * fq
-                t = min(max(t, -_BIG32), _BIG32)
-                t = (t + _MAGIC32) - _MAGIC32
-                if t < flo:
-                    cl += 1
-                    t = flo
-                elif t > fq:
-                    cl += 1
-                    t = fq
-                out[row, col] = t / fq
-            else:
-                if v < flo:
-                    cl += 1
-                    v = flo
-                elif v > np.float32(1.0):
-                    cl += 1
-                    v = np.float32(1.0)
-                out[row, col] = v
         clipped[row] = cl
 
 
@@ -174,4 +168,56 @@ def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key,
                     v = t * (rg / q)
                 acc += v * w_scale[r, j]
             y[n, j] += acc * xs
+        sat_rows[n] += sat
+
+
+@nb.njit(parallel=True, cache=True, fastmath={"reassoc", "nsz"})
+def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table,
+            sat_rows, raw, u):
+    """The row tiles' products, ADC and digital accumulation in one pass (no [tiles, N, out] buffer), for
+    layers with few outputs where a GEMM call does not pay: y[n // per, j, n % per] = sum_r
+    ADC(xn[n, r0:r1] . W_r[j] + noise) * x_scale[n] * w_scale[r, j], with W_r the [out, r1 - r0] block
+    of row tile r at w_blocks[out*r0:]; y [images, out, per] is written in NCHW order (per = Ho*Wo; 1 for
+    a dense layer). ADC, noise stream and saturation counts as `adc_accumulate`. raw: write the noise-free
+    products into u [tiles, N, out] instead (ADC calibration sees exactly the values the forward pass
+    converts). The dot products are vectorised (reassociated sums), each output by one thread:
+    identical for any thread count."""
+    n_rows = xn.shape[0]
+    n_cols = w_scale.shape[1]
+    n_tiles = row_starts.shape[0] - 1
+    q = np.float32(qmax)
+    for n in nb.prange(n_rows):
+        b = n // per
+        p = n - b * per
+        sat = 0
+        xs = x_scale[n]
+        for j in range(n_cols):
+            acc = np.float32(0.0)
+            for r in range(n_tiles):
+                r0 = row_starts[r]
+                r1 = row_starts[r + 1]
+                base = n_cols * r0 + j * (r1 - r0)
+                xr = xn[n, r0:r1]
+                wr = w_blocks[base:base + (r1 - r0)]
+                v = np.float32(0.0)
+                for k in range(r1 - r0):
+                    v += xr[k] * wr[k]
+                if raw:
+                    u[r, n, j] = v
+                    continue
+                if noise_sd > 0:
+                    v += np.float32(noise_sd) * normal(noise_key, (r * n_rows + n) * n_cols + j, table)
+                if qmax > 0:
+                    rg = col_range[r, j]
+                    if abs(v) > rg:
+                        sat += 1
+                    t = np.rint(v / rg * q)
+                    if t > q:
+                        t = q
+                    elif t < -q:
+                        t = -q
+                    v = t * (rg / q)
+                acc += v * w_scale[r, j]
+            if not raw:
+                y[b, j, p] = acc * xs
         sat_rows[n] += sat

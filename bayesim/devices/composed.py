@@ -106,6 +106,10 @@ class ComposedDevice:
         self.gaussian_programming = bool(unbiased and f.stuck_at_gmin == 0 and f.stuck_at_gmax == 0
                                          and d.relative == 0 and d.absolute_uS == 0
                                          and card.drift.model == "none")
+        #: True when program() is exactly clip(target + program_sigma(target) z) (drift and read may be
+        #: anything `read_cell_law` describes): the crossbar then programs cells in its own kernels.
+        self.gaussian_program = bool(unbiased and f.stuck_at_gmin == 0 and f.stuck_at_gmax == 0
+                                     and d.relative == 0 and d.absolute_uS == 0)
 
     # ------------------------------------------------------------------ levels
     def levels(self, n: int, spacing: str = "linear") -> np.ndarray:
@@ -135,6 +139,29 @@ class ComposedDevice:
         if self.table is not None:
             return self.table.levels.astype(np.float32)
         return None
+
+    # ------------------------------------------------------------------ fast contract (fused crossbar kernels)
+    def read_cell_law(self, t_read: float) -> tuple:
+        """Parameters of `bayesim.devices.kernels.read_cell` for reads at t_read (s): a numba kernel that
+        programs a cell itself reads it as read(): read_cell(g0, z_nu, z, *law), z_nu the cell's fixed
+        normal (stream derive_key(cell_key, "nu") at the cell index), z fresh per read."""
+        dr, rd = self.card.drift, self.card.read
+        log_ratio, noise_t = K.read_law(float(t_read), _DRIFT[dr.model], dr.nu, dr.nu_std, dr.t0_s,
+                                        _READ[rd.model], rd.t_pulse_s, rd.t0_s)
+        return (float(log_ratio), float(noise_t), _DRIFT[dr.model], float(dr.nu), float(dr.nu_std),
+                _READ[rd.model], self._read_coeffs, float(rd.q_coeff), float(rd.q_exponent), float(rd.q_max),
+                1.0 / self.g_max, float(self.clip_range[0]), float(self.clip_range[1]))
+
+    def read_moments(self, held: np.ndarray, t_read: float, cell_key: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, sd) per cell (uS, float32): read(held, t_read, key, cell_key) is exactly
+        clip(mean + sd z, clip_range) with z a fresh standard normal (drift is fixed per cell)."""
+        h = _as_cells(held, f"device {self.name}: held conductances")
+        law = self.read_cell_law(t_read)
+        mean = np.empty_like(h)
+        sd = np.empty_like(h)
+        K.read_moments_kernel(h.reshape(-1), mean.reshape(-1), sd.reshape(-1),
+                              np.uint64(rng.derive_key(cell_key, "nu")), rng.NORMAL_TABLE, *law[:11])
+        return mean, sd
 
     # ------------------------------------------------------------------ events
     def program(self, targets: np.ndarray, key: int, cell_key: int) -> np.ndarray:

@@ -97,42 +97,128 @@ def program_kernel(targets, out, key, k_fault, k_gain, k_off, table, prog_kind, 
         out[i] = np.float32(g)
 
 
+@nb.njit(inline="always", cache=True)
+def read_cell(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, coeffs, q_coeff, q_exp,
+              q_max, inv_gmax, lo, hi):
+    """One cell read: held g0 (uS) -> drift with the cell's fixed normal z_nu (drift exponent), then read
+    noise with the fresh normal z, clipped to [lo, hi] (float64). The law of `read_kernel`, per cell, so
+    the crossbar's fused kernels can apply it to cells they program themselves."""
+    g = g0
+    if g0 == 0.0 and read_kind != READ_POLY:  # a zero conductance neither drifts nor has 1/f noise
+        return 0.0 if lo <= 0.0 <= hi else (lo if 0.0 < lo else hi)
+    # log(|G|/g_max), clamped as aihwkit, shared by the PCM drift exponent and the 1/f noise factor
+    lg = math.log(max(abs(g0) * inv_gmax, 1e-7)) if (drift_kind == DRIFT_PCM or read_kind == READ_PCM) else 0.0
+    if drift_kind != DRIFT_NONE and log_ratio > 0.0:
+        if drift_kind == DRIFT_POWER:
+            nu = nu_mean + nu_std * z_nu
+            if nu < 0.0:
+                nu = 0.0
+        else:
+            mu = min(max(-0.0155 * lg + 0.0244, 0.049), 0.1)
+            sd = min(max(-0.0125 * lg - 0.0059, 0.008), 0.045)
+            nu = abs(mu + sd * z_nu)
+        g = g0 * math.exp(-nu * log_ratio)
+    if read_kind == READ_POLY:
+        g += _poly(coeffs, g0 * inv_gmax) * z
+    elif read_kind == READ_PCM:
+        den = math.exp(q_exp * lg)  # |G/g_max|^q_exp (below 1e-7 the 1e-3 floor applies either way)
+        if den < 1e-3:
+            den = 1e-3
+        q = q_coeff / den
+        if q > q_max:
+            q = q_max
+        g += abs(g) * q * noise_t * z
+    if g < lo:
+        g = lo
+    elif g > hi:
+        g = hi
+    return g
+
+
+@nb.njit(inline="always", cache=True)
+def read_cell32(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, coeffs, q_coeff, q_exp,
+              q_max, inv_gmax, lo, hi):
+    """`read_cell` in float32 arithmetic (the crossbar's fused weight kernel: the same law, float32
+    rounding, single-precision log/exp)."""
+    g = g0
+    zero = np.float32(0.0)
+    if g0 == 0.0 and read_kind != READ_POLY:  # a zero conductance neither drifts nor has 1/f noise
+        return zero if lo <= zero <= hi else (lo if zero < lo else hi)
+    # log(|G|/g_max), clamped as aihwkit, shared by the PCM drift exponent and the 1/f noise factor
+    pcm = drift_kind == DRIFT_PCM or read_kind == READ_PCM
+    lg = math.log(max(abs(g0) * inv_gmax, np.float32(1e-7))) if pcm else zero
+    if drift_kind != DRIFT_NONE and log_ratio > 0.0:
+        if drift_kind == DRIFT_POWER:
+            nu = nu_mean + nu_std * z_nu
+            if nu < zero:
+                nu = zero
+        else:
+            mu = min(max(-np.float32(0.0155) * lg + np.float32(0.0244), np.float32(0.049)), np.float32(0.1))
+            sd = min(max(-np.float32(0.0125) * lg - np.float32(0.0059), np.float32(0.008)), np.float32(0.045))
+            nu = abs(mu + sd * z_nu)
+        g = g0 * math.exp(-nu * log_ratio)
+    if read_kind == READ_POLY:
+        g += np.float32(_poly(coeffs, g0 * inv_gmax)) * z
+    elif read_kind == READ_PCM:
+        den = math.exp(q_exp * lg)  # |G/g_max|^q_exp
+        if den < np.float32(1e-3):
+            den = np.float32(1e-3)
+        q = q_coeff / den
+        if q > q_max:
+            q = q_max
+        g += abs(g) * q * noise_t * z
+    if g < lo:
+        g = lo
+    elif g > hi:
+        g = hi
+    return g
+
+
+def read_law(t_read, drift_kind, nu_mean, nu_std, t0_drift, read_kind, t_pulse, t0_read):
+    """(log_ratio, noise_t): the time factors of `read_cell` at read time t_read (s); log_ratio is 0 when
+    there is no drift (or t_read = 0), as in read_kernel."""
+    log_ratio = math.log((t_read + t0_drift) / t0_drift) if drift_kind != DRIFT_NONE and t_read > 0.0 else 0.0
+    noise_t = 0.0
+    if read_kind == READ_PCM:
+        x = math.log((t_read + t0_read + t_pulse) / (2.0 * t_pulse))
+        noise_t = math.sqrt(x) if x > 0.0 else 0.0
+    return log_ratio, noise_t
+
+
 @nb.njit(parallel=True, cache=True)
 def read_kernel(held, out, t_read, key, k_nu, table, drift_kind, nu_mean, nu_std, t0_drift,
                 read_kind, coeffs, q_coeff, q_exp, q_max, t_pulse, t0_read, g_max, lo, hi):
     """Conductance (uS) read `t_read` s after programming: drift, then read noise."""
     n = held.size
     inv_gmax = 1.0 / g_max
-    log_ratio = math.log((t_read + t0_drift) / t0_drift)
+    log_ratio = math.log((t_read + t0_drift) / t0_drift) if drift_kind != DRIFT_NONE and t_read > 0.0 else 0.0
     noise_t = 0.0
     if read_kind == READ_PCM:
         x = math.log((t_read + t0_read + t_pulse) / (2.0 * t_pulse))
         noise_t = math.sqrt(x) if x > 0.0 else 0.0
     for i in nb.prange(n):
+        z_nu = normal(k_nu, i, table) if drift_kind != DRIFT_NONE and log_ratio > 0.0 else 0.0
+        z = normal(key, i, table) if read_kind != READ_NONE else 0.0
+        out[i] = np.float32(read_cell(np.float64(held[i]), z_nu, z, log_ratio, noise_t, drift_kind, nu_mean,
+                                      nu_std, read_kind, coeffs, q_coeff, q_exp, q_max, inv_gmax, lo, hi))
+
+
+@nb.njit(parallel=True, cache=True)
+def read_moments_kernel(held, mean, sd, k_nu, table, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                        coeffs, q_coeff, q_exp, q_max, inv_gmax):
+    """Per cell: the drifted conductance (mean of the read before clipping) and the read-noise std (uS) at
+    a fixed read time: read = clip(mean + sd z), z a fresh standard normal."""
+    for i in nb.prange(held.size):
         g0 = np.float64(held[i])
-        g = g0
-        if drift_kind != DRIFT_NONE and t_read > 0.0:
-            if drift_kind == DRIFT_POWER:
-                nu = nu_mean + nu_std * normal(k_nu, i, table)
-                if nu < 0.0:
-                    nu = 0.0
-            else:
-                mu, sd = pcm_nu_mean_std(abs(g0) * inv_gmax)
-                nu = abs(mu + sd * normal(k_nu, i, table))
-            g = g0 * math.exp(-nu * log_ratio)
+        z_nu = normal(k_nu, i, table) if drift_kind != DRIFT_NONE and log_ratio > 0.0 else 0.0
+        m = read_cell(g0, z_nu, 0.0, log_ratio, noise_t, drift_kind, nu_mean, nu_std, 0, coeffs, q_coeff,
+                      q_exp, q_max, inv_gmax, -np.inf, np.inf)
         if read_kind == READ_POLY:
-            g += _poly(coeffs, g0 * inv_gmax) * normal(key, i, table)
-        elif read_kind == READ_PCM:
-            gr = abs(g0) * inv_gmax
-            den = gr ** q_exp
-            if den < 1e-3:
-                den = 1e-3
-            q = q_coeff / den
-            if q > q_max:
-                q = q_max
-            g += abs(g) * q * noise_t * normal(key, i, table)
-        if g < lo:
-            g = lo
-        elif g > hi:
-            g = hi
-        out[i] = np.float32(g)
+            v = _poly(coeffs, g0 * inv_gmax)
+        elif read_kind == READ_PCM:  # the noise term of read_cell with z = 1
+            v = read_cell(g0, z_nu, 1.0, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, coeffs,
+                          q_coeff, q_exp, q_max, inv_gmax, -np.inf, np.inf) - m
+        else:
+            v = 0.0
+        mean[i] = np.float32(m)
+        sd[i] = np.float32(v)
