@@ -24,17 +24,29 @@ from bayesim.config import to_dict
 from bayesim.errors import BayesimError
 from bayesim.experiment.config import ExperimentConfig
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "resources" / "lenet5_default.safetensors"
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+DEFAULT_MODEL = RESOURCES / "lenet5_default.safetensors"
+# Shipped quantization-aware-trained siblings of the default model: (strategy, mu, sigma, w bits) -> file.
+SHIPPED_QAT = {("jq", 4, 4, 4): RESOURCES / "lenet5_jq4.safetensors"}
 CROSSBAR_CARDS = Path(__file__).resolve().parents[2] / "crossbars"
 ADC_CALIBRATION_IMAGES = 256
 SCALAR_KEYS = ("accuracy", "nll", "brier", "ece", "mean_total_entropy", "mean_aleatoric", "mean_epistemic")
 
 
 # ---------------------------------------------------------------------------------------------- model
-def load_network(spec, normalization: str):
-    """The trained network named by a `ModelSpec` and a description of where it came from."""
+def load_network(spec, normalization: str, hw=None):
+    """The trained network named by a `ModelSpec` and a description of where it came from.
+
+    `source: default` is the shipped FP32 LeNet-5, or its shipped QAT sibling when one was trained
+    for the requested strategy and bits (`SHIPPED_QAT`; log sigma quantizer).
+    """
     from bayesim.bnn import load_model
 
+    if spec.source == "default" and hw is not None and hw.sigma_quantizer == "log":
+        qat = SHIPPED_QAT.get((hw.strategy, hw.bits.mu, hw.bits.sigma, hw.bits.w))
+        if qat is not None and qat.exists():
+            model, _meta = load_model(qat)
+            return model, {"kind": "default (shipped QAT)", "path": str(qat)}
     if spec.source == "default":
         if not DEFAULT_MODEL.exists():
             raise BayesimError(f"the shipped default model is missing ({DEFAULT_MODEL}); reinstall bayesim")
@@ -198,7 +210,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     # Resolve every card and the model before any simulation starts: bad input fails fast.
     device = load_device(hw.device)
     card, card_path = resolve_crossbar(cfg)
-    model, model_info = load_network(cfg.model, cfg.data.normalization)
+    model, model_info = load_network(cfg.model, cfg.data.normalization, hw)
     qmodel, how = apply_strategy(model, hw)
     splits = load_test_splits(cfg.data.dir, normalization=cfg.data.normalization, embedded=cfg.data.embedded,
                               limit=cfg.data.limit, progress=progress)
