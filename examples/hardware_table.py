@@ -3,7 +3,8 @@
     python examples/hardware_table.py [--models DIR] [--limit N] [--samples 32] [--out docs/results]
 
 --models: a folder with the QAT checkpoints jq8/jq6/jq4/jq3.safetensors of examples/reproduce_paper.py
-(default: its cache); a missing one is replaced by post-training quantization of the shipped FP32 model.
+(default: its cache); a missing one is replaced by post-training quantization of the shipped FP32 model;
+jq4_percentile.safetensors, when present, adds a JQ 4-bit row with percentile grids per device.
 Writes docs/results/hardware.md and hardware.json (one `bayesim run` metrics dict per row).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--devices", nargs="*", default=["pcm", "rram"])
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument("--report-only", action="store_true", help="rewrite hardware.md from hardware.json")
+    ap.add_argument("--resume", action="store_true", help="reuse the rows already in hardware.json")
     args = ap.parse_args(argv)
     if args.report_only:
         write(json.loads((Path(args.out) / "hardware.json").read_text()), args, Path(args.out))
@@ -38,7 +40,14 @@ def main(argv=None):
     data = {"limit": args.limit or None}
     rows = []
 
+    done = {}
+    if args.resume and (out / "hardware.json").exists():
+        done = {r["label"]: r for r in json.loads((out / "hardware.json").read_text())}
+
     def run(label, model, hardware, software_reference=False):
+        if label in done and (not software_reference or "FP32 software" in done):
+            rows.append(done[label])
+            return done[label]
         cfg = load_experiment(None, base={"name": label, "model": model, "data": data, "samples": args.samples,
                                           "seed": args.seed, "hardware": hardware,
                                           "software_reference": software_reference})
@@ -52,14 +61,18 @@ def main(argv=None):
 
     r = run("ideal crossbar, FP32", {"source": "default"},
             {"strategy": "fp", "device": "ideal", "crossbar": "ideal"}, software_reference=True)
-    rows.insert(0, {"label": "FP32 software", **r["software_fp32"], "hardware": None, "memory": r["memory"],
-                    "simulated_seconds": None})
+    rows.insert(0, done.get("FP32 software") or
+                {"label": "FP32 software", **r["software_fp32"], "hardware": None, "memory": r["memory"]})
     for dev in args.devices:
         for b in BITS:
             ckpt = Path(args.models) / f"jq{b}.safetensors"
             model = {"source": "checkpoint", "path": str(ckpt)} if ckpt.exists() else {"source": "default"}
             run(f"{dev} JQ {b} bit" + ("" if ckpt.exists() else " (PTQ)"), model,
                 {"strategy": "jq", "bits": {"mu": b, "sigma": b, "w": b}, "device": dev, "crossbar": "default"})
+        ckpt = Path(args.models) / "jq4_percentile.safetensors"
+        if ckpt.exists():
+            run(f"{dev} JQ 4 bit, percentile grids", {"source": "checkpoint", "path": str(ckpt)},
+                {"strategy": "jq", "bits": {"mu": 4, "sigma": 4, "w": 4}, "device": dev, "crossbar": "default"})
     write(rows, args, out)
 
 
