@@ -13,7 +13,7 @@ import sys
 from bayesim import __version__
 from bayesim.errors import BayesimError
 
-_COMMAND_MODULES = ["data", "devices", "train", "evaluate", "import_pyro", "run", "sweep", "bench"]
+_COMMAND_MODULES = ["data", "devices", "train", "evaluate", "import_pyro", "run", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"bayesim.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"bayesim.cli.{name}":
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(f"bayesim.cli.{name}").register(sub)
     return p
 
 
