@@ -12,6 +12,7 @@ import numba as nb
 import numpy as np
 
 from bayesim.rng import normal
+from bayesim.crossbar.kernels import _rint32
 
 
 def dac_levels(bits: int, signed: bool) -> tuple[int, int]:
@@ -150,9 +151,9 @@ def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key,
     for n in nb.prange(n_rows):
         sat = 0
         xs = x_scale[n]
-        for j in range(n_cols):
-            acc = np.float32(0.0)
-            for r in range(n_tiles):
+        acc = np.zeros(n_cols, np.float32)
+        for r in range(n_tiles):  # r outer, j inner: contiguous rows of u, the same sum order over r
+            for j in range(n_cols):
                 v = u[r, n, j]
                 if noise_sd > 0:
                     v += np.float32(noise_sd) * normal(noise_key, (r * n_rows + n) * n_cols + j, table)
@@ -160,14 +161,11 @@ def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key,
                     rg = col_range[r, j]
                     if abs(v) > rg:
                         sat += 1
-                    t = np.rint(v / rg * q)
-                    if t > q:
-                        t = q
-                    elif t < -q:
-                        t = -q
+                    t = min(max(_rint32(v / rg * q), -q), q)
                     v = t * (rg / q)
-                acc += v * w_scale[r, j]
-            y[n, j] += acc * xs
+                acc[j] += v * w_scale[r, j]
+        for j in range(n_cols):
+            y[n, j] += acc[j] * xs
         sat_rows[n] += sat
 
 
