@@ -137,6 +137,19 @@ def _im2col_dac(xp, kh, kw, stride, ho, wo, abs_max, full_range, quantize, qlo, 
         clipped[row] = cl
 
 
+@nb.njit(cache=True, inline="always")
+def _adc(v, noise_sd, noise_key, counter, table, rg, q):
+    """One conversion: add output noise (stream noise_key at `counter`), then, for q > 0, quantize to
+    2q+1 levels on [-rg, rg] (round half to even, clipped). Returns (value, 1 if saturated else 0)."""
+    if noise_sd > 0:
+        v += np.float32(noise_sd) * normal(noise_key, counter, table)
+    if q > 0:
+        sat = 1 if abs(v) > rg else 0
+        t = min(max(_rint32(v / rg * q), -q), q)
+        return t * (rg / q), sat
+    return v, 0
+
+
 @nb.njit(parallel=True, cache=True)
 def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table, sat_rows):
     """y[n, j] += sum_r ADC(u[r, n, j] + noise) * x_scale[n] * w_scale[r, j]: digital accumulation of the
@@ -154,15 +167,9 @@ def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key,
         acc = np.zeros(n_cols, np.float32)
         for r in range(n_tiles):  # r outer, j inner: contiguous rows of u, the same sum order over r
             for j in range(n_cols):
-                v = u[r, n, j]
-                if noise_sd > 0:
-                    v += np.float32(noise_sd) * normal(noise_key, (r * n_rows + n) * n_cols + j, table)
-                if qmax > 0:
-                    rg = col_range[r, j]
-                    if abs(v) > rg:
-                        sat += 1
-                    t = min(max(_rint32(v / rg * q), -q), q)
-                    v = t * (rg / q)
+                v, hit = _adc(u[r, n, j], noise_sd, noise_key, (r * n_rows + n) * n_cols + j, table,
+                              col_range[r, j], q)
+                sat += hit
                 acc[j] += v * w_scale[r, j]
         for j in range(n_cols):
             y[n, j] += acc[j] * xs
@@ -203,17 +210,14 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
                 if raw:
                     u[r, n, j] = v
                     continue
+                # not `_adc`: its libm-free rounding does not survive this kernel's fastmath reassociation
                 if noise_sd > 0:
                     v += np.float32(noise_sd) * normal(noise_key, (r * n_rows + n) * n_cols + j, table)
                 if qmax > 0:
                     rg = col_range[r, j]
                     if abs(v) > rg:
                         sat += 1
-                    t = np.rint(v / rg * q)
-                    if t > q:
-                        t = q
-                    elif t < -q:
-                        t = -q
+                    t = min(max(np.rint(v / rg * q), -q), q)
                     v = t * (rg / q)
                 acc += v * w_scale[r, j]
             if not raw:
