@@ -34,7 +34,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real MNIST / Fashion-MNIST folder ($BAYESIM_DATA, else ../shared/data)."""
-    d = Path(os.environ.get("BAYESIM_DATA") or _shared() / "data")
+    d = Path(os.environ.get("BAYESIM_DATA") or _shared() / "data").resolve()
     if not (d / "mnist" / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real data not found in {d}; set BAYESIM_DATA")
     return d

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import numba as nb
 import numpy as np
 
-from bayesim.devices.kernels import read_cell32
+from bayesim.devices.kernels import read_cells32
 from bayesim.rng import bits64, normal
 
 DEVICE_NORMAL_BITS = 12
@@ -63,6 +63,25 @@ def serial_if_small(work: int):
         nb.set_num_threads(before)
 
 
+_BLAS_CONTROLLER = None
+
+
+def blas_single_thread():
+    """Context manager: BLAS on the calling thread only, for the GEMMs between numba kernels.
+
+    numba's OpenMP workers spin for a while after each parallel region, and a multi-threaded BLAS's
+    workers do the same after each GEMM; on few cores the two pools then starve each other (a 784x512
+    JQ forward took 37 ms instead of 15 ms on 2 cores). One BLAS thread per GEMM costs less than the
+    contention. The results do not depend on it (BLAS sums are not split across threads either way
+    for these shapes, and every random number is a function of its element only)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
 OUT_NORMALISED = 0   # write (G+ - G-)/span (or (G - Gref)/(span/2)): the normalised effective weight
 OUT_CONDUCTANCE = 1  # write G+ and G- (or G and Gref) in uS, for IR drop or a device's own program()
 
@@ -93,9 +112,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
       around the decoded held value mu_mean, in mu units per uS); sigma is decoded from the log ladder
       (piecewise linear in g between rungs) or linearly (sigma_log False).
     cell_law (a device with Gaussian programming whose read is drift + noise, `read_cell_law`): each
-      programmed cell is read with bayesim.devices.kernels.read_cell (drift exponent from the cell's fixed
-      normal, stream nu_keys[r, c, side] at the cell's index in its tile, [cols, rows] C order as the
-      generic per-tile path; read noise from the cell's hash) instead of the sd_read table.
+      programmed cell is read with the law of bayesim.devices.kernels.read_cell (drift exponent from the
+      cell's fixed normal, stream nu_keys[r, c, side] at the cell's index in its tile, [cols, rows] C order
+      as the generic per-tile path; read noise from the cell's hash) instead of the sd_read table; the
+      cells of one output's row tile are programmed first and read together (read_cells32, SIMD).
     out_kind OUT_NORMALISED writes wn into out_a; OUT_CONDUCTANCE writes the two cells into out_a, out_b.
     """
     n_out, n_in = mu.shape
@@ -106,7 +126,12 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     inv_norm = np.float32(1.0) / (half if offset else span)
     glo = np.float32(g_lo)
     ghi = np.float32(g_hi)
+    zero = np.float32(0.0)
+    drift = drift_kind != 0 and log_ratio > 0.0
+    nbuf = tile_rows if cell_law else 1
     for j in nb.prange(n_out):
+        buf = np.empty((6, nbuf), np.float32)  # cell_law: programmed cells and their normals, one row tile
+        ca, cb, za, zb, zna, znb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
         c = j // tile_cols
         jl = j - c * tile_cols
         for r in range(n_blocks):
@@ -162,23 +187,19 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                     else:
                         spb = sd_prog[g, ib]
                         srb = sd_read[g, ib]
-                    if cell_law:
+                    if cell_law:  # programmed here, read after the row loop (read_cells32, SIMD)
                         bits = bits64(key, kl * tile_cols + jl)
-                        ga = min(max(ga + spa * dtable[(bits >> _S0) & _M12], glo), ghi)
-                        drift = drift_kind != 0 and log_ratio > 0.0
-                        zn = normal(nu_keys[r, c, 0], jl * rows_r + kl, table) if drift else np.float32(0.0)
-                        ga = read_cell32(ga, np.float32(zn), dtable[(bits >> _S1) & _M12], log_ratio, noise_t,
-                                         drift_kind, nu_mean, nu_std, read_kind, read_coeffs, q_coeff, q_exp,
-                                         q_max, inv_gmax, glo, ghi)
+                        ca[kl] = min(max(ga + spa * dtable[(bits >> _S0) & _M12], glo), ghi)
+                        za[kl] = dtable[(bits >> _S1) & _M12]
+                        zna[kl] = normal(nu_keys[r, c, 0], jl * rows_r + kl, table) if drift else zero
                         if offset:
                             bits = bits64(key, tile_rows * tile_cols + kl)
-                            zn = normal(nu_keys[r, c, 1], kl, table) if drift else np.float32(0.0)
+                            znb[kl] = normal(nu_keys[r, c, 1], kl, table) if drift else zero
                         else:
-                            zn = normal(nu_keys[r, c, 1], jl * rows_r + kl, table) if drift else np.float32(0.0)
-                        gb = min(max(gb + spb * dtable[(bits >> _S2) & _M12], glo), ghi)
-                        gb = read_cell32(gb, np.float32(zn), dtable[(bits >> _S3) & _M12], log_ratio, noise_t,
-                                         drift_kind, nu_mean, nu_std, read_kind, read_coeffs, q_coeff, q_exp,
-                                         q_max, inv_gmax, glo, ghi)
+                            znb[kl] = normal(nu_keys[r, c, 1], jl * rows_r + kl, table) if drift else zero
+                        cb[kl] = min(max(gb + spb * dtable[(bits >> _S2) & _M12], glo), ghi)
+                        zb[kl] = dtable[(bits >> _S3) & _M12]
+                        continue
                     elif spa > 0 or sra > 0 or spb > 0 or srb > 0:
                         bits = bits64(key, kl * tile_cols + jl)
                         ga = ga + spa * dtable[(bits >> _S0) & _M12]
@@ -205,6 +226,17 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 else:
                     out_a[base + kl] = ga
                     out_b[base + kl] = gb
+            if quantized and cell_law:
+                read_cells32(ca, zna, za, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                             read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+                read_cells32(cb, znb, zb, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                             read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+                for kl in range(rows_r):
+                    if out_kind == OUT_NORMALISED:
+                        out_a[base + kl] = (ca[kl] - cb[kl]) * inv_norm
+                    else:
+                        out_a[base + kl] = ca[kl]
+                        out_b[base + kl] = cb[kl]
 
 
 _MAGIC32 = np.float32(12582912.0)  # 1.5 * 2^23

@@ -655,7 +655,7 @@ class AnalogLayer:
     def forward_prepared(self, prepared, sample: int) -> np.ndarray:
         """`forward` on the output of `prepare` (reusable across samples)."""
         self._build(int(sample))
-        with kernels.serial_if_small(prepared[0].size * self.out_features // 64):
+        with kernels.serial_if_small(prepared[0].size * self.out_features // 64), kernels.blas_single_thread():
             return self._forward_prepared(prepared, sample)
 
     def _forward_prepared(self, prepared, sample: int) -> np.ndarray:
@@ -704,7 +704,8 @@ class AnalogLayer:
         per_tile = []
         for s in samples:
             self._build(int(s))
-            per_tile.append(np.abs(self._tile_outputs(prepared[0], s)))
+            with kernels.blas_single_thread():
+                per_tile.append(np.abs(self._tile_outputs(prepared[0], s)))
         rng_ = np.empty((self.n_rt, self.out_features), np.float32)
         for r in range(self.n_rt):
             a = np.concatenate([u[r] for u in per_tile], axis=0)
