@@ -76,15 +76,24 @@ def main(argv=None):
     write(rows, args, out)
 
 
+def _data_note(rows) -> str:
+    """What the rows were evaluated on, from the results themselves (full splits, a random limit, or the
+    embedded subset when the data folder lacks a split)."""
+    r = rows[-1]
+    parts = [f"{k} {r[k]['n']}" + (" (subset)" if r[k].get("subset") else "") for k in ("mnist", "ambiguous", "ood")]
+    sources = {r[k].get("source", "") for k in ("mnist", "ambiguous", "ood")}
+    return ", ".join(parts) + ("; " + "; ".join(sorted(s for s in sources if s)) if any(
+        r[k].get("subset") for k in ("mnist", "ambiguous", "ood")) else "")
+
+
 def write(rows, args, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "hardware.json", rows)
     lines = ["# Bayesian LeNet-5 on simulated crossbars", "",
              f"Produced by `python examples/hardware_table.py --samples {args.samples} --seed {args.seed}"
              + (f" --limit {args.limit}" if args.limit else "") + "` on 2 CPU cores.", "",
-             f"S = {args.samples} Monte-Carlo samples; Dirty-MNIST test splits "
-             + ("(full: mnist 10000, ambiguous 10646 pairs, ood = Fashion-MNIST 10000)" if not args.limit else
-                f"({args.limit} random rows each)") + ", MNIST normalisation. "
+             f"S = {args.samples} Monte-Carlo samples; Dirty-MNIST test splits ({_data_note(rows)}), "
+             "MNIST normalisation. "
              "JQ models: the quantization-aware-trained LeNet-5 of each bit width from "
              "`examples/reproduce_paper.py` (mu, log-sigma and sampled weights at b bits, 8-bit bounded "
              "activations). Crossbar `crossbars/default.yaml` (256x256 tiles, differential pairs, 8-bit DAC and "

@@ -8,20 +8,17 @@ from bayesim.devices.kernels import (DRIFT_NONE, DRIFT_PCM, DRIFT_POWER, READ_NO
                                      read_cell, read_cell32, read_cells32)
 
 
-@nb.njit
-def _logs(x):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = log32(x[i])
-    return out
+def _elementwise(f):
+    @nb.njit
+    def apply(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = f(x[i])
+        return out
+    return apply
 
 
-@nb.njit
-def _exps(x):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = exp32(x[i])
-    return out
+_logs, _exps = _elementwise(log32), _elementwise(exp32)
 
 
 def test_log32_is_within_two_ulp_of_float64_log():

@@ -141,38 +141,14 @@ def read_cell32(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, nu_std, re
               q_max, inv_gmax, lo, hi):
     """`read_cell` in float32 arithmetic (the crossbar's fused weight kernel: the same law, float32
     rounding, the inlined single-precision log/exp of bayesim._math32)."""
-    g = g0
-    zero = np.float32(0.0)
-    if g0 == 0.0 and read_kind != READ_POLY:  # a zero conductance neither drifts nor has 1/f noise
-        return zero if lo <= zero <= hi else (lo if zero < lo else hi)
-    # log(|G|/g_max), clamped as aihwkit, shared by the PCM drift exponent and the 1/f noise factor
-    pcm = drift_kind == DRIFT_PCM or read_kind == READ_PCM
-    lg = log32(max(abs(g0) * inv_gmax, np.float32(1e-7))) if pcm else zero
-    if drift_kind != DRIFT_NONE and log_ratio > 0.0:
-        if drift_kind == DRIFT_POWER:
-            nu = nu_mean + nu_std * z_nu
-            if nu < zero:
-                nu = zero
-        else:
-            mu = min(max(-np.float32(0.0155) * lg + np.float32(0.0244), np.float32(0.049)), np.float32(0.1))
-            sd = min(max(-np.float32(0.0125) * lg - np.float32(0.0059), np.float32(0.008)), np.float32(0.045))
-            nu = abs(mu + sd * z_nu)
-        g = g0 * exp32(-nu * log_ratio)
-    if read_kind == READ_POLY:
-        g += np.float32(_poly(coeffs, g0 * inv_gmax)) * z
-    elif read_kind == READ_PCM:
-        den = exp32(q_exp * lg)  # |G/g_max|^q_exp
-        if den < np.float32(1e-3):
-            den = np.float32(1e-3)
-        q = q_coeff / den
-        if q > q_max:
-            q = q_max
-        g += abs(g) * q * noise_t * z
-    if g < lo:
-        g = lo
-    elif g > hi:
-        g = hi
-    return g
+    if read_kind != READ_POLY:
+        return _read_cell32_no_poly(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                                    q_coeff, q_exp, q_max, inv_gmax, lo, hi)
+    inf = np.float32(np.inf)
+    g = _read_cell32_no_poly(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, nu_std, READ_NONE, q_coeff,
+                             q_exp, q_max, inv_gmax, -inf, inf)  # drift alone
+    g += np.float32(_poly(coeffs, g0 * inv_gmax)) * z
+    return min(max(g, lo), hi)
 
 
 @nb.njit(inline="always", cache=True)

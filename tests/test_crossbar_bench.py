@@ -1,0 +1,46 @@
+"""`bayesim bench`: its numpy baseline computes the model the simulator computes, and the report is whole.
+
+No timing is asserted (speed is shown by running the benchmark, never by a timed test)."""
+from pathlib import Path
+
+import numpy as np
+
+from bayesim.crossbar import AnalogLayer, bench, load_crossbar
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_numpy_baseline_is_the_same_model_as_the_simulator():
+    """Per-output mean and spread over Monte-Carlo samples agree between the fused simulator and the
+    straightforward numpy baseline of the benchmark, so the speed ratio compares like with like."""
+    device, _ = bench._device()
+    card = load_crossbar(REPO / "crossbars" / "default.yaml")
+    op, x = bench._workload()
+    x = x[:64]
+    layer = AnalogLayer(op, device, card, layer_index=0, seed=1)
+    layer.calibrate_adc(x, range(2))
+    s = 24
+    sim = np.stack([layer.forward(x, i + 10) for i in range(s)])
+    ref = np.stack(bench.numpy_baseline(op, device, card, x, s, layer.adc_range, seed=3))
+    assert sim.shape == ref.shape == (s, 64, bench.N_OUT)
+    ref2 = np.stack(bench.numpy_baseline(op, device, card, x, s, layer.adc_range, seed=4))
+    m_sim, m_ref = sim.mean(0), ref.mean(0)
+    sd_sim, sd_ref = sim.std(0).mean(), ref.std(0).mean()
+    # the means differ by what differs between two runs of the baseline itself (sampling noise and the
+    # programming noise of the stored mu array): measured 0.133 vs 0.129
+    assert np.corrcoef(m_sim.ravel(), m_ref.ravel())[0, 1] > 0.95
+    assert np.abs(m_sim - m_ref).mean() < 1.25 * np.abs(ref2.mean(0) - m_ref).mean()
+    assert abs(sd_sim / sd_ref - 1) < 0.1
+    # and the spread is real: a model without the Bayesian draw or device noise would fail the line above
+    assert sd_ref > 0.1 * np.abs(m_ref).mean()
+
+
+def test_bench_report_names_every_number(monkeypatch):
+    r = bench.run(samples=2, repeat=1)
+    for key in ("time_per_sample_s", "blas_time_per_sample_s", "numpy_time_per_sample_s"):
+        assert r[key] > 0
+    assert r["throughput_vs_blas"] == r["rounds"][0]["blas_s"] / r["rounds"][0]["analog_s"]
+    text = bench.format_report(r)
+    for line in ("time per sample", "BLAS float32 matmul", "numpy baseline", "throughput vs BLAS", "speed vs numpy",
+                 "16-bit inverse-CDF table", "12-bit table", "DAC 8 / ADC 8 bits", "target >= 0.5"):
+        assert line in text
