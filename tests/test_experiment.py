@@ -65,7 +65,13 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     assert main(["run", "--set", "hardware.bits.w=17", "--out", str(out)]) == 2
     assert "hardware.bits.w: 17 is out of range; allowed [1, 16]" in capsys.readouterr().err
     assert main(["run", "--set", "hardware.crossbar=nosuch", "--out", str(out)]) == 2
-    assert "no crossbar card 'nosuch'" in capsys.readouterr().err
+    assert "<built-in quickstart>: hardware.crossbar: no crossbar card 'nosuch'" in capsys.readouterr().err
+    dev = tmp_path / "dev.yaml"
+    dev.write_text("hardware: {device: nosuch}\n")
+    assert main(["run", str(dev), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bayesim: error: {dev}: hardware.device: unknown device 'nosuch'")
+    assert "pcm" in err[0]
     assert not out.exists()
 
 

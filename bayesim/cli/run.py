@@ -18,6 +18,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from bayesim.errors import ConfigError
     from bayesim.experiment import load_experiment, result_table, run_experiment
 
     if args.config:
@@ -25,7 +26,12 @@ def run(args) -> int:
     else:
         cfg = load_experiment(None, args.overrides, base={"name": "quickstart"})
     out = Path(args.out) if args.out else Path("out") / cfg.name
-    result = run_experiment(cfg, out, progress=not args.no_progress)
+    try:
+        result = run_experiment(cfg, out, progress=not args.no_progress)
+    except ConfigError as e:
+        if e.source is None and e.key:  # a config value that named no usable card: say which file
+            raise ConfigError(e.message, source=args.config or "<built-in quickstart>", key=e.key) from e
+        raise
     print(result_table(result))
     print(f"wrote {out / 'metrics.json'}")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 from bayesim import __version__
 from bayesim._io import write_json_atomic
 from bayesim.config import to_dict
-from bayesim.errors import BayesimError
+from bayesim.errors import BayesimError, ConfigError
 from bayesim.experiment.config import ExperimentConfig
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -173,8 +173,8 @@ def resolve_crossbar(cfg: ExperimentConfig):
         path = CROSSBAR_CARDS / f"{ref}.yaml"
         if not path.exists():
             known = sorted(p.stem for p in CROSSBAR_CARDS.glob("*.yaml"))
-            raise BayesimError(f"hardware.crossbar: no crossbar card {ref!r}; known cards: {', '.join(known)} "
-                               "(or give a path to a .yaml card)")
+            raise ConfigError(f"no crossbar card {ref!r}; known cards: {', '.join(known)} "
+                              "(or give a path to a .yaml card)", key="hardware.crossbar")
     card = load_crossbar(path)
     b = cfg.hardware.bits
     if b.dac is not None or b.adc is not None:
@@ -208,7 +208,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     t0 = time.perf_counter()
     hw = cfg.hardware
     # Resolve every card and the model before any simulation starts: bad input fails fast.
-    device = load_device(hw.device)
+    try:
+        device = load_device(hw.device)
+    except ConfigError:
+        raise  # a bad card: the message names its file and key
+    except BayesimError as e:
+        raise ConfigError(str(e), key="hardware.device") from e
     card, card_path = resolve_crossbar(cfg)
     model, model_info = load_network(cfg.model, cfg.data.normalization, hw)
     qmodel, how = apply_strategy(model, hw)
