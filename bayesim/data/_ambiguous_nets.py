@@ -86,12 +86,7 @@ def train_vae(x: torch.Tensor, epochs: int, batch: int, lr: float, seed: int, ba
             z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
             rec = F.binary_cross_entropy_with_logits(model.decode_logits(z), xb, reduction="sum")
             kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-            loss = (rec + kl) / xb.shape[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if bar is not None:
-                bar.update(1)
+            _step(opt, (rec + kl) / xb.shape[0], bar)
     model.eval()
     return model
 
@@ -106,14 +101,18 @@ def train_lenet(x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, lr: f
     model.train()
     for _ in range(epochs):
         for idx in _batches(x.shape[0], batch, rng):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if bar is not None:
-                bar.update(1)
+            _step(opt, F.cross_entropy(model(x[idx]), y[idx]), bar)
     model.eval()
     return model
+
+
+def _step(opt, loss: torch.Tensor, bar) -> None:
+    """One optimizer step on `loss`, counted on the progress bar when there is one."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if bar is not None:
+        bar.update(1)
 
 
 @torch.no_grad()
