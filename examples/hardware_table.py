@@ -80,10 +80,10 @@ def _data_note(rows) -> str:
     """What the rows were evaluated on, from the results themselves (full splits, a random limit, or the
     embedded subset when the data folder lacks a split)."""
     r = rows[-1]
-    parts = [f"{k} {r[k]['n']}" + (" (subset)" if r[k].get("subset") else "") for k in ("mnist", "ambiguous", "ood")]
-    sources = {r[k].get("source", "") for k in ("mnist", "ambiguous", "ood")}
-    return ", ".join(parts) + ("; " + "; ".join(sorted(s for s in sources if s)) if any(
-        r[k].get("subset") for k in ("mnist", "ambiguous", "ood")) else "")
+    splits = ("mnist", "ambiguous", "ood")
+    parts = [f"{k} {r[k]['n']}" + (" (subset)" if r[k].get("subset") else "") for k in splits]
+    subsets = sorted({r[k].get("source", "") for k in splits if r[k].get("subset")} - {""})
+    return ", ".join(parts) + ("; " + "; ".join(subsets) if subsets else "")
 
 
 def write(rows, args, out: Path):

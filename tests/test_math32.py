@@ -85,7 +85,8 @@ def test_row_read_law_equals_the_per_cell_law_and_the_float64_reference(drift, r
                               float(law[3]), float(law[4]), read, coeffs, float(law[6]), float(law[7]),
                               float(law[8]), float(law[9]), 0.0, 25.0) for i in range(n)])
     np.testing.assert_allclose(row, ref, rtol=2e-5, atol=2e-5)
-    assert np.all(row[:7] == (0.0 if read != READ_POLY else row[:7]))
+    if read != READ_POLY:  # a zero conductance neither drifts nor has 1/f noise
+        assert np.all(row[:7] == 0.0)
     assert row.min() >= 0.0 and row.max() <= 25.0
     if drift != DRIFT_NONE or read != READ_NONE:
         assert not np.allclose(row[7:], g[7:])  # the law did act

@@ -285,6 +285,7 @@ class AnalogLayer:
     def program(self) -> None:
         """Program the stored arrays (VPQ/JQ: mu pair on uniform levels, sigma on log levels) once."""
         self._programmed = True
+        self._fixed_args = None  # the kernel arguments that hold for every sample, rebuilt on next use
         if not self.stored:
             return
         q = self.quant
@@ -494,25 +495,26 @@ class AnalogLayer:
         return np.array([[rng.derive_key(self.seed, *ids, r, c) for c in range(self.n_ct)]
                          for r in range(self.n_rt)], dtype=np.uint64)
 
-    def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
-        t = self.card.tile
-        keys = self._keys("prog", s, self.layer)
+    def _sample_independent_args(self):
+        """(stored, stored-array arguments, cell-law arguments) of build_tiles that are the same for every
+        Monte-Carlo sample (built once after programming; the per-sample read keys are added by the caller)."""
+        if getattr(self, "_fixed_args", None) is not None:
+            return self._fixed_args
         stored = self.stored and getattr(self, "fused_read", False) and not self.lumped
         if stored:
             q = self.quant
             hp, hm, hs = (self.read_mean[k] for k in ("mu+", "mu-", "sigma"))
             sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
-            read_keys = self._keys("read_stored", s, self.layer)
             inv_unit = np.float64(np.float32(q.mu_step)) / self.mu_unit  # mu per uS, per group
             ladder, values = self._ladder
             d = np.diff(ladder)
             slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
-            st = (True, hp, hm, hs, sp, sm, ss, read_keys, inv_unit, self._mu_mean,
+            st = (True, hp, hm, hs, sp, sm, ss, inv_unit, self._mu_mean,
                   getattr(q, "sigma_kind", "log") == "log", ladder, values, slopes, float(q.sigma_max),
                   self._rungs)
         else:
             z = np.zeros(1, np.float32)
-            st = (False, z, z, z, z, z, z, keys, np.ones(1), z, True, np.ones(1), np.zeros(1),
+            st = (False, z, z, z, z, z, z, np.ones(1), z, True, np.ones(1), np.zeros(1),
                   np.zeros(1), 1.0, np.zeros(1, np.int16))
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         if noisy and self.cell_law:
@@ -527,6 +529,17 @@ class AnalogLayer:
             z32 = np.float32(0.0)
             cl = (False, np.zeros((1, 1, 2), np.uint64), z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32,
                   np.float32(1.0))
+        if self._programmed:
+            self._fixed_args = (stored, st, cl)
+        return stored, st, cl
+
+    def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
+        t = self.card.tile
+        keys = self._keys("prog", s, self.layer)
+        stored, st, cl = self._sample_independent_args()
+        read_keys = self._keys("read_stored", s, self.layer) if stored else keys
+        st = (*st[:7], read_keys, *st[7:])
+        noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         kernels.build_tiles(
             mu, sigma, eps_key, use_eps, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, self.quantized,
             bool(self.quantized and int(self.quant.w_bits) == 1),
@@ -607,15 +620,16 @@ class AnalogLayer:
             periphery.mvm_adc(xn, self._wn, self.row_starts, u, 1, np.ones(n, np.float32), self.w_scale,
                               self.w_scale, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE, np.zeros(n, np.int64), True, u)
             return u
-        for r in range(self.n_rt):
-            r0, r1 = int(self.row_starts[r]), int(self.row_starts[r + 1])
-            xr = xn[:, r0:r1]  # a strided view: BLAS takes the leading dimension, no copy
-            w = self._wn[out * r0: out * r1].reshape(out, r1 - r0)
-            np.matmul(xr, w.T, out=u[r])
-            if self.lumped:
-                var = np.square(xr) @ self._sn[out * r0: out * r1].reshape(out, r1 - r0).T
-                z = rng.normals(rng.derive_key(self.seed, "lumped", s, self.layer, r), var.shape)
-                u[r] += np.sqrt(var) * z
+        with kernels.blas_single_thread():  # see blas_single_thread: no BLAS threads racing numba's
+            for r in range(self.n_rt):
+                r0, r1 = int(self.row_starts[r]), int(self.row_starts[r + 1])
+                xr = xn[:, r0:r1]  # a strided view: BLAS takes the leading dimension, no copy
+                w = self._wn[out * r0: out * r1].reshape(out, r1 - r0)
+                np.matmul(xr, w.T, out=u[r])
+                if self.lumped:
+                    var = np.square(xr) @ self._sn[out * r0: out * r1].reshape(out, r1 - r0).T
+                    z = rng.normals(rng.derive_key(self.seed, "lumped", s, self.layer, r), var.shape)
+                    u[r] += np.sqrt(var) * z
         return u
 
     def prepare(self, x: np.ndarray):
@@ -655,7 +669,7 @@ class AnalogLayer:
     def forward_prepared(self, prepared, sample: int) -> np.ndarray:
         """`forward` on the output of `prepare` (reusable across samples)."""
         self._build(int(sample))
-        with kernels.serial_if_small(prepared[0].size * self.out_features // 64), kernels.blas_single_thread():
+        with kernels.serial_if_small(prepared[0].size * self.out_features // 64):
             return self._forward_prepared(prepared, sample)
 
     def _forward_prepared(self, prepared, sample: int) -> np.ndarray:
@@ -704,8 +718,7 @@ class AnalogLayer:
         per_tile = []
         for s in samples:
             self._build(int(s))
-            with kernels.blas_single_thread():
-                per_tile.append(np.abs(self._tile_outputs(prepared[0], s)))
+            per_tile.append(np.abs(self._tile_outputs(prepared[0], s)))
         rng_ = np.empty((self.n_rt, self.out_features), np.float32)
         for r in range(self.n_rt):
             a = np.concatenate([u[r] for u in per_tile], axis=0)
