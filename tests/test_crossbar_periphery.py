@@ -98,3 +98,48 @@ def test_fused_mvm_adc_matches_blas_then_adc():
     periphery.mvm_adc(xn, blocks, starts, y, 1, xs, ws, rg, 7, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat, False, y)
     np.testing.assert_allclose(y[:, :, 0], y_ref, rtol=1e-5, atol=1e-6)
     assert sat.sum() == sat_ref.sum() > 0
+
+
+def test_gemm_adc_products_and_conversion():
+    """gemm_adc: raw products = per-tile matmul (float32 rounding); the converting pass = adc_accumulate of
+    those very products, bit for bit (noise and saturation counts included), whatever the thread count."""
+    import numba
+
+    from bayesim.crossbar import kernels
+
+    r = np.random.default_rng(2)
+    n, k, out = 40, 300, 150  # 3 column tasks (64, 64, 22), row tiles 128 + 128 + 44
+    xn = r.uniform(0, 1, (n, k)).astype(np.float32)
+    w = r.normal(0, 0.3, (out, k)).astype(np.float32)
+    starts = np.array([0, 128, 256, 300], np.int64)
+    blocks = np.concatenate([w[:, a:b].ravel() for a, b in zip(starts[:-1], starts[1:])])
+    xs = r.uniform(0.5, 2, n).astype(np.float32)
+    ws = r.uniform(0.5, 2, (3, out)).astype(np.float32)
+    u_np = np.stack([xn[:, a:b] @ w[:, a:b].T for a, b in zip(starts[:-1], starts[1:])])
+    u = np.full((3, n, out), np.nan, np.float32)
+    tasks = -(-out // periphery.GEMM_COLUMNS)
+    with kernels.blas_single_thread():
+        periphery.gemm_adc(xn, blocks, starts, xs, ws, ws, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE,
+                           np.zeros((tasks, n), np.int64), True, u, u[0])
+    np.testing.assert_allclose(u, u_np, rtol=1e-5, atol=1e-5)
+    rg = (np.abs(u).max(axis=1) * 0.8).astype(np.float32)  # some saturate
+    y_ref = np.zeros((n, out), np.float32)
+    sat_ref = np.zeros(n, np.int64)
+    periphery.adc_accumulate(u, y_ref, xs, ws, rg, 7, 0.05, np.uint64(9), rng.NORMAL_TABLE, sat_ref)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            y = np.zeros((n, out), np.float32)
+            sat = np.zeros((tasks, n), np.int64)
+            with kernels.blas_single_thread():
+                periphery.gemm_adc(xn, blocks, starts, xs, ws, rg, 7, 0.05, np.uint64(9), rng.NORMAL_TABLE, sat,
+                                   False, np.empty((1, 1, 1), np.float32), y)
+            results.append((y, sat.sum(axis=0)))
+    finally:
+        numba.set_num_threads(before)
+    for y, sat in results:
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(sat, sat_ref)
+    assert sat_ref.sum() > 0

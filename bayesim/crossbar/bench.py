@@ -121,6 +121,9 @@ def numpy_baseline(op, device, card, x, samples, adc_range, t_read=1.0, t_comput
 
 
 def _timed(fn) -> float:
+    # Let the other phase's thread pools go idle first: OpenBLAS workers spin for ~0.1 s after a
+    # multi-threaded GEMM, and on few cores they would be timed as part of the next phase.
+    time.sleep(0.3)
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0

@@ -82,6 +82,9 @@ def blas_single_thread():
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
+#: Outputs per parallel task of build_tiles (the task's stage buffers are allocated once).
+_OUTPUTS_PER_TASK = 8
+
 OUT_NORMALISED = 0   # write (G+ - G-)/span (or (G - Gref)/(span/2)): the normalised effective weight
 OUT_CONDUCTANCE = 1  # write G+ and G- (or G and Gref) in uS, for IR drop or a device's own program()
 
@@ -91,17 +94,17 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 lvl, sd_prog, sd_read, g_lo, g_hi, g_base, g_span, offset, ref_sd_prog, ref_sd_read,
                 tile_keys, row_starts, tile_rows, tile_cols, out_kind, out_a, out_b,
                 stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_mean,
-                sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, rungs,
-                cell_law, nu_keys, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, read_coeffs,
+                sigma_log, ladder, thresholds, sigma_values, sigma_slopes, sigma_max,
+                cell_law, nu_a, nu_b, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, read_coeffs,
                 q_coeff, q_exp, q_max, inv_gmax):
     """Effective weights of one layer for one sample (see module docstring).
 
     mu, sigma: [out, in] float32 (stored or read values). w = mu + sigma*eps (float32, as in software).
-    quantized: w -> q = clip(rint(w / w_step), -kmax, kmax) (binary: q = +1 if w >= 0 else -1) (per group g = grp[r, j]); the cell levels
-      are lvl[g, m + q] (uS, table of 2m+1 levels per group, m = lvl.shape[1]//2) with programming /
-      read std sd_prog / sd_read at the same index; differential: G+ = level(+max(q,0)),
-      G- = level(-max(-q,0)) where level(i) = lvl[g, m+i]; offset: G = lvl[g, m+q] against a
-      reference cell at lvl[g, m] (no noise tables given: noise-free targets).
+    quantized: w -> q = clip(rint(w / w_step), -kmax, kmax) (binary: q = +1 if w >= 0 else -1) (per group
+      g = grp[r, j]); the cell levels are lvl[g, m + q] (uS, table of 2m+1 levels per group,
+      m = lvl.shape[1]//2) with programming / read std sd_prog / sd_read at the same index; differential:
+      G+ = level(+max(q,0)), G- = level(-max(-q,0)) where level(i) = lvl[g, m+i]; offset: G = lvl[g, m+q]
+      against a reference cell at lvl[g, m]. A cell whose four stds are all zero keeps its level exactly.
     not quantized: normalised weight wn = w * inv_wscale[g] and targets g_base + max(+-wn, 0)*g_span
       (differential) or g_base + g_span/2 * (1 + wn) (offset); no device noise (digital weights).
     Programmed values and read values are both clipped to [g_lo, g_hi] (the device's clip_range), as
@@ -110,13 +113,16 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
       from the stored arrays (block layout, z from one hash per cell of read_keys[r, c]): each cell reads
       clip(held + sd*z) (uS); mu = mu_mean + (dG+ - dG-) * inv_mu_unit[g] (the linear decode of G+ - G-
       around the decoded held value mu_mean, in mu units per uS); sigma is decoded from the log ladder
-      (piecewise linear in g between rungs) or linearly (sigma_log False).
+      (piecewise linear in g between rungs, constant beyond the ends) or linearly (sigma_log False).
     cell_law (a device with Gaussian programming whose read is drift + noise, `read_cell_law`): each
       programmed cell is read with the law of bayesim.devices.kernels.read_cell (drift exponent from the
-      cell's fixed normal, stream nu_keys[r, c, side] at the cell's index in its tile, [cols, rows] C order
-      as the generic per-tile path; read noise from the cell's hash) instead of the sd_read table; the
-      cells of one output's row tile are programmed first and read together (read_cells32, SIMD).
+      cell's fixed normal: nu_a / nu_b in block layout, from `cell_normals`; read noise from the cell's
+      hash) instead of the sd_read table.
     out_kind OUT_NORMALISED writes wn into out_a; OUT_CONDUCTANCE writes the two cells into out_a, out_b.
+
+    Each output's row tile (<= tile_rows contiguous cells) goes through the stages below one at a time,
+    each a straight loop over the cells with no branches the compiler cannot turn into selects, so that
+    every stage runs as SIMD (hash, table gathers, float32 arithmetic, 16 cells an instruction).
     """
     n_out, n_in = mu.shape
     n_blocks = row_starts.shape[0] - 1
@@ -127,116 +133,202 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     glo = np.float32(g_lo)
     ghi = np.float32(g_hi)
     zero = np.float32(0.0)
+    one = np.float32(1.0)
     drift = drift_kind != 0 and log_ratio > 0.0
-    nbuf = tile_rows if cell_law else 1
-    for j in nb.prange(n_out):
-        buf = np.empty((6, nbuf), np.float32)  # cell_law: programmed cells and their normals, one row tile
-        ca, cb, za, zb, zna, znb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
-        c = j // tile_cols
-        jl = j - c * tile_cols
-        for r in range(n_blocks):
-            r0 = row_starts[r]
-            r1 = row_starts[r + 1]
-            rows_r = r1 - r0
-            base = n_out * r0 + j * rows_r
-            g = grp[r, j]
-            key = tile_keys[r, c]
-            for k in range(r0, r1):
-                kl = k - r0
+    n_rungs = ladder.shape[0]
+    top_step = 1
+    while top_step * 2 <= n_rungs - 2:
+        top_step *= 2
+    ref_base = tile_rows * tile_cols  # counters of the offset mapping's reference cells
+    for jc in nb.prange((n_out + _OUTPUTS_PER_TASK - 1) // _OUTPUTS_PER_TASK):
+        buf = np.empty((8, tile_rows), np.float32)  # per task: this output's cells, stage by stage
+        wb, sb, ca, cb, za, zb, zna, znb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]
+        if cell_law and not drift:
+            buf[6:] = zero  # no drift: the drift normals are not used, zeros keep the read law's inputs finite
+        ib = np.empty((2, tile_rows), np.int32)
+        lo_b, q_b = ib[0], ib[1]
+        for j in range(jc * _OUTPUTS_PER_TASK, min((jc + 1) * _OUTPUTS_PER_TASK, n_out)):
+            c = j // tile_cols
+            jl = j - c * tile_cols
+            for r in range(n_blocks):
+                r0 = row_starts[r]
+                rows_r = row_starts[r + 1] - r0
+                base = n_out * r0 + j * rows_r
+                g = grp[r, j]
+                key = tile_keys[r, c]
+                # 1. mu and sigma of every cell: read from the stored arrays, or given
                 if stored:
-                    rb = bits64(read_keys[r, c], kl * tile_cols + jl)
-                    # mu decodes linearly from G+ - G-: the decoded held value (mu_mean, exact on the grid
-                    # for a noise-free device) plus the clipped read deviations in mu units
-                    hp = held_p[base + kl]
-                    hm = held_m[base + kl]
-                    rp = min(max(hp + sd_p[base + kl] * dtable[(rb >> _S0) & _M12], glo), ghi)
-                    rm = min(max(hm + sd_m[base + kl] * dtable[(rb >> _S1) & _M12], glo), ghi)
-                    mu_v = mu_mean[base + kl] + np.float32(((rp - hp) - (rm - hm)) * inv_mu_unit[g])
-                    rs = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[(rb >> _S2) & _M12], glo), ghi)
-                    sg_v = _decode_sigma(rs, rungs[base + kl], sigma_log, ladder, sigma_values, sigma_slopes, sigma_max, g_base, g_span)
+                    rk = read_keys[r, c]
+                    inv_unit = inv_mu_unit[g]
+                    for kl in range(rows_r):
+                        rb = bits64(rk, kl * tile_cols + jl)
+                        hp = held_p[base + kl]
+                        hm = held_m[base + kl]
+                        rp = min(max(hp + sd_p[base + kl] * dtable[(rb >> _S0) & _M12], glo), ghi)
+                        rm = min(max(hm + sd_m[base + kl] * dtable[(rb >> _S1) & _M12], glo), ghi)
+                        wb[kl] = mu_mean[base + kl] + np.float32(((rp - hp) - (rm - hm)) * inv_unit)
+                        sb[kl] = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[(rb >> _S2) & _M12], glo), ghi)
+                    if sigma_log:
+                        _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, top_step)
+                    else:
+                        for kl in range(rows_r):
+                            v = np.float64((sb[kl] - g_base) / g_span)
+                            sb[kl] = np.float32(max(v, 0.0) * sigma_max)
                 else:
-                    mu_v = mu[j, k]
-                    sg_v = sigma[j, k]
-                w = mu_v
+                    for kl in range(rows_r):
+                        wb[kl] = mu[j, r0 + kl]
+                        sb[kl] = sigma[j, r0 + kl]
+                # 2. the Bayesian draw, on the software model's eps stream
                 if use_eps:
-                    w = w + sg_v * normal(eps_key, j * n_in + k, table)
-                if quantized:
-                    km = kmax_grp[g]
-                    if binary:  # 1-bit grid {-step, +step}
-                        qf = np.float32(1.0) if w >= 0 else np.float32(-1.0)
-                    else:
-                        qf = _rint32(w / w_step)
-                    if qf > km:
-                        qf = np.float32(km)
-                    elif qf < -km:
-                        qf = np.float32(-km)
-                    q = int(qf)
-                    if offset:
-                        ia = m + q
-                        ib = m
-                    else:
-                        ia = m + max(q, 0)
-                        ib = m + max(-q, 0)
-                    ga = lvl[g, ia]
-                    gb = lvl[g, ib]
-                    spa = sd_prog[g, ia]
-                    sra = sd_read[g, ia]
-                    if offset:
-                        spb = np.float32(ref_sd_prog)
-                        srb = np.float32(ref_sd_read)
-                    else:
-                        spb = sd_prog[g, ib]
-                        srb = sd_read[g, ib]
-                    if cell_law:  # programmed here, read after the row loop (read_cells32, SIMD)
-                        bits = bits64(key, kl * tile_cols + jl)
-                        ca[kl] = min(max(ga + spa * dtable[(bits >> _S0) & _M12], glo), ghi)
-                        za[kl] = dtable[(bits >> _S1) & _M12]
-                        zna[kl] = normal(nu_keys[r, c, 0], jl * rows_r + kl, table) if drift else zero
-                        if offset:
-                            bits = bits64(key, tile_rows * tile_cols + kl)
-                            znb[kl] = normal(nu_keys[r, c, 1], kl, table) if drift else zero
-                        else:
-                            znb[kl] = normal(nu_keys[r, c, 1], jl * rows_r + kl, table) if drift else zero
-                        cb[kl] = min(max(gb + spb * dtable[(bits >> _S2) & _M12], glo), ghi)
-                        zb[kl] = dtable[(bits >> _S3) & _M12]
-                        continue
-                    elif spa > 0 or sra > 0 or spb > 0 or srb > 0:
-                        bits = bits64(key, kl * tile_cols + jl)
-                        ga = ga + spa * dtable[(bits >> _S0) & _M12]
-                        ga = min(max(ga, glo), ghi)  # branch-free clip to the physical range
-                        ga = min(max(ga + sra * dtable[(bits >> _S1) & _M12], glo), ghi)
-                        if offset:
-                            bits = bits64(key, tile_rows * tile_cols + kl)
-                        gb = gb + spb * dtable[(bits >> _S2) & _M12]
-                        gb = min(max(gb, glo), ghi)  # branch-free clip to the physical range
-                        gb = min(max(gb + srb * dtable[(bits >> _S3) & _M12], glo), ghi)
-                else:
-                    wn = w * inv_wscale[g]
+                    e0 = j * n_in + r0
+                    for kl in range(rows_r):
+                        wb[kl] = wb[kl] + sb[kl] * normal(eps_key, e0 + kl, table)
+                if not quantized:
+                    inv_ws = inv_wscale[g]
                     if out_kind == OUT_NORMALISED:
-                        out_a[base + kl] = wn
-                        continue
-                    if offset:
-                        ga = np.float32(g_base) + half * (np.float32(1.0) + wn)
-                        gb = np.float32(g_base) + half
+                        for kl in range(rows_r):
+                            out_a[base + kl] = wb[kl] * inv_ws
                     else:
-                        ga = np.float32(g_base) + max(wn, np.float32(0.0)) * span
-                        gb = np.float32(g_base) + max(-wn, np.float32(0.0)) * span
-                if out_kind == OUT_NORMALISED:
-                    out_a[base + kl] = (ga - gb) * inv_norm
-                else:
-                    out_a[base + kl] = ga
-                    out_b[base + kl] = gb
-            if quantized and cell_law:
-                read_cells32(ca, zna, za, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
-                             read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
-                read_cells32(cb, znb, zb, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
-                             read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+                        gbase = np.float32(g_base)
+                        for kl in range(rows_r):
+                            wn = wb[kl] * inv_ws
+                            if offset:
+                                out_a[base + kl] = gbase + half * (one + wn)
+                                out_b[base + kl] = gbase + half
+                            else:
+                                out_a[base + kl] = gbase + max(wn, zero) * span
+                                out_b[base + kl] = gbase + max(-wn, zero) * span
+                    continue
+                # 3. quantize to the signed level index q
+                kmf = np.float32(kmax_grp[g])
                 for kl in range(rows_r):
-                    if out_kind == OUT_NORMALISED:
-                        out_a[base + kl] = (ca[kl] - cb[kl]) * inv_norm
+                    if binary:  # 1-bit grid {-step, +step}
+                        qf = one if wb[kl] >= zero else -one
                     else:
+                        qf = _rint32(wb[kl] / w_step)
+                    q_b[kl] = np.int32(min(max(qf, -kmf), kmf))
+                # 4. program the two cells (levels, programming noise) and draw their read normals
+                if cell_law:
+                    for kl in range(rows_r):
+                        q = q_b[kl]
+                        ia = m + q if offset else m + max(q, 0)
+                        bits = bits64(key, kl * tile_cols + jl)
+                        ca[kl] = min(max(lvl[g, ia] + sd_prog[g, ia] * dtable[(bits >> _S0) & _M12], glo), ghi)
+                        za[kl] = dtable[(bits >> _S1) & _M12]
+                        if offset:
+                            bits = bits64(key, ref_base + kl)
+                            cb[kl] = min(max(lvl[g, m] + np.float32(ref_sd_prog) * dtable[(bits >> _S2) & _M12], glo), ghi)
+                        else:
+                            i_b = m + max(-q, 0)
+                            cb[kl] = min(max(lvl[g, i_b] + sd_prog[g, i_b] * dtable[(bits >> _S2) & _M12], glo), ghi)
+                        zb[kl] = dtable[(bits >> _S3) & _M12]
+                    if drift:  # the cells' fixed drift-exponent normals
+                        zna = nu_a[base: base + rows_r]
+                        znb = nu_b[base: base + rows_r]
+                    # 5. read them with the device's law (drift, 1/f noise): SIMD over the row tile
+                    read_cells32(ca, zna, za, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                                 read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+                    read_cells32(cb, znb, zb, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                                 read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+                else:  # per-level programming and read stds (Gaussian devices)
+                    for kl in range(rows_r):
+                        q = q_b[kl]
+                        if offset:
+                            ia = m + q
+                            i_b = m
+                            spb = np.float32(ref_sd_prog)
+                            srb = np.float32(ref_sd_read)
+                        else:
+                            ia = m + max(q, 0)
+                            i_b = m + max(-q, 0)
+                            spb = sd_prog[g, i_b]
+                            srb = sd_read[g, i_b]
+                        ga = lvl[g, ia]
+                        gb = lvl[g, i_b]
+                        spa = sd_prog[g, ia]
+                        sra = sd_read[g, ia]
+                        bits = bits64(key, kl * tile_cols + jl)
+                        na = min(max(min(max(ga + spa * dtable[(bits >> _S0) & _M12], glo), ghi)
+                                     + sra * dtable[(bits >> _S1) & _M12], glo), ghi)
+                        if offset:
+                            bits = bits64(key, ref_base + kl)
+                        nb_ = min(max(min(max(gb + spb * dtable[(bits >> _S2) & _M12], glo), ghi)
+                                      + srb * dtable[(bits >> _S3) & _M12], glo), ghi)
+                        noisy = spa > 0 or sra > 0 or spb > 0 or srb > 0
+                        ca[kl] = na if noisy else ga
+                        cb[kl] = nb_ if noisy else gb
+                # 6. the block's output
+                if out_kind == OUT_NORMALISED:
+                    for kl in range(rows_r):
+                        out_a[base + kl] = (ca[kl] - cb[kl]) * inv_norm
+                else:
+                    for kl in range(rows_r):
                         out_a[base + kl] = ca[kl]
                         out_b[base + kl] = cb[kl]
+
+
+@nb.njit(parallel=True, cache=True)
+def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_b):
+    """The fixed drift-exponent normal of every programmed cell, in block layout (see build_tiles): cell
+    (row kl, column jl) of tile (r, c) draws from stream nu_keys[r, c, side] at counter jl*rows + kl, the
+    [cols, rows] C order of the generic per-tile path (offset mapping: the reference cell of row kl at kl).
+    Drawn once per layer: they are properties of the cells, not of a sample."""
+    for j in nb.prange(n_out):
+        c = j // tile_cols
+        jl = j - c * tile_cols
+        for r in range(row_starts.shape[0] - 1):
+            r0 = row_starts[r]
+            rows_r = row_starts[r + 1] - r0
+            base = n_out * r0 + j * rows_r
+            k0 = nu_keys[r, c, 0]
+            k1 = nu_keys[r, c, 1]
+            for kl in range(rows_r):
+                nu_a[base + kl] = normal(k0, jl * rows_r + kl, table)
+                nu_b[base + kl] = normal(k1, kl if offset else jl * rows_r + kl, table)
+
+
+@nb.njit(inline="always", cache=True)
+def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes, top_step):
+    """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma:
+    piecewise linear between the rungs of the log ladder (exact on them), constant beyond both ends.
+
+    The rung below each read: thresholds[t] is the smallest float32 >= ladder[t], so the float32 test
+    x >= thresholds[t] is exactly float64(x) >= ladder[t]. Up to 32 rungs, the count of rungs passed (one
+    compare per rung over all cells: SIMD, no gathers); beyond, a branch-free binary search."""
+    n_rungs = ladder.shape[0]
+    last = n_rungs - 2
+    for kl in range(n):
+        lo_b[kl] = 0
+    if n_rungs <= 32:
+        for t in range(1, last + 1):
+            th = thresholds[t]
+            for kl in range(n):
+                lo_b[kl] += sb[kl] >= th
+    else:
+        step = top_step
+        while step > 0:
+            for kl in range(n):
+                cand = min(lo_b[kl] + step, last)
+                lo_b[kl] = cand if sb[kl] >= thresholds[cand] else lo_b[kl]
+            step //= 2
+    l0 = ladder[0]
+    ln = ladder[n_rungs - 1]
+    v0 = np.float32(values[0])
+    vn = np.float32(values[n_rungs - 1])
+    for kl in range(n):
+        x = np.float64(sb[kl])
+        lo = lo_b[kl]
+        s = np.float32(slopes[lo] * (x - ladder[lo]) + values[lo])
+        s = v0 if x <= l0 else s
+        sb[kl] = vn if x >= ln else s
+
+
+def ladder_thresholds(ladder: np.ndarray) -> np.ndarray:
+    """For each rung (float64, uS), the smallest float32 >= it (see _decode_sigma_log)."""
+    t = np.asarray(ladder, np.float64).astype(np.float32)
+    low = t.astype(np.float64) < ladder
+    t[low] = np.nextafter(t[low], np.float32(np.inf))
+    return t
 
 
 _MAGIC32 = np.float32(12582912.0)  # 1.5 * 2^23
@@ -250,29 +342,6 @@ def _rint32(x):
     to the grid's end anyway)."""
     x = min(max(x, -_BIG32), _BIG32)
     return (x + _MAGIC32) - _MAGIC32
-
-
-@nb.njit(cache=True, inline="always")
-def _decode_sigma(g, rung, sigma_log, ladder, values, slopes, sigma_max, g_base, g_span):
-    """Conductance read from a sigma cell -> sigma (float32), as AnalogLayer._g_to_sigma: piecewise
-    linear between the rungs of the log ladder (exact on the rungs), clamped at both ends."""
-    if not sigma_log:
-        v = (g - g_base) / g_span
-        if v < 0:
-            v = 0.0
-        return np.float32(v * sigma_max)
-    x = np.float64(g)
-    n = ladder.shape[0]
-    if x <= ladder[0]:
-        return np.float32(values[0])
-    if x >= ladder[n - 1]:
-        return np.float32(values[n - 1])
-    lo = min(max(rung, 0), n - 2)  # start at the programmed rung: read noise rarely crosses one
-    while ladder[lo] > x:
-        lo -= 1
-    while ladder[lo + 1] <= x:
-        lo += 1
-    return np.float32(slopes[lo] * (x - ladder[lo]) + values[lo])
 
 
 @nb.njit(cache=True)

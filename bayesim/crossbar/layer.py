@@ -342,12 +342,7 @@ class AnalogLayer:
                     self.read_mean[name], self.read_sd[name] = mean, sd
             self._mu_mean = self._decode_mu_blocks(self.read_mean["mu+"], self.read_mean["mu-"])
             _, values, ladder = self._sigma_ladder()
-            self._ladder = (ladder if ladder is not None else np.ones(1), values if values is not None else np.zeros(1))
-            if ladder is not None:  # rung of each sigma cell (a search start for the decode)
-                rungs = np.searchsorted(ladder, self.read_mean["sigma"].astype(np.float64), side="right")
-                self._rungs = np.clip(rungs - 1, 0, ladder.size - 2).astype(np.int16)
-            else:
-                self._rungs = np.zeros(self.mu.size, np.int16)
+            self._ladder = (ladder if ladder is not None else np.ones(2), values if values is not None else np.zeros(2))
 
     def _sigma_ladder(self):
         """Log-level sigma array: code k (sigma_max * 2^-k, k = 0..n-1, code n = zero) sits on rung
@@ -510,12 +505,12 @@ class AnalogLayer:
             d = np.diff(ladder)
             slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
             st = (True, hp, hm, hs, sp, sm, ss, inv_unit, self._mu_mean,
-                  getattr(q, "sigma_kind", "log") == "log", ladder, values, slopes, float(q.sigma_max),
-                  self._rungs)
+                  getattr(q, "sigma_kind", "log") == "log", ladder, kernels.ladder_thresholds(ladder), values, slopes,
+                  float(q.sigma_max))
         else:
             z = np.zeros(1, np.float32)
-            st = (False, z, z, z, z, z, z, np.ones(1), z, True, np.ones(1), np.zeros(1),
-                  np.zeros(1), 1.0, np.zeros(1, np.int16))
+            st = (False, z, z, z, z, z, z, np.ones(1), z, True, np.ones(2), np.ones(2, np.float32), np.zeros(2),
+                  np.zeros(2), 1.0)
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         if noisy and self.cell_law:
             law = self.device.read_cell_law(self.t_compute)
@@ -523,11 +518,16 @@ class AnalogLayer:
             nu_keys = np.array([[[rng.derive_key(rng.derive_key(self.seed, "cells", self.layer, r, c, nm), "nu")
                                   for nm in names] for c in range(self.n_ct)] for r in range(self.n_rt)], np.uint64)
             f32 = np.float32
-            cl = (True, nu_keys, f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6],
+            nu_a = np.zeros(self.mu.size if law[2] != 0 and law[0] > 0 else 1, np.float32)
+            nu_b = np.zeros_like(nu_a)
+            if nu_a.size > 1:  # drift: the cells' fixed drift-exponent normals, drawn once
+                kernels.cell_normals(nu_keys, self.row_starts, self.out_features, self.card.tile.cols, self.offset,
+                                     rng.NORMAL_TABLE, nu_a, nu_b)
+            cl = (True, nu_a, nu_b, f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6],
                   f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
         else:
             z32 = np.float32(0.0)
-            cl = (False, np.zeros((1, 1, 2), np.uint64), z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32,
+            cl = (False, np.zeros(1, np.float32), np.zeros(1, np.float32), z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32,
                   np.float32(1.0))
         if self._programmed:
             self._fixed_args = (stored, st, cl)
@@ -549,7 +549,7 @@ class AnalogLayer:
             np.float32(self.g_clip[0]), np.float32(self.g_clip[1]), np.float32(self.g_min),
             np.float32(self.span), self.offset, np.float32(self.ref_sd[0] if noisy else 0.0),
             np.float32(self.ref_sd[1] if noisy else 0.0), keys, self.row_starts, t.rows, t.cols, out_kind,
-            out_a, out_a if out_b is None else out_b, *st, *cl)
+            out_a, np.empty(1, np.float32) if out_b is None else out_b, *st, *cl)
         return out_a
 
     def _finish_conductances(self, s):
@@ -620,6 +620,12 @@ class AnalogLayer:
             periphery.mvm_adc(xn, self._wn, self.row_starts, u, 1, np.ones(n, np.float32), self.w_scale,
                               self.w_scale, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE, np.zeros(n, np.int64), True, u)
             return u
+        if not self.lumped:  # BLAS inside the numba tasks, products written straight into u
+            with kernels.blas_single_thread():
+                periphery.gemm_adc(xn, self._wn, self.row_starts, np.ones(n, np.float32), self.w_scale,
+                                   self.w_scale, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE,
+                                   np.zeros((1, n), np.int64), True, u, u[0])
+            return u
         with kernels.blas_single_thread():  # see blas_single_thread: no BLAS threads racing numba's
             for r in range(self.n_rt):
                 r0, r1 = int(self.row_starts[r]), int(self.row_starts[r + 1])
@@ -641,7 +647,7 @@ class AnalogLayer:
         x = np.asarray(x, dtype=np.float32)
         if card.ideal_periphery:
             xm, geo = self._unfold(x)
-            return xm, np.ones(xm.shape[0], np.float32), 0, geo
+            return np.ascontiguousarray(xm), np.ones(xm.shape[0], np.float32), 0, geo
         if self.is_conv:
             if x.ndim != 4:
                 raise BayesimError(f"layer {self.layer}: conv input must be [N, C, H, W], got {x.shape}")
@@ -696,9 +702,18 @@ class AnalogLayer:
             geo = None
         else:
             y = np.zeros((n, self.out_features), np.float32)
-            u = self._tile_outputs(xn, sample)
-            periphery.adc_accumulate(u, y, xs, self.w_scale, self.adc_range if qmax else self.w_scale, qmax,
-                                     float(card.output_noise), nkey, rng.NORMAL_TABLE, sat)
+            col_range = self.adc_range if qmax else self.w_scale
+            if self.lumped:
+                u = self._tile_outputs(xn, sample)
+                periphery.adc_accumulate(u, y, xs, self.w_scale, col_range, qmax, float(card.output_noise), nkey,
+                                         rng.NORMAL_TABLE, sat)
+            else:  # products, ADC and accumulation in one parallel pass, BLAS in each task
+                tasks = np.zeros((-(-self.out_features // periphery.GEMM_COLUMNS), n), np.int64)
+                with kernels.blas_single_thread():
+                    periphery.gemm_adc(xn, self._wn, self.row_starts, xs, self.w_scale, col_range, qmax,
+                                       float(card.output_noise), nkey, rng.NORMAL_TABLE, tasks, False,
+                                       np.empty((1, 1, 1), np.float32), y)
+                sat = tasks.sum(axis=0)
             if b is not None:
                 y += b
         st = self.stats

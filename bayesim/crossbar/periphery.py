@@ -11,6 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from bayesim._blas import sgemm_nt
 from bayesim.rng import normal
 from bayesim.crossbar.kernels import _rint32
 
@@ -176,7 +177,74 @@ def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key,
         sat_rows[n] += sat
 
 
-@nb.njit(parallel=True, cache=True, fastmath={"reassoc", "nsz"})
+#: Output columns per task of `gemm_adc`. Fixed, so the BLAS calls (and their rounding) are the same
+#: whatever the thread count; 64 columns of a 256-row tile keep a task's operands in L2 cache.
+GEMM_COLUMNS = 64
+
+
+@nb.njit(parallel=True, cache=True)
+def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table, sat,
+             raw, u, y):
+    """The row tiles' products through BLAS, then ADC and digital accumulation, in one parallel pass.
+
+    Each task takes GEMM_COLUMNS output columns j0:j1: for every row tile r it multiplies the DAC'd
+    inputs xn[:, r0:r1] ([N, in], C order) by the block W_r[j0:j1] of w_blocks (block layout, see
+    bayesim.crossbar.kernels.build_tiles) with one single-threaded sgemm, then converts and accumulates
+    exactly as `adc_accumulate` (same noise stream, same order of the sum over r), adding into y [N, out].
+    sat [tasks, N]: saturations per task and input row (the caller sums them). raw: write the
+    noise-free products into u [tiles, N, out] instead (ADC calibration sees exactly the values the
+    forward pass converts). The caller holds BLAS to one thread (crossbar.kernels.blas_single_thread).
+    """
+    n, n_in = xn.shape
+    n_out = w_scale.shape[1]
+    n_tiles = row_starts.shape[0] - 1
+    n_tasks = (n_out + GEMM_COLUMNS - 1) // GEMM_COLUMNS
+    q = np.float32(qmax)
+    if n == 0:
+        return
+    for t in nb.prange(n_tasks):
+        j0 = t * GEMM_COLUMNS
+        cw = min(GEMM_COLUMNS, n_out - j0)
+        ub = u if raw else np.empty((n_tiles, n, cw), np.float32)
+        ld = n_out if raw else cw
+        for r in range(n_tiles):
+            r0 = row_starts[r]
+            rows = row_starts[r + 1] - r0
+            dst = ub[r, 0, j0:] if raw else ub[r, 0, :]
+            sgemm_nt(n, cw, rows, xn[0, r0:].ctypes.data, n_in, w_blocks[n_out * r0 + j0 * rows:].ctypes.data,
+                     rows, dst.ctypes.data, ld)
+        if raw:
+            continue
+        acc = np.empty(cw, np.float32)
+        for i in range(n):
+            acc[:] = 0.0
+            hits = 0
+            for r in range(n_tiles):
+                for jj in range(cw):
+                    j = j0 + jj
+                    v, hit = _adc(ub[r, i, jj], noise_sd, noise_key, (r * n + i) * n_out + j, table,
+                                  col_range[r, j], q)
+                    hits += hit
+                    acc[jj] += v * w_scale[r, j]
+            xs = x_scale[i]
+            for jj in range(cw):
+                y[i, j0 + jj] += acc[jj] * xs
+            sat[t, i] = hits
+
+
+@nb.njit(cache=True, fastmath={"reassoc", "nsz"})
+def _dot32(x, w):
+    """sum_k x[k] * w[k] in float32, vectorised (reassociated partial sums). A function of its own, called
+    from the parallel kernel rather than inlined into it: numba compiles fastmath reductions inside a
+    parallel loop differently on a fresh compile and from its cache (1-ulp different sums); a serial
+    function gives the same code, and so the same numbers, either way."""
+    acc = np.float32(0.0)
+    for k in range(x.shape[0]):
+        acc += x[k] * w[k]
+    return acc
+
+
+@nb.njit(parallel=True, cache=True)
 def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table,
             sat_rows, raw, u):
     """The row tiles' products, ADC and digital accumulation in one pass (no [tiles, N, out] buffer), for
@@ -185,8 +253,8 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
     of row tile r at w_blocks[out*r0:]; y [images, out, per] is written in NCHW order (per = Ho*Wo; 1 for
     a dense layer). ADC, noise stream and saturation counts as `adc_accumulate`. raw: write the noise-free
     products into u [tiles, N, out] instead (ADC calibration sees exactly the values the forward pass
-    converts). The dot products are vectorised (reassociated sums), each output by one thread:
-    identical for any thread count."""
+    converts). The dot products are vectorised (`_dot32`), each output by one thread: identical for
+    any thread count."""
     n_rows = xn.shape[0]
     n_cols = w_scale.shape[1]
     n_tiles = row_starts.shape[0] - 1
@@ -202,23 +270,12 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
                 r0 = row_starts[r]
                 r1 = row_starts[r + 1]
                 base = n_cols * r0 + j * (r1 - r0)
-                xr = xn[n, r0:r1]
-                wr = w_blocks[base:base + (r1 - r0)]
-                v = np.float32(0.0)
-                for k in range(r1 - r0):
-                    v += xr[k] * wr[k]
+                v = _dot32(xn[n, r0:r1], w_blocks[base:base + (r1 - r0)])
                 if raw:
                     u[r, n, j] = v
                     continue
-                # not `_adc`: its libm-free rounding does not survive this kernel's fastmath reassociation
-                if noise_sd > 0:
-                    v += np.float32(noise_sd) * normal(noise_key, (r * n_rows + n) * n_cols + j, table)
-                if qmax > 0:
-                    rg = col_range[r, j]
-                    if abs(v) > rg:
-                        sat += 1
-                    t = min(max(np.rint(v / rg * q), -q), q)
-                    v = t * (rg / q)
+                v, hit = _adc(v, noise_sd, noise_key, (r * n_rows + n) * n_cols + j, table, col_range[r, j], q)
+                sat += hit
                 acc += v * w_scale[r, j]
             if not raw:
                 y[b, j, p] = acc * xs
