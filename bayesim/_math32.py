@@ -39,6 +39,19 @@ def _bits_f32(typingctx, i):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """a*b + c in float32 with one rounding (llvm.fma: the hardware FMA instruction, also in SIMD loops).
+    Fused explicitly, not left to the compiler's contraction, so the result does not depend on it."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(*args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 _SQRTH = np.float32(0.70710678118654752)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
@@ -69,24 +82,24 @@ def log32(x):
     z = f * f
     y = np.float32(7.0376836292e-2)
     for c in _LOG_POLY:
-        y = y * f + c
+        y = fma32(y, f, c)
     y = y * f * z
-    y += _LN2_LO * e
-    y -= _FH * z
-    return f + y + _LN2_HI * e
+    y = fma32(_LN2_LO, e, y)
+    y = fma32(-_FH, z, y)
+    return fma32(_LN2_HI, e, f + y)
 
 
 @nb.njit(inline="always", cache=True)
 def exp32(x):
     """e**x in float32; x is clamped to [-87, 88] (the normal float32 range)."""
     x = min(max(np.float32(x), _EXP_LO), _EXP_HI)
-    n = np.float32(np.floor(_LOG2E * x + _FH))
-    r = x - n * _LN2_HI
-    r = r - n * _LN2_LO
+    n = np.float32(np.floor(fma32(_LOG2E, x, _FH)))
+    r = fma32(-n, _LN2_HI, x)
+    r = fma32(-n, _LN2_LO, r)
     z = r * r
     p = np.float32(1.9875691500e-4)
     for c in _EXP_POLY:
-        p = p * r + c
-    p = p * z + r + _F1
+        p = fma32(p, r, c)
+    p = fma32(p, z, r + _F1)
     # 2**n: n in [-126, 127] here, so the biased exponent is a normal one
     return p * _bits_f32(np.int32((np.int32(n) + 127) << 23))

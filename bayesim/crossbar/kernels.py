@@ -43,6 +43,13 @@ _M12 = np.uint64(0xFFF)
 _S = [np.uint64(52 - 12 * i) for i in range(5)]
 _S0, _S1, _S2, _S3, _S4 = _S
 
+@nb.njit(inline="always", cache=True)
+def _field(bits, shift):
+    """12-bit field of a 64-bit hash as an int32 table index (int32 indices let the table lookups run as
+    16-lane gathers)."""
+    return np.int32((bits >> shift) & _M12)
+
+
 #: Below this much work (elements, or multiply-adds / 64) a kernel runs on the calling thread: waking the
 #: numba thread pool costs ~20 us on an idle machine but a scheduler tick (~4-8 ms) on a loaded one.
 PARALLEL_MIN_WORK = 1 << 18
@@ -164,10 +171,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                         rb = bits64(rk, kl * tile_cols + jl)
                         hp = held_p[base + kl]
                         hm = held_m[base + kl]
-                        rp = min(max(hp + sd_p[base + kl] * dtable[(rb >> _S0) & _M12], glo), ghi)
-                        rm = min(max(hm + sd_m[base + kl] * dtable[(rb >> _S1) & _M12], glo), ghi)
-                        wb[kl] = mu_mean[base + kl] + np.float32(((rp - hp) - (rm - hm)) * inv_unit)
-                        sb[kl] = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[(rb >> _S2) & _M12], glo), ghi)
+                        rp = min(max(hp + sd_p[base + kl] * dtable[_field(rb, _S0)], glo), ghi)
+                        rm = min(max(hm + sd_m[base + kl] * dtable[_field(rb, _S1)], glo), ghi)
+                        wb[kl] = mu_mean[base + kl] + ((rp - hp) - (rm - hm)) * inv_unit
+                        sb[kl] = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[_field(rb, _S2)], glo), ghi)
                     if sigma_log:
                         _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, top_step)
                     else:
@@ -213,15 +220,15 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                         q = q_b[kl]
                         ia = m + q if offset else m + max(q, 0)
                         bits = bits64(key, kl * tile_cols + jl)
-                        ca[kl] = min(max(lvl[g, ia] + sd_prog[g, ia] * dtable[(bits >> _S0) & _M12], glo), ghi)
-                        za[kl] = dtable[(bits >> _S1) & _M12]
+                        ca[kl] = min(max(lvl[g, ia] + sd_prog[g, ia] * dtable[_field(bits, _S0)], glo), ghi)
+                        za[kl] = dtable[_field(bits, _S1)]
                         if offset:
                             bits = bits64(key, ref_base + kl)
-                            cb[kl] = min(max(lvl[g, m] + np.float32(ref_sd_prog) * dtable[(bits >> _S2) & _M12], glo), ghi)
+                            cb[kl] = min(max(lvl[g, m] + np.float32(ref_sd_prog) * dtable[_field(bits, _S2)], glo), ghi)
                         else:
                             i_b = m + max(-q, 0)
-                            cb[kl] = min(max(lvl[g, i_b] + sd_prog[g, i_b] * dtable[(bits >> _S2) & _M12], glo), ghi)
-                        zb[kl] = dtable[(bits >> _S3) & _M12]
+                            cb[kl] = min(max(lvl[g, i_b] + sd_prog[g, i_b] * dtable[_field(bits, _S2)], glo), ghi)
+                        zb[kl] = dtable[_field(bits, _S3)]
                     if drift:  # the cells' fixed drift-exponent normals
                         zna = nu_a[base: base + rows_r]
                         znb = nu_b[base: base + rows_r]
@@ -248,12 +255,12 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                         spa = sd_prog[g, ia]
                         sra = sd_read[g, ia]
                         bits = bits64(key, kl * tile_cols + jl)
-                        na = min(max(min(max(ga + spa * dtable[(bits >> _S0) & _M12], glo), ghi)
-                                     + sra * dtable[(bits >> _S1) & _M12], glo), ghi)
+                        na = min(max(min(max(ga + spa * dtable[_field(bits, _S0)], glo), ghi)
+                                     + sra * dtable[_field(bits, _S1)], glo), ghi)
                         if offset:
                             bits = bits64(key, ref_base + kl)
-                        nb_ = min(max(min(max(gb + spb * dtable[(bits >> _S2) & _M12], glo), ghi)
-                                      + srb * dtable[(bits >> _S3) & _M12], glo), ghi)
+                        nb_ = min(max(min(max(gb + spb * dtable[_field(bits, _S2)], glo), ghi)
+                                      + srb * dtable[_field(bits, _S3)], glo), ghi)
                         noisy = spa > 0 or sra > 0 or spb > 0 or srb > 0
                         ca[kl] = na if noisy else ga
                         cb[kl] = nb_ if noisy else gb

@@ -500,7 +500,7 @@ class AnalogLayer:
             q = self.quant
             hp, hm, hs = (self.read_mean[k] for k in ("mu+", "mu-", "sigma"))
             sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
-            inv_unit = np.float64(np.float32(q.mu_step)) / self.mu_unit  # mu per uS, per group
+            inv_unit = (np.float64(np.float32(q.mu_step)) / self.mu_unit).astype(np.float32)  # mu per uS, per group
             ladder, values = self._ladder
             d = np.diff(ladder)
             slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
@@ -509,7 +509,7 @@ class AnalogLayer:
                   float(q.sigma_max))
         else:
             z = np.zeros(1, np.float32)
-            st = (False, z, z, z, z, z, z, np.ones(1), z, True, np.ones(2), np.ones(2, np.float32), np.zeros(2),
+            st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True, np.ones(2), np.ones(2, np.float32), np.zeros(2),
                   np.zeros(2), 1.0)
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         if noisy and self.cell_law:
