@@ -77,18 +77,25 @@ def test_fused_im2col_dac_equals_numpy_im2col_then_dac():
                                       periphery.dac_numpy(cols, 8, False, "fixed", 1.5)[0])
 
 
+def _tiled_case(seed, n, k, out, starts):
+    """DAC'd inputs xn [n, k], weights w [out, k] in block layout over the row tiles `starts`, input and
+    weight scales, and the per-tile products u [tiles, n, out] computed by numpy."""
+    r = np.random.default_rng(seed)
+    xn = r.uniform(0, 1, (n, k)).astype(np.float32)
+    w = r.normal(0, 0.3, (out, k)).astype(np.float32)
+    starts = np.array(starts, np.int64)
+    blocks = np.concatenate([w[:, a:b].ravel() for a, b in zip(starts[:-1], starts[1:])])
+    xs = r.uniform(0.5, 2, n).astype(np.float32)
+    ws = r.uniform(0.5, 2, (starts.size - 1, out)).astype(np.float32)
+    u = np.stack([xn[:, a:b] @ w[:, a:b].T for a, b in zip(starts[:-1], starts[1:])])
+    return xn, starts, blocks, xs, ws, u
+
+
 def test_fused_mvm_adc_matches_blas_then_adc():
     """Products + ADC + accumulation in one kernel = BLAS products then adc_accumulate (up to float32
     summation order, which can move a value across an ADC step only at a tie; none here)."""
-    r = np.random.default_rng(1)
-    n, k, out = 50, 70, 5
-    xn = r.uniform(0, 1, (n, k)).astype(np.float32)
-    w = r.normal(0, 0.3, (out, k)).astype(np.float32)
-    starts = np.array([0, 32, 64, 70], np.int64)
-    blocks = np.concatenate([w[:, a:b].ravel() for a, b in zip(starts[:-1], starts[1:])])
-    xs = r.uniform(0.5, 2, n).astype(np.float32)
-    ws = r.uniform(0.5, 2, (3, out)).astype(np.float32)
-    u = np.stack([xn[:, a:b] @ w[:, a:b].T for a, b in zip(starts[:-1], starts[1:])])
+    n, out = 50, 5
+    xn, starts, blocks, xs, ws, u = _tiled_case(1, n, 70, out, [0, 32, 64, 70])
     rg = (np.abs(u).max(axis=1) * 0.8).astype(np.float32)  # some saturate
     y_ref = np.zeros((n, out), np.float32)
     sat_ref = np.zeros(n, np.int64)
@@ -107,15 +114,8 @@ def test_gemm_adc_products_and_conversion():
 
     from bayesim.crossbar import kernels
 
-    r = np.random.default_rng(2)
-    n, k, out = 40, 300, 150  # 3 column tasks (64, 64, 22), row tiles 128 + 128 + 44
-    xn = r.uniform(0, 1, (n, k)).astype(np.float32)
-    w = r.normal(0, 0.3, (out, k)).astype(np.float32)
-    starts = np.array([0, 128, 256, 300], np.int64)
-    blocks = np.concatenate([w[:, a:b].ravel() for a, b in zip(starts[:-1], starts[1:])])
-    xs = r.uniform(0.5, 2, n).astype(np.float32)
-    ws = r.uniform(0.5, 2, (3, out)).astype(np.float32)
-    u_np = np.stack([xn[:, a:b] @ w[:, a:b].T for a, b in zip(starts[:-1], starts[1:])])
+    n, out = 40, 150  # 3 column tasks (64, 64, 22), row tiles 128 + 128 + 44
+    xn, starts, blocks, xs, ws, u_np = _tiled_case(2, n, 300, out, [0, 128, 256, 300])
     u = np.full((3, n, out), np.nan, np.float32)
     tasks = -(-out // periphery.GEMM_COLUMNS)
     with kernels.blas_single_thread():
