@@ -509,8 +509,8 @@ class AnalogLayer:
                   float(q.sigma_max))
         else:
             z = np.zeros(1, np.float32)
-            st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True, np.ones(2), np.ones(2, np.float32), np.zeros(2),
-                  np.zeros(2), 1.0)
+            st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True, np.ones(2), np.ones(2, np.float32),
+                  np.zeros(2), np.zeros(2), 1.0)
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         if noisy and self.cell_law:
             law = self.device.read_cell_law(self.t_compute)
@@ -527,8 +527,8 @@ class AnalogLayer:
                   f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
         else:
             z32 = np.float32(0.0)
-            cl = (False, np.zeros(1, np.float32), np.zeros(1, np.float32), z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32,
-                  np.float32(1.0))
+            no_nu = np.zeros(1, np.float32)
+            cl = (False, no_nu, no_nu, z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32, np.float32(1.0))
         if self._programmed:
             self._fixed_args = (stored, st, cl)
         return stored, st, cl
