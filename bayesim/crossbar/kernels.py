@@ -11,7 +11,8 @@ Random numbers are pure functions of (stream key, counter):
 - device noise uses one key per (sample, tile) and counter = the cell's index in its tile (C order
   over [rows, cols]); one 64-bit hash gives five 12-bit table Gaussians (DEVICE_TABLE): programming
   noise of the G+ and G- cells and read noise of both. Reference-column cells use counters
-  rows*cols + row; reads of the stored VPQ arrays use their own per-(sample, tile) key.
+  rows*cols + row; reads of the stored VPQ arrays use their own per-(sample, tile) key; the fixed
+  drift-exponent normal of each programmed cell (`cell_normals`) is drawn once per layer.
 Results are therefore bit-identical for a seed whatever the thread count.
 """
 from __future__ import annotations
