@@ -143,3 +143,13 @@ def test_gemm_adc_products_and_conversion():
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(sat, sat_ref)
     assert sat_ref.sum() > 0
+
+
+def test_gemm_adc_refuses_strided_operands():
+    import pytest
+
+    xn, starts, blocks, xs, ws, u = _tiled_case(3, 8, 40, 6, [0, 40])
+    y = np.zeros((8, 6), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        periphery.gemm_adc(np.asfortranarray(xn), blocks, starts, xs, ws, ws, 0, 0.0, np.uint64(0),
+                           rng.NORMAL_TABLE, np.zeros((1, 8), np.int64), False, np.empty((1, 1, 1), np.float32), y)

@@ -202,6 +202,10 @@ def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_
     q = np.float32(qmax)
     if n == 0:
         return
+    # BLAS gets raw addresses and leading dimensions: the operands must be C-contiguous
+    if xn.strides[1] != 4 or xn.strides[0] != 4 * n_in or w_blocks.strides[0] != 4 or (
+            raw and (u.strides[2] != 4 or u.strides[1] != 4 * n_out)):
+        raise ValueError("gemm_adc: xn, w_blocks and u must be C-contiguous float32 arrays")
     for t in nb.prange(n_tasks):
         j0 = t * GEMM_COLUMNS
         cw = min(GEMM_COLUMNS, n_out - j0)
