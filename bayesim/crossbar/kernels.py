@@ -295,14 +295,15 @@ def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_
                 nu_b[base + kl] = normal(k1, kl if offset else jl * rows_r + kl, table)
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(cache=True)
 def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes, top_step):
     """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma:
     piecewise linear between the rungs of the log ladder (exact on them), constant beyond both ends.
 
     The rung below each read: thresholds[t] is the smallest float32 >= ladder[t], so the float32 test
     x >= thresholds[t] is exactly float64(x) >= ladder[t]. Up to 32 rungs, the count of rungs passed (one
-    compare per rung over all cells: SIMD, no gathers); beyond, a branch-free binary search."""
+    compare per rung over all cells: SIMD, no gathers); beyond, a branch-free binary search. Not inlined
+    into build_tiles, to keep that parallel kernel's compile time down (see read_cells32)."""
     n_rungs = ladder.shape[0]
     last = n_rungs - 2
     for kl in range(n):

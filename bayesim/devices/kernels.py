@@ -176,12 +176,14 @@ def _read_cell32_no_poly(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, n
     return min(max(g, lo), hi)
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(cache=True)
 def read_cells32(g, z_nu, z, n, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, coeffs, q_coeff, q_exp,
                  q_max, inv_gmax, lo, hi):
     """read_cell32 over g[:n] in place (z_nu, z: the cells' normals). One loop per law family, so the
     common ones (PCM, power-law drift, no read noise) run branch-free as SIMD: the per-cell law in a long
-    scalar loop is latency-bound (~30 ns a cell), here ~2 ns."""
+    scalar loop is latency-bound (~30 ns a cell), here ~2 ns. A function of its own, not inlined into the
+    crossbar's weight kernel: numba's IR inlining made that parallel kernel compile in 26 s instead of 7 s,
+    for no speed."""
     if read_kind == READ_POLY:
         for i in range(n):
             g[i] = read_cell32(g[i], z_nu[i], z[i], log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
