@@ -92,10 +92,11 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.parametrize("out", [40, 200])  # 200 > FUSED_MVM_MAX_OUT: the GEMM path (gemm_adc)
 @pytest.mark.parametrize("strategy", ["fp", "vpq", "spq", "jq"])
 @pytest.mark.parametrize("device", [IdealDevice(), GaussianDevice(0.0, 0.0, tables=False)])
-def test_ideal_device_matches_software(strategy, device):
-    mu, sg, mb, sb, x = _layer_params()
+def test_ideal_device_matches_software(strategy, device, out):
+    mu, sg, mb, sb, x = _layer_params(out=out)
     q = LayerQuant(strategy, 4, 0.05, 3, 0.1, "log", 4, 0.1)
     if strategy in ("vpq", "jq"):
         mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
@@ -218,13 +219,14 @@ def test_adc_calibration_and_saturation():
     assert layer.stats.adc_saturated > 0
 
 
+@pytest.mark.parametrize("out", [48, 200])  # fused MVM and GEMM paths
 @pytest.mark.parametrize("device", ["gaussian", "pcm"])
-def test_bit_identical_whatever_the_thread_count(device, monkeypatch):
+def test_bit_identical_whatever_the_thread_count(device, out, monkeypatch):
     from bayesim.crossbar import kernels
     from bayesim.devices import load_device
 
     monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # small layers too run on the thread pool
-    mu, sg, mb, sb, x = _layer_params(out=48, inn=300, seed=5)
+    mu, sg, mb, sb, x = _layer_params(out=out, inn=300, seed=5)
     q = LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
     mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
     sg = quantize_log(sg, q.sigma_max, q.sigma_bits)
