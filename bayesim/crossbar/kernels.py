@@ -90,9 +90,6 @@ def blas_single_thread():
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
-#: Outputs per parallel task of build_tiles (the task's stage buffers are allocated once).
-_OUTPUTS_PER_TASK = 8
-
 OUT_NORMALISED = 0   # write (G+ - G-)/span (or (G - Gref)/(span/2)): the normalised effective weight
 OUT_CONDUCTANCE = 1  # write G+ and G- (or G and Gref) in uS, for IR drop or a device's own program()
 
@@ -143,136 +140,131 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     zero = np.float32(0.0)
     one = np.float32(1.0)
     drift = drift_kind != 0 and log_ratio > 0.0
-    n_rungs = ladder.shape[0]
-    top_step = 1
-    while top_step * 2 <= n_rungs - 2:
-        top_step *= 2
     ref_base = tile_rows * tile_cols  # counters of the offset mapping's reference cells
-    for jc in nb.prange((n_out + _OUTPUTS_PER_TASK - 1) // _OUTPUTS_PER_TASK):
-        buf = np.empty((8, tile_rows), np.float32)  # per task: this output's cells, stage by stage
+    for j in nb.prange(n_out):
+        buf = np.empty((8, tile_rows), np.float32)  # this output's cells, stage by stage
         wb, sb, ca, cb, za, zb, zna, znb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]
         if cell_law and not drift:
             buf[6:] = zero  # no drift: the drift normals are not used, zeros keep the read law's inputs finite
         ib = np.empty((2, tile_rows), np.int32)
         lo_b, q_b = ib[0], ib[1]
-        for j in range(jc * _OUTPUTS_PER_TASK, min((jc + 1) * _OUTPUTS_PER_TASK, n_out)):
-            c = j // tile_cols
-            jl = j - c * tile_cols
-            for r in range(n_blocks):
-                r0 = row_starts[r]
-                rows_r = row_starts[r + 1] - r0
-                base = n_out * r0 + j * rows_r
-                g = grp[r, j]
-                key = tile_keys[r, c]
-                # 1. mu and sigma of every cell: read from the stored arrays, or given
-                if stored:
-                    rk = read_keys[r, c]
-                    inv_unit = inv_mu_unit[g]
-                    for kl in range(rows_r):
-                        rb = bits64(rk, kl * tile_cols + jl)
-                        hp = held_p[base + kl]
-                        hm = held_m[base + kl]
-                        rp = min(max(hp + sd_p[base + kl] * dtable[_field(rb, _S0)], glo), ghi)
-                        rm = min(max(hm + sd_m[base + kl] * dtable[_field(rb, _S1)], glo), ghi)
-                        wb[kl] = mu_mean[base + kl] + ((rp - hp) - (rm - hm)) * inv_unit
-                        sb[kl] = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[_field(rb, _S2)], glo), ghi)
-                    if sigma_log:
-                        _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, top_step)
-                    else:
-                        for kl in range(rows_r):
-                            v = np.float64((sb[kl] - g_base) / g_span)
-                            sb[kl] = np.float32(max(v, 0.0) * sigma_max)
+        c = j // tile_cols
+        jl = j - c * tile_cols
+        for r in range(n_blocks):
+            r0 = row_starts[r]
+            rows_r = row_starts[r + 1] - r0
+            base = n_out * r0 + j * rows_r
+            g = grp[r, j]
+            key = tile_keys[r, c]
+            # 1. mu and sigma of every cell: read from the stored arrays, or given
+            if stored:
+                rk = read_keys[r, c]
+                inv_unit = inv_mu_unit[g]
+                for kl in range(rows_r):
+                    rb = bits64(rk, kl * tile_cols + jl)
+                    hp = held_p[base + kl]
+                    hm = held_m[base + kl]
+                    rp = min(max(hp + sd_p[base + kl] * dtable[_field(rb, _S0)], glo), ghi)
+                    rm = min(max(hm + sd_m[base + kl] * dtable[_field(rb, _S1)], glo), ghi)
+                    wb[kl] = mu_mean[base + kl] + ((rp - hp) - (rm - hm)) * inv_unit
+                    sb[kl] = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[_field(rb, _S2)], glo), ghi)
+                if sigma_log:
+                    _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes)
                 else:
                     for kl in range(rows_r):
-                        wb[kl] = mu[j, r0 + kl]
-                        sb[kl] = sigma[j, r0 + kl]
-                # 2. the Bayesian draw, on the software model's eps stream
-                if use_eps:
-                    e0 = j * n_in + r0
-                    for kl in range(rows_r):
-                        wb[kl] = wb[kl] + sb[kl] * normal(eps_key, e0 + kl, table)
-                if not quantized:
-                    inv_ws = inv_wscale[g]
-                    if out_kind == OUT_NORMALISED:
-                        for kl in range(rows_r):
-                            out_a[base + kl] = wb[kl] * inv_ws
-                    else:
-                        gbase = np.float32(g_base)
-                        for kl in range(rows_r):
-                            wn = wb[kl] * inv_ws
-                            if offset:
-                                out_a[base + kl] = gbase + half * (one + wn)
-                                out_b[base + kl] = gbase + half
-                            else:
-                                out_a[base + kl] = gbase + max(wn, zero) * span
-                                out_b[base + kl] = gbase + max(-wn, zero) * span
-                    continue
-                # 3. quantize to the signed level index q
-                kmf = np.float32(kmax_grp[g])
+                        v = np.float64((sb[kl] - g_base) / g_span)
+                        sb[kl] = np.float32(max(v, 0.0) * sigma_max)
+            else:
                 for kl in range(rows_r):
-                    if binary:  # 1-bit grid {-step, +step}
-                        qf = one if wb[kl] >= zero else -one
-                    else:
-                        qf = _rint32(wb[kl] / w_step)
-                    q_b[kl] = np.int32(min(max(qf, -kmf), kmf))
-                # 4. program the two cells (levels, programming noise) and draw their read normals
-                if cell_law:
-                    for kl in range(rows_r):
-                        q = q_b[kl]
-                        ia = m + q if offset else m + max(q, 0)
-                        bits = bits64(key, kl * tile_cols + jl)
-                        ca[kl] = min(max(lvl[g, ia] + sd_prog[g, ia] * dtable[_field(bits, _S0)], glo), ghi)
-                        za[kl] = dtable[_field(bits, _S1)]
-                        if offset:
-                            bits = bits64(key, ref_base + kl)
-                            cb[kl] = min(max(lvl[g, m] + np.float32(ref_sd_prog) * dtable[_field(bits, _S2)], glo), ghi)
-                        else:
-                            i_b = m + max(-q, 0)
-                            cb[kl] = min(max(lvl[g, i_b] + sd_prog[g, i_b] * dtable[_field(bits, _S2)], glo), ghi)
-                        zb[kl] = dtable[_field(bits, _S3)]
-                    if drift:  # the cells' fixed drift-exponent normals
-                        zna = nu_a[base: base + rows_r]
-                        znb = nu_b[base: base + rows_r]
-                    # 5. read them with the device's law (drift, 1/f noise): SIMD over the row tile
-                    read_cells32(ca, zna, za, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
-                                 read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
-                    read_cells32(cb, znb, zb, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
-                                 read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
-                else:  # per-level programming and read stds (Gaussian devices)
-                    for kl in range(rows_r):
-                        q = q_b[kl]
-                        if offset:
-                            ia = m + q
-                            i_b = m
-                            spb = np.float32(ref_sd_prog)
-                            srb = np.float32(ref_sd_read)
-                        else:
-                            ia = m + max(q, 0)
-                            i_b = m + max(-q, 0)
-                            spb = sd_prog[g, i_b]
-                            srb = sd_read[g, i_b]
-                        ga = lvl[g, ia]
-                        gb = lvl[g, i_b]
-                        spa = sd_prog[g, ia]
-                        sra = sd_read[g, ia]
-                        bits = bits64(key, kl * tile_cols + jl)
-                        na = min(max(min(max(ga + spa * dtable[_field(bits, _S0)], glo), ghi)
-                                     + sra * dtable[_field(bits, _S1)], glo), ghi)
-                        if offset:
-                            bits = bits64(key, ref_base + kl)
-                        nb_ = min(max(min(max(gb + spb * dtable[_field(bits, _S2)], glo), ghi)
-                                      + srb * dtable[_field(bits, _S3)], glo), ghi)
-                        noisy = spa > 0 or sra > 0 or spb > 0 or srb > 0
-                        ca[kl] = na if noisy else ga
-                        cb[kl] = nb_ if noisy else gb
-                # 6. the block's output
+                    wb[kl] = mu[j, r0 + kl]
+                    sb[kl] = sigma[j, r0 + kl]
+            # 2. the Bayesian draw, on the software model's eps stream
+            if use_eps:
+                e0 = j * n_in + r0
+                for kl in range(rows_r):
+                    wb[kl] = wb[kl] + sb[kl] * normal(eps_key, e0 + kl, table)
+            if not quantized:
+                inv_ws = inv_wscale[g]
                 if out_kind == OUT_NORMALISED:
                     for kl in range(rows_r):
-                        out_a[base + kl] = (ca[kl] - cb[kl]) * inv_norm
+                        out_a[base + kl] = wb[kl] * inv_ws
                 else:
+                    gbase = np.float32(g_base)
                     for kl in range(rows_r):
-                        out_a[base + kl] = ca[kl]
-                        out_b[base + kl] = cb[kl]
+                        wn = wb[kl] * inv_ws
+                        if offset:
+                            out_a[base + kl] = gbase + half * (one + wn)
+                            out_b[base + kl] = gbase + half
+                        else:
+                            out_a[base + kl] = gbase + max(wn, zero) * span
+                            out_b[base + kl] = gbase + max(-wn, zero) * span
+                continue
+            # 3. quantize to the signed level index q
+            kmf = np.float32(kmax_grp[g])
+            for kl in range(rows_r):
+                if binary:  # 1-bit grid {-step, +step}
+                    qf = one if wb[kl] >= zero else -one
+                else:
+                    qf = _rint32(wb[kl] / w_step)
+                q_b[kl] = np.int32(min(max(qf, -kmf), kmf))
+            # 4. program the two cells (levels, programming noise) and draw their read normals
+            if cell_law:
+                for kl in range(rows_r):
+                    q = q_b[kl]
+                    ia = m + q if offset else m + max(q, 0)
+                    bits = bits64(key, kl * tile_cols + jl)
+                    ca[kl] = min(max(lvl[g, ia] + sd_prog[g, ia] * dtable[_field(bits, _S0)], glo), ghi)
+                    za[kl] = dtable[_field(bits, _S1)]
+                    if offset:
+                        bits = bits64(key, ref_base + kl)
+                        cb[kl] = min(max(lvl[g, m] + np.float32(ref_sd_prog) * dtable[_field(bits, _S2)], glo), ghi)
+                    else:
+                        i_b = m + max(-q, 0)
+                        cb[kl] = min(max(lvl[g, i_b] + sd_prog[g, i_b] * dtable[_field(bits, _S2)], glo), ghi)
+                    zb[kl] = dtable[_field(bits, _S3)]
+                if drift:  # the cells' fixed drift-exponent normals
+                    zna = nu_a[base: base + rows_r]
+                    znb = nu_b[base: base + rows_r]
+                # 5. read them with the device's law (drift, 1/f noise): SIMD over the row tile
+                read_cells32(ca, zna, za, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                             read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+                read_cells32(cb, znb, zb, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                             read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+            else:  # per-level programming and read stds (Gaussian devices)
+                for kl in range(rows_r):
+                    q = q_b[kl]
+                    if offset:
+                        ia = m + q
+                        i_b = m
+                        spb = np.float32(ref_sd_prog)
+                        srb = np.float32(ref_sd_read)
+                    else:
+                        ia = m + max(q, 0)
+                        i_b = m + max(-q, 0)
+                        spb = sd_prog[g, i_b]
+                        srb = sd_read[g, i_b]
+                    ga = lvl[g, ia]
+                    gb = lvl[g, i_b]
+                    spa = sd_prog[g, ia]
+                    sra = sd_read[g, ia]
+                    bits = bits64(key, kl * tile_cols + jl)
+                    na = min(max(min(max(ga + spa * dtable[_field(bits, _S0)], glo), ghi)
+                                 + sra * dtable[_field(bits, _S1)], glo), ghi)
+                    if offset:
+                        bits = bits64(key, ref_base + kl)
+                    nb_ = min(max(min(max(gb + spb * dtable[_field(bits, _S2)], glo), ghi)
+                                  + srb * dtable[_field(bits, _S3)], glo), ghi)
+                    noisy = spa > 0 or sra > 0 or spb > 0 or srb > 0
+                    ca[kl] = na if noisy else ga
+                    cb[kl] = nb_ if noisy else gb
+            # 6. the block's output
+            if out_kind == OUT_NORMALISED:
+                for kl in range(rows_r):
+                    out_a[base + kl] = (ca[kl] - cb[kl]) * inv_norm
+            else:
+                for kl in range(rows_r):
+                    out_a[base + kl] = ca[kl]
+                    out_b[base + kl] = cb[kl]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -296,7 +288,7 @@ def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_
 
 
 @nb.njit(cache=True)
-def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes, top_step):
+def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes):
     """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma:
     piecewise linear between the rungs of the log ladder (exact on them), constant beyond both ends.
 
@@ -314,7 +306,9 @@ def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes, top_step)
             for kl in range(n):
                 lo_b[kl] += sb[kl] >= th
     else:
-        step = top_step
+        step = 1
+        while step * 2 <= last:
+            step *= 2
         while step > 0:
             for kl in range(n):
                 cand = min(lo_b[kl] + step, last)

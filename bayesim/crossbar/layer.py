@@ -491,7 +491,7 @@ class AnalogLayer:
                          for r in range(self.n_rt)], dtype=np.uint64)
 
     def _sample_independent_args(self):
-        """(stored, stored-array arguments, cell-law arguments) of build_tiles that are the same for every
+        """(stored, stored-array arguments, cell-law arguments, noise tables) of build_tiles that are the same for every
         Monte-Carlo sample (built once after programming; the per-sample read keys are added by the caller)."""
         if getattr(self, "_fixed_args", None) is not None:
             return self._fixed_args
@@ -529,26 +529,26 @@ class AnalogLayer:
             z32 = np.float32(0.0)
             no_nu = np.zeros(1, np.float32)
             cl = (False, no_nu, no_nu, z32, z32, 0, z32, z32, 0, np.zeros(1), z32, z32, z32, np.float32(1.0))
+        # per-level programming/read stds and the reference cell's (zeros: noise-free digital targets)
+        noise = ((self.sd_prog, self.sd_read, np.float32(self.ref_sd[0]), np.float32(self.ref_sd[1])) if noisy else
+                 (np.zeros_like(self.lvl), np.zeros_like(self.lvl), np.float32(0.0), np.float32(0.0)))
         if self._programmed:
-            self._fixed_args = (stored, st, cl)
-        return stored, st, cl
+            self._fixed_args = (stored, st, cl, noise)
+        return stored, st, cl, noise
 
     def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
         t = self.card.tile
         keys = self._keys("prog", s, self.layer)
-        stored, st, cl = self._sample_independent_args()
+        stored, st, cl, (sd_prog, sd_read, ref_sd_prog, ref_sd_read) = self._sample_independent_args()
         read_keys = self._keys("read_stored", s, self.layer) if stored else keys
         st = (*st[:7], read_keys, *st[7:])
-        noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         kernels.build_tiles(
             mu, sigma, eps_key, use_eps, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, self.quantized,
             bool(self.quantized and int(self.quant.w_bits) == 1),
             np.float32(self.quant.w_step if self.quantized else 1.0), self.kmax, self.inv_wscale, self.grp,
-            self.lvl, self.sd_prog if noisy else np.zeros_like(self.lvl),
-            self.sd_read if noisy else np.zeros_like(self.lvl),
-            np.float32(self.g_clip[0]), np.float32(self.g_clip[1]), np.float32(self.g_min),
-            np.float32(self.span), self.offset, np.float32(self.ref_sd[0] if noisy else 0.0),
-            np.float32(self.ref_sd[1] if noisy else 0.0), keys, self.row_starts, t.rows, t.cols, out_kind,
+            self.lvl, sd_prog, sd_read, np.float32(self.g_clip[0]), np.float32(self.g_clip[1]),
+            np.float32(self.g_min), np.float32(self.span), self.offset, ref_sd_prog, ref_sd_read,
+            keys, self.row_starts, t.rows, t.cols, out_kind,
             out_a, np.empty(1, np.float32) if out_b is None else out_b, *st, *cl)
         return out_a
 

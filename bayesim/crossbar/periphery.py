@@ -163,18 +163,29 @@ def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key,
     n_tiles, n_rows, n_cols = u.shape
     q = np.float32(qmax)
     for n in nb.prange(n_rows):
-        sat = 0
-        xs = x_scale[n]
-        acc = np.zeros(n_cols, np.float32)
-        for r in range(n_tiles):  # r outer, j inner: contiguous rows of u, the same sum order over r
-            for j in range(n_cols):
-                v, hit = _adc(u[r, n, j], noise_sd, noise_key, (r * n_rows + n) * n_cols + j, table,
-                              col_range[r, j], q)
-                sat += hit
-                acc[j] += v * w_scale[r, j]
-        for j in range(n_cols):
-            y[n, j] += acc[j] * xs
-        sat_rows[n] += sat
+        acc = np.empty(n_cols, np.float32)
+        sat_rows[n] += _convert_row(u, n, 0, n_cols, n_rows, n_cols, x_scale[n], w_scale, col_range, q,
+                                    noise_sd, noise_key, table, acc, y)
+
+
+@nb.njit(inline="always", cache=True)
+def _convert_row(u, i, j0, cw, n_rows, n_out, x_s, w_scale, col_range, q, noise_sd, noise_key, table, acc, y):
+    """ADC and digital accumulation of input row i for output columns j0:j0+cw, whose column currents
+    are u[r, i, :cw]: y[i, j] += x_s * sum_r ADC(u + noise) * w_scale[r, j], r outer and j inner
+    (the same order of the sum, and the noise counter (r*n_rows + i)*n_out + j, wherever it runs).
+    acc: scratch of >= cw floats. Returns the number of saturated conversions."""
+    acc[:cw] = 0.0
+    hits = 0
+    for r in range(u.shape[0]):
+        for jj in range(cw):
+            j = j0 + jj
+            v, hit = _adc(u[r, i, jj], noise_sd, noise_key, (r * n_rows + i) * n_out + j, table,
+                          col_range[r, j], q)
+            hits += hit
+            acc[jj] += v * w_scale[r, j]
+    for jj in range(cw):
+        y[i, j0 + jj] += acc[jj] * x_s
+    return hits
 
 
 #: Output columns per task of `gemm_adc`. Fixed, so the BLAS calls (and their rounding) are the same
@@ -221,19 +232,8 @@ def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_
             continue
         acc = np.empty(cw, np.float32)
         for i in range(n):
-            acc[:] = 0.0
-            hits = 0
-            for r in range(n_tiles):
-                for jj in range(cw):
-                    j = j0 + jj
-                    v, hit = _adc(ub[r, i, jj], noise_sd, noise_key, (r * n + i) * n_out + j, table,
-                                  col_range[r, j], q)
-                    hits += hit
-                    acc[jj] += v * w_scale[r, j]
-            xs = x_scale[i]
-            for jj in range(cw):
-                y[i, j0 + jj] += acc[jj] * xs
-            sat[t, i] = hits
+            sat[t, i] = _convert_row(ub, i, j0, cw, n, n_out, x_scale[i], w_scale, col_range, q, noise_sd,
+                                     noise_key, table, acc, y)
 
 
 @nb.njit(cache=True, fastmath={"reassoc", "nsz"})
