@@ -40,7 +40,11 @@ def test_bench_report_names_every_number(monkeypatch):
     for key in ("time_per_sample_s", "blas_time_per_sample_s", "numpy_time_per_sample_s"):
         assert r[key] > 0
     assert r["throughput_vs_blas"] == r["rounds"][0]["blas_s"] / r["rounds"][0]["analog_s"]
+    stages = r["stages_per_sample_s"]
+    assert stages["weight_build"] > 0 and stages["gemm_adc"] > 0
+    assert r["throughput_vs_blas_if_build_free"] == r["rounds"][0]["blas_s"] / r["rounds"][0]["gemm_adc_s"]
     text = bench.format_report(r)
     for line in ("time per sample", "BLAS float32 matmul", "numpy baseline", "throughput vs BLAS", "speed vs numpy",
-                 "16-bit inverse-CDF table", "12-bit table", "DAC 8 / ADC 8 bits", "target >= 0.5"):
+                 "16-bit inverse-CDF table", "12-bit table",
+                 "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5"):
         assert line in text
