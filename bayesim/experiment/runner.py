@@ -300,6 +300,11 @@ def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
     return out
 
 
+#: Above this fraction of clipped DAC conversions the printed table warns: the inputs the hardware saw
+#: differ from the network's, whatever the device.
+DAC_CLIP_WARN = 0.01
+
+
 def result_table(result: dict) -> str:
     """The printed summary: software FP32 vs hardware per split, AUROCs, hardware costs."""
     sw = result.get("software_fp32") or {}
@@ -322,7 +327,11 @@ def result_table(result: dict) -> str:
     rows.append(f"memory {mem['bits_per_weight']:.2f} bits/weight ({mem['reduction_vs_fp32']:.2f}x less than FP32) | "
                 f"ADC conversions/inference {hwd['adc_conversions_per_inference']:.3g} | "
                 f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
-                f"ADC saturation {hwd['adc_saturation_rate']:.2%}")
+                f"ADC saturation {hwd['adc_saturation_rate']:.2%} | DAC clipped {hwd['dac_clip_rate']:.2%}")
+    if hwd["dac_clip_rate"] > DAC_CLIP_WARN:
+        rows.append(f"WARNING: the DAC clipped {hwd['dac_clip_rate']:.1%} of the inputs it converted: the inputs "
+                    f"fall outside its range (an unsigned DAC applies no negative input); see dac.signed, "
+                    f"dac.scaling and dac.range in crossbar card {hwd['crossbar_card']}")
     rows.append(f"S = {result['samples']}, seed {result['seed']}, wall time {result['wall_time_s']:.1f} s"
                 + ("  [EMBEDDED SUBSET of the test splits]" if subset else ""))
     return "\n".join(rows)
