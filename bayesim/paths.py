@@ -32,29 +32,13 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def is_writable(folder: Path) -> bool:
-    """True when files may be created in `folder` (creating it if needed).
+    """True when files may be created in `folder`: the folder, or the nearest existing folder above it,
+    accepts new entries. Nothing is created (a failed run leaves no empty folders behind).
 
     A folder without any write permission bit counts as read-only even for root (who could write
     anyway): a data folder handed over read-only, as ../shared is in CI, is never written into.
     """
-    folder = Path(folder)
-    probe = folder
+    probe = Path(folder)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if probe.exists() and (probe.stat().st_mode & 0o222) == 0:
-        return False
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return (folder.stat().st_mode & 0o222) != 0 and os.access(folder, os.W_OK)
-
-
-def writable_dir(preferred: Path, subdir: str) -> Path:
-    """`preferred/subdir` if writable, else cache_dir()/subdir (created)."""
-    cand = preferred / subdir
-    if is_writable(preferred) and is_writable(cand):
-        return cand
-    fallback = cache_dir() / subdir
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+    return probe.is_dir() and (probe.stat().st_mode & 0o222) != 0 and os.access(probe, os.W_OK | os.X_OK)

@@ -86,6 +86,10 @@ def _data_note(rows) -> str:
     return ", ".join(parts) + ("; " + "; ".join(subsets) if subsets else "")
 
 
+def _max_dac_clip(rows) -> float:
+    return max((r["hardware"]["dac_clip_rate"] for r in rows if r.get("hardware")), default=0.0)
+
+
 def write(rows, args, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "hardware.json", rows)
@@ -96,8 +100,9 @@ def write(rows, args, out: Path):
              "MNIST normalisation. "
              "JQ models: the quantization-aware-trained LeNet-5 of each bit width from "
              "`examples/reproduce_paper.py` (mu, log-sigma and sampled weights at b bits, 8-bit bounded "
-             "activations). Crossbar `crossbars/default.yaml` (256x256 tiles, differential pairs, 8-bit DAC and "
-             "ADC calibrated on 256 MNIST training images); read 1 s after programming; digital Gaussian sampler.",
+             "activations). Crossbar `crossbars/default.yaml` (256x256 tiles, differential pairs, signed 8-bit DAC, "
+             "8-bit ADC calibrated on 256 MNIST training images); read 1 s after programming; digital Gaussian "
+             f"sampler. DAC inputs clipped: at most {_max_dac_clip(rows):.3%} in any row.",
              "", "| configuration | MNIST acc | mean MI (ood) | AUROC(MI) ood vs in | AUROC(MI) ood vs mnist "
              "| ADC saturation | energy / inference | sim time |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

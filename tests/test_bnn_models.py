@@ -263,6 +263,12 @@ def test_checkpoint_bad_inputs(tmp_path):
 
     with pytest.raises(ConfigError, match="model.quant.strategy"):
         load_model(_rewrite(good, tmp_path / "bad5.safetensors", mutate_meta=bad_strategy))
+    for version in ("abc", None, 0, 1.5):
+        def bad_version(m, v=version):
+            m["format_version"] = v
+
+        with pytest.raises(BayesimError, match=r"bad6.*format_version must be a positive integer, got "):
+            load_model(_rewrite(good, tmp_path / "bad6.safetensors", mutate_meta=bad_version))
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(BayesimError, match="junk.safetensors"):
         load_model(tmp_path / "junk.safetensors")

@@ -117,6 +117,14 @@ def test_shape_mismatch_names_layer_and_shapes(tmp_path, monkeypatch):
         import_pyro(ck, "lenet5")
 
 
+def test_nan_is_named_as_in_the_pyro_file(tmp_path, monkeypatch):
+    p = _lenet_params()
+    p["AutoNormal.locs.fc1.weight"][3, 4] = float("nan")
+    ck = _save_pyro_like(tmp_path / "nan.pt", p, monkeypatch)
+    with pytest.raises(BayesimError, match=r"nan\.pt: 'AutoNormal\.locs\.fc1\.weight' contains NaN or Inf"):
+        import_pyro(ck, "lenet5")
+
+
 class _Evil:
     def __reduce__(self):
         import os

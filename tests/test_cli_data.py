@@ -101,6 +101,7 @@ def test_prepare_offline_lists_all_files(tmp_path, monkeypatch, capsys):
     target = tmp_path / "fresh"
     line = _one_error_line(capsys, main(["data", "prepare", "--data-dir", str(target)]))
     assert line.count("-ubyte.gz") == 8 and str(target) in line
+    assert not target.exists()  # nothing half-made: not even the empty sub-folders
 
 
 def test_cli_subprocess_exit_code(tmp_path):

@@ -155,6 +155,20 @@ def test_missing_files_one_error_listing_them(tmp_path, monkeypatch):
     assert calls and calls[0].endswith("t10k-images-idx3-ubyte.gz")
 
 
+def test_failed_atomic_write_leaves_no_folders(tmp_path):
+    from bayesim._io import atomic_path
+
+    target = tmp_path / "a" / "b" / "f.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]
+
+
 def test_unreachable_mirror_fails_fast(tmp_path, monkeypatch):
     import time
 

@@ -72,6 +72,9 @@ def test_table_errors_name_the_csv(tmp_path):
     (tmp_path / "v.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,0.1\n")
     expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: v.csv}\n", "programming.file", "at least 2 levels")
     expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: nope.csv}\n", "programming.file", "not found")
+    (tmp_path / "w.csv").write_text("target_uS,mean_uS,std_uS\n2,2.1,0.1\n50,49,0.5\n")
+    expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 0.0, g_max_uS: 25.0}\nprogramming: {file: w.csv}\n",
+           "programming.file", "[2.0, 50.0]", "must lie in [g_min_uS, g_max_uS] = [0.0, 25.0]")
 
 
 def test_plugin_card_errors(tmp_path):
@@ -83,6 +86,13 @@ def test_plugin_card_errors(tmp_path):
     assert "nope" in msg
     expect(tmp_path, f"name: x\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\nrange: {{g_min_uS: 1}}\n",
            "range", "plug-in")
+    # a value the plug-in itself refuses (ValueError in its constructor)
+    expect(tmp_path, f"name: x\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
+                     "params: {g_min_uS: 1.0, g_max_uS: 20.0, sigma_rel: -1, read_rel: 0.01}\n",
+           "params", "rejected its parameters", "must be >= 0")
+    # a misspelt built-in with built-in sections is an unknown model, not a plug-in
+    expect(tmp_path, "name: x\nmodel: pcmm\nrange: {g_min_uS: 0.1, g_max_uS: 25}\n", "model",
+           "unknown model 'pcmm'", "did you mean 'pcm'?")
 
 
 @pytest.mark.parametrize("card", CARDS)

@@ -105,3 +105,31 @@ def test_pyro_imported_model_runs_on_crossbars(shared_models_dir):
     assert r["model"]["quantization"] == "post-training quantization"
     # measured 0.82 on 500 images; 4-bit post-training quantization alone (ideal crossbar) gives 0.80
     assert r["mnist"]["accuracy"] > 0.7 and max(abs(v) for v in r["delta"]["mnist"].values()) > 0
+
+
+def test_adc_calibration_source(data_dir, tmp_path):
+    """The ADC ranges are fitted on MNIST training images whenever the data folder has them (embedded runs
+    too), on the mnist split only when it has not (and the source says so); a corrupt training file is an
+    error naming it, not a silent fallback."""
+    import shutil
+
+    from bayesim.data import load_test_splits
+    from bayesim.errors import DataError
+    from bayesim.experiment.runner import calibration_images
+
+    splits = load_test_splits(data_dir, embedded=True, limit=300, progress=False)
+    x, source = calibration_images(data_dir, "mnist", splits)
+    assert source == "first 256 MNIST training images" and x.shape == (256, 1, 28, 28)
+    assert not any(np.array_equal(x[0], img) for img in splits["mnist"].x)  # not an evaluated image
+
+    empty = tmp_path / "no_train"
+    (empty / "mnist").mkdir(parents=True)
+    x, source = calibration_images(empty, "mnist", splits)
+    assert source.startswith("first 256 images of split 'mnist' (no MNIST training files in")
+    np.testing.assert_array_equal(x, splits["mnist"].x[:256])
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(data_dir / "mnist", corrupt / "mnist")
+    (corrupt / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        calibration_images(corrupt, "mnist", splits)

@@ -67,7 +67,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise BayesimError(f"{p}: metadata is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BayesimError(f"{p}: metadata format is not {FORMAT!r}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BayesimError(f"{p}: metadata format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise BayesimError(f"{p}: checkpoint format version {meta.get('format_version')} is newer than this "
                            f"bayesim supports ({FORMAT_VERSION})")
     return meta

@@ -191,6 +191,8 @@ def import_pyro(path: str | os.PathLike, arch: str, normalization: str = "own", 
                 raise BayesimError(f"{src}: {pname!r} has shape {tuple(t.shape)}, but layer {name!r} maps to the "
                                    f"{arch} layer {len([m for m in bl[:bl.index(mod)]])} ({type(mod).__name__}) "
                                    f"which needs {want}")
+            if not torch.isfinite(t).all():  # named as in the user's file, not by our layer index
+                raise BayesimError(f"{src}: {pname!r} contains NaN or Inf")
             tensors[f"layers.{i}.{ours}"] = t
     load_state(model, tensors, src)
     with torch.no_grad():

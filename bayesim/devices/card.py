@@ -185,6 +185,10 @@ def build_card(data: dict, source: str = "<dict>", presets: dict | None = None) 
     else:
         present = [s for s in COMPONENTS if s in data]
         if present:
+            from bayesim.devices.registry import is_plugin_ref, unknown_model
+
+            if not is_plugin_ref(model):  # most likely a misspelt built-in
+                raise unknown_model(model, source)
             raise ConfigError(f"model {model!r} is a plug-in: pass its parameters under params, not "
                               f"{present[0]!r}", source, present[0])
     card = build(DeviceCard, merged, source=source)
@@ -210,6 +214,9 @@ def _check_physics(card: DeviceCard, source: str) -> None:
     if r.log_min_uS is not None and not r.log_min_uS < g_max:
         raise ConfigError(f"log_min_uS ({r.log_min_uS}) must be below g_max_uS ({g_max})", source,
                           "range.log_min_uS")
+    if table is not None and (table.levels[0] < g_min or table.levels[-1] > g_max):
+        raise ConfigError(f"the table's targets [{table.levels[0]}, {table.levels[-1]}] uS must lie in [g_min_uS, "
+                          f"g_max_uS] = [{g_min}, {g_max}]", source, "programming.file")
     if r.levels_uS is not None and (r.levels_uS[0] < g_min or r.levels_uS[-1] > g_max):
         raise ConfigError(f"levels must lie in [g_min_uS, g_max_uS] = [{g_min}, {g_max}]", source,
                           "range.levels_uS")

@@ -117,7 +117,7 @@ def load_class_from_path(ref: str, base: str | None = None):
 def _instantiate(factory, params: dict, source: str, name: str | None):
     try:
         dev = factory(**params)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # a missing/unknown parameter, or a value the plug-in refuses
         raise ConfigError(f"plug-in rejected its parameters: {e}", source, "params") from None
     if not is_device(dev):
         missing = [m for m in ("name", "g_min", "g_max", "levels", "program", "read", "program_sigma",
@@ -151,13 +151,26 @@ def device_from_card(card) -> object:
     eps = _entry_points()
     if card.model in eps:
         return _instantiate(_load_entry_point(eps[card.model]), dict(card.params), src, card.name)
+    raise unknown_model(card.model, src)
+
+
+def is_plugin_ref(model: str) -> bool:
+    """True when `model` names a plug-in: path/file.py:Class, a registered factory or an entry point."""
+    return (":" in model and model.rsplit(":", 1)[0].endswith(".py")) or model in _REGISTRY \
+        or model in _entry_points()
+
+
+def unknown_model(model: str, src: str) -> ConfigError:
+    """The error for a card whose `model` is neither a built-in nor a plug-in (with a did-you-mean)."""
     import difflib
 
-    known = [*PRESETS, *_REGISTRY, *eps]
-    m = difflib.get_close_matches(card.model, known, n=1, cutoff=0.6)
-    raise ConfigError(f"unknown model {card.model!r}; use a built-in ({', '.join(PRESETS)}), "
-                      f"path/to/file.py:ClassName or an installed entry point"
-                      + (f" (did you mean {m[0]!r}?)" if m else ""), src, "model")
+    from bayesim.devices.composed import PRESETS
+
+    known = [*PRESETS, *_REGISTRY, *_entry_points()]
+    m = difflib.get_close_matches(model, known, n=1, cutoff=0.6)
+    return ConfigError(f"unknown model {model!r}; use a built-in ({', '.join(PRESETS)}), "
+                       f"path/to/file.py:ClassName or an installed entry point"
+                       + (f" (did you mean {m[0]!r}?)" if m else ""), src, "model")
 
 
 def load_device(name_or_card_path, cards_dirs=()) -> object:

@@ -114,22 +114,21 @@ def unique_images(x: np.ndarray):
 
 
 def calibration_images(data_dir, normalization: str, splits: dict) -> tuple[np.ndarray, str]:
-    """ADC calibration inputs: MNIST training images, or for an embedded-subset run (or when the training
-    files are missing) the first images of the mnist split."""
-    from bayesim.data import MNIST_MEAN, MNIST_STD
-    from bayesim.data import load_mnist
+    """ADC calibration inputs: the first MNIST training images whenever the data folder has the training
+    files (embedded-subset runs too: the ADC ranges are never fitted on the images being evaluated);
+    without them, the first images of the mnist split, and the source says so. Training files that are
+    present but unreadable are an error, not a reason to fall back."""
+    from bayesim.data import MNIST_MEAN, MNIST_STD, load_mnist
+    from bayesim.data.sources import has_files, resolve_data_dir
 
-    if any(sp.subset for sp in splits.values()):  # offline (embedded) run: no training files at hand
-        sp = splits.get("mnist") or next(iter(splits.values()))
-        return sp.x[:ADC_CALIBRATION_IMAGES], f"first {ADC_CALIBRATION_IMAGES} images of split {sp.name!r}"
-    try:
+    if has_files("mnist", "train", data_dir):
         imgs, _ = load_mnist("train", data_dir)
         x = imgs[:ADC_CALIBRATION_IMAGES].astype(np.float32)[:, None] / np.float32(255)
         return ((x - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)).astype(np.float32), \
             f"first {ADC_CALIBRATION_IMAGES} MNIST training images"
-    except BayesimError:
-        sp = splits.get("mnist") or next(iter(splits.values()))
-        return sp.x[:ADC_CALIBRATION_IMAGES], f"first {ADC_CALIBRATION_IMAGES} images of split {sp.name!r}"
+    sp = splits.get("mnist") or next(iter(splits.values()))
+    return sp.x[:ADC_CALIBRATION_IMAGES], (f"first {ADC_CALIBRATION_IMAGES} images of split {sp.name!r} "
+                                           f"(no MNIST training files in {resolve_data_dir(data_dir)})")
 
 
 # ---------------------------------------------------------------------------------------------- run
