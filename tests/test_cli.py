@@ -25,3 +25,191 @@ def test_bad_flag_and_missing_file_exit_2_without_traceback(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"bayesim: error: {tmp_path / 'missing.yaml'}: file not found"]
+
+
+# ------------------------------------------------------------------ bad-input audit
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = str(REPO / "configs" / "quickstart.yaml")
+FAST = ["--no-progress", "--set", "samples=2", "--set", "data.limit=20", "--set", "data.embedded=true"]
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Bad input must fail before the simulation: make run_experiment fail the test if it is reached."""
+    import bayesim.experiment
+
+    def boom(*a, **k):
+        raise AssertionError("run_experiment was called; the bad input should have been refused before")
+    monkeypatch.setattr(bayesim.experiment, "run_experiment", boom)
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bayesim: error: "), err
+    return err[0][len("bayesim: error: "):]
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("name: a\nhardware:\n  bits: {w: 3}\n  strategy: jq\n  bits: {w: 4}\n",
+     "{p}: hardware.bits: duplicate key at line 5 (first given at line 3)"),
+    ("# nothing but a comment\n", "{p}: empty; expected a mapping with keys name, model, data, hardware, samples"),
+    ("", "{p}: empty; expected a mapping with keys name"),
+])
+def test_duplicate_keys_and_empty_config_exit_2(tmp_path, capsys, no_run, text, expect):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    assert main(["run", str(p), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert _error(capsys).startswith(expect.format(p=p))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sets, expect", [
+    (["hardware..bits.w=3"], "(--set): empty key segment in 'hardware..bits.w=3'"),
+    (["hardware.bits.w"], "(--set): expected key.path=value, got 'hardware.bits.w'"),
+    (["hardware.bits.adc=1"], "hardware.bits.adc: 1 is out of range; allowed [2, 16]"),
+    (["name=''"], "name: '' is not allowed; use 1 to 128 letters, digits, '_', '-' or '.', not starting with '.'"),
+    (["name=../../x"], "name: '../../x' is not allowed"),
+    (["name=.hidden"], "name: '.hidden' is not allowed"),
+    (["name=a/b"], "name: 'a/b' is not allowed"),
+    (["hardware.device=/nonexistent/nope.yaml"],
+     "{c} (--set): hardware.device: /nonexistent/nope.yaml: file not found; expected a device card file"),
+    (["hardware.crossbar=/nonexistent/nope.yaml"],
+     "{c} (--set): hardware.crossbar: /nonexistent/nope.yaml: file not found; expected a crossbar card file"),
+    (["hardware.crossbar={tmp}"], "{c} (--set): hardware.crossbar: {tmp} is a folder; expected a crossbar card"),
+    (["model.source=checkpoint", "model.path=/nonexistent/m.safetensors"],
+     "{c} (--set): model.path: /nonexistent/m.safetensors: file not found; expected a bayesim checkpoint"),
+])
+def test_bad_overrides_exit_2_before_running(tmp_path, capsys, no_run, sets, expect):
+    args = [a for s in sets for a in ("--set", s.format(tmp=tmp_path))]
+    assert main(["run", QUICK, "--out", str(tmp_path / "o"), *FAST, *args]) == 2
+    assert expect.format(c=QUICK, tmp=tmp_path) in _error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_files_named_in_a_config_file(tmp_path, capsys, no_run):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: c\nhardware: {device: nope.yaml}\n")
+    assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert _error(capsys) == (f"{p}: hardware.device: nope.yaml: file not found; expected a device card file "
+                              "(.yaml) or a device name")
+    p.write_text("name: c\nmodel: {source: pyro, arch: mlp, path: missing.pt}\n")
+    assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert _error(capsys).startswith(f"{p}: model.path: missing.pt: file not found")
+    # the built-in quickstart (no config file) names itself
+    assert main(["run", "--out", str(tmp_path / "o"), "--set", "hardware.crossbar=/nonexistent/x.yaml"]) == 2
+    assert _error(capsys).startswith("<built-in quickstart> (--set): hardware.crossbar: /nonexistent/x.yaml")
+
+
+@pytest.mark.parametrize("card, expect", [
+    ("name: x\nadc: {bits: 1}\n", "{p}: adc.bits: 1 is out of range; allowed [2, 24]"),
+    ("name: x\ndac: {bits: 1, signed: true}\n", "{p}: dac.bits: a signed DAC needs >= 2 bits"),
+    ("name: x\nadc: {range: fixed, full_scale: 1e-300}\n",
+     "{p}: adc.full_scale: 1e-300 is not representable in float32"),
+    ("name: x\ntile: {rows: 8, cols: 8, rows: 16}\n", "{p}: tile.rows: duplicate key at line 2"),
+    ("# empty card\n", "{p}: empty; expected a mapping with keys name,"),
+])
+def test_bad_crossbar_cards_exit_2(tmp_path, capsys, monkeypatch, card, expect):
+    import bayesim.experiment.runner as runner
+
+    def no_model(*a, **k):  # the runner loads the card before the model: stop there should it be accepted
+        raise AssertionError("the model was loaded: the card should have been refused before")
+    monkeypatch.setattr(runner, "load_network", no_model)
+    p = tmp_path / "card.yaml"
+    p.write_text(card)
+    assert main(["run", QUICK, "--out", str(tmp_path / "o"), *FAST, "--set", f"hardware.crossbar={p}"]) == 2
+    assert _error(capsys).startswith(expect.format(p=p))
+    assert not (tmp_path / "o").exists()
+
+
+def test_signed_dac_one_bit_from_config_exit_2(tmp_path, capsys, monkeypatch):
+    """hardware.bits.dac = 1 on the default card (signed DAC) is refused before any simulation."""
+    import bayesim.experiment.runner as runner
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded: the card should have been refused before")
+    monkeypatch.setattr(runner, "load_network", no_model)
+    assert main(["run", QUICK, "--out", str(tmp_path / "o"), *FAST, "--set", "hardware.bits.dac=1"]) == 2
+    assert "a signed DAC needs >= 2 bits" in _error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_device_card_float32_range_exit_2(tmp_path, capsys, monkeypatch):
+    import bayesim.experiment.runner as runner
+
+    monkeypatch.setattr(runner, "resolve_crossbar", lambda cfg: (_ for _ in ()).throw(AssertionError("reached")))
+    for text, key in (("range: {g_min_uS: 0, g_max_uS: 1e300}", "range.g_max_uS: 1e+300"),
+                      ("range: {g_min_uS: 0, g_max_uS: 25, log_min_uS: 1e-300}", "range.log_min_uS: 1e-300")):
+        p = tmp_path / "dev.yaml"
+        p.write_text(f"name: d\nmodel: gaussian\n{text}\n")
+        assert main(["run", QUICK, "--out", str(tmp_path / "o"), *FAST, "--set", f"hardware.device={p}"]) == 2
+        assert _error(capsys).startswith(f"{p}: {key} is not representable in float32")
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--samples", "1000000000000"], "--samples 1000000000000 is out of range; allowed 1 to 10000"),
+    (["--samples", "0"], "--samples 0 is out of range; allowed 1 to 10000"),
+    (["--repeat", "101"], "--repeat 101 is out of range; allowed 1 to 100"),
+])
+def test_bench_limits(capsys, monkeypatch, args, expect):
+    import bayesim.crossbar.bench
+
+    def boom(*a, **k):
+        raise AssertionError("the benchmark ran: the bad flag should have been refused before")
+    monkeypatch.setattr(bayesim.crossbar.bench, "run", boom)
+    assert main(["bench", *args]) == 2
+    assert _error(capsys) == expect
+
+
+def test_out_checked_before_the_run(tmp_path, capsys, no_run):
+    f = tmp_path / "f"
+    f.write_text("x")
+    for out, why in ((f, "exists and is not a folder"), (f / "sub", f"{f} is not a folder"),
+                     (Path("/proc/bayesim_test_x"), "/proc is")):
+        assert main(["run", QUICK, "--out", str(out), *FAST]) == 2
+        msg = _error(capsys)
+        assert msg.startswith(f"--out {out}: {why}"), msg
+    (tmp_path / "d" / "metrics.json").mkdir(parents=True)
+    assert main(["run", QUICK, "--out", str(tmp_path / "d"), *FAST]) == 2
+    assert "metrics.json in it is a folder" in _error(capsys)
+    assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]
+
+
+def test_out_check_creates_nothing(tmp_path):
+    from bayesim.cli.run import check_out_dir
+
+    check_out_dir(tmp_path / "a" / "b" / "c")
+    check_out_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_prints_traceback_and_still_exits_2(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    r = subprocess.run([sys.executable, "-m", "bayesim", "--debug", "run", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith(f"bayesim: error: {p}: malformed")
+
+
+def test_broken_pipe_exits_quietly():
+    import os
+
+    env = {**os.environ, "BAYESIM_DATA": os.environ.get("BAYESIM_DATA", str(REPO.parent / "shared" / "data"))}
+    proc = subprocess.Popen([sys.executable, "-m", "bayesim", "data", "info", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # like `| head -0`: the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc == 1
+
+
+def test_default_out_folder_checked_too(tmp_path, capsys, monkeypatch, no_run):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("a file")
+    assert main(["run", QUICK, *FAST, "--set", "name=x"]) == 2
+    assert _error(capsys) == f"the output folder {Path('out') / 'x'}: exists and is not a folder; choose one with --out"

@@ -62,3 +62,77 @@ def test_overrides_parse_yaml_values_and_do_not_mutate():
     assert base["hardware"]["bits"]["w"] == 4
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_overrides(base, ["samples"])
+
+
+# ------------------------------------------------------------------ bad-input audit
+def test_duplicate_keys_name_file_key_path_and_line(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: a\nhardware:\n  bits: {w: 3}\n  strategy: jq\n  bits: {w: 4}\n")
+    with pytest.raises(ConfigError) as e:
+        load_yaml(p)
+    assert str(e.value).startswith(f"{p}: hardware.bits: duplicate key at line 5 (first given at line 3)")
+    p.write_text("l:\n  - {m: 1}\n  - m: 1\n    m: 2\n")
+    with pytest.raises(ConfigError, match=r"l\[1\]\.m: duplicate key at line 4"):
+        load_yaml(p)
+    p.write_text("a: {c: 1, c: 2}\n")  # one line: the columns tell them apart
+    with pytest.raises(ConfigError,
+                       match=r"a\.c: duplicate key at line 1, column 11 \(first given at line 1, column 5\)"):
+        load_yaml(p)
+    p.write_text("x: &A {p: 1, q: 2}\ny:\n  <<: *A\n  p: 3\n")  # a merge key is not a duplicate
+    assert load_yaml(p) == {"x": {"p": 1, "q": 2}, "y": {"p": 3, "q": 2}}
+    p.write_text("a: !!python/object/apply:os.system [echo]\n")  # still the safe loader
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_yaml(p)
+    with pytest.raises(ConfigError, match=r"--set: a: duplicate key 'w'"):
+        apply_overrides({}, ["a={w: 3, w: 4}"])
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n", "{}\n", "---\n"])
+def test_empty_yaml_is_an_error(tmp_path, text):
+    p = tmp_path / "empty.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_yaml(p, cls=_Card)
+    assert str(e.value) == f"{p}: empty; expected a mapping with keys name, adc, gains"
+    with pytest.raises(ConfigError, match="empty; expected a mapping"):
+        load_yaml(p)
+
+
+def test_load_yaml_folder_is_not_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_yaml(tmp_path)
+
+
+@pytest.mark.parametrize("item", ["hardware..bits.w=3", ".samples=3", "samples.=3", "=3", "a. .b=1", "samples"])
+def test_overrides_reject_empty_key_segments(item):
+    with pytest.raises(ConfigError, match="empty key segment|key.path=value"):
+        apply_overrides({}, [item])
+
+
+@pytest.mark.parametrize("value", [1e-300, -1e-300, 1e300, -1e39, 1e-39, 10**400])
+def test_floats_must_be_float32_normal(value):
+    with pytest.raises(ConfigError) as e:
+        build(_Card, {"name": "x", "gains": [1.0, value]}, source="card.yaml")
+    msg = str(e.value)
+    assert msg.startswith("card.yaml: gains[1]: ")
+    assert ("not representable in float32" in msg and "1.17549e-38, 3.40282e+38" in msg) or "finite" in msg
+
+
+def test_float32_rule_keeps_zero_and_normal_values():
+    c = build(_Card, {"name": "x", "gains": [0.0, 1.2e-38, -3.4e38, 1e-12]})
+    assert c.gains == [0.0, 1.2e-38, -3.4e38, 1e-12]
+
+
+def test_integers_must_fit_64_bits():
+    with pytest.raises(ConfigError, match="adc.bits: .* integers must fit in 64 bits"):
+        build(_Card, {"name": "x", "adc": {"bits": 10**30}}, source="card.yaml")
+
+
+def test_string_pattern():
+    @dataclass(frozen=True)
+    class _Named:
+        name: str = spec("a", pattern=r"[a-z]+", pattern_doc="use lowercase letters")
+
+    assert build(_Named, {"name": "abc"}).name == "abc"
+    with pytest.raises(ConfigError, match=r"f.yaml: name: 'A1' is not allowed; use lowercase letters"):
+        build(_Named, {"name": "A1"}, source="f.yaml")

@@ -44,3 +44,55 @@ def test_missing_and_malformed_files(tmp_path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: malformed YAML"):
         load_crossbar(p)
+
+
+# ------------------------------------------------------------------ bad-input audit
+@pytest.mark.parametrize("data, text", [
+    ({"name": "x", "adc": {"bits": 1}}, "x.yaml: adc.bits: 1 is out of range; allowed [2, 24]"),
+    ({"name": "x", "dac": {"bits": 1, "signed": True}}, "x.yaml: dac.bits: a signed DAC needs >= 2 bits"),
+    ({"name": "x", "adc": {"range": "fixed", "full_scale": 1e-300}},
+     "x.yaml: adc.full_scale: 1e-300 is not representable in float32"),
+    ({"name": "x", "dac": {"scaling": "fixed", "range": 1e-300}}, "x.yaml: dac.range: 1e-300 is not representable"),
+    ({"name": "x", "ir_drop": {"model": "first_order", "r_wire_ohm": 1e300}},
+     "x.yaml: ir_drop.r_wire_ohm: 1e+300 is not representable in float32"),
+])
+def test_card_audit_errors(data, text):
+    with pytest.raises(ConfigError) as e:
+        crossbar_from_dict(data, source="x.yaml")
+    assert text in str(e.value)
+
+
+def test_low_bit_widths_that_work():
+    assert crossbar_from_dict({"name": "x", "dac": {"bits": 1, "signed": False}, "adc": {"bits": 2}}).dac.bits == 1
+    assert crossbar_from_dict({"name": "x", "dac": {"bits": 2, "signed": True}}).dac.bits == 2
+
+
+def test_config_bit_overrides():
+    from bayesim.crossbar.card import override_bits
+
+    card = load_crossbar(CARDS / "default.yaml")
+    assert card.dac.signed
+    assert override_bits(card, "d.yaml") is card
+    c = override_bits(card, "d.yaml", dac=3, adc=5)
+    assert (c.dac.bits, c.adc.bits) == (3, 5)
+    with pytest.raises(ConfigError) as e:
+        override_bits(card, "d.yaml", dac=1)
+    assert e.value.source is None and e.value.key == "hardware.bits.dac"
+    assert "a signed DAC needs >= 2 bits" in str(e.value) and "d.yaml" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        override_bits(card, "d.yaml", adc=1)
+    assert e.value.key == "hardware.bits.adc" and ">= 2 bits" in str(e.value)
+    unsigned = crossbar_from_dict({"name": "u", "dac": {"signed": False}})
+    assert override_bits(unsigned, "u.yaml", dac=1).dac.bits == 1
+
+
+def test_duplicate_keys_and_empty_card_files(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: x\ntile:\n  rows: 8\n  cols: 8\n  rows: 9\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: tile.rows: duplicate key at line 5 \(first given at line 3\)"):
+        load_crossbar(p)
+    p.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: empty; expected a mapping with keys name, source, tile"):
+        load_crossbar(p)
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_crossbar(tmp_path)

@@ -2,13 +2,16 @@
 
 Each subcommand lives in its own module in this package exposing `register(subparsers)`, which adds
 its parser and sets `func(args) -> int`. Handlers import heavy libraries lazily so `--help` is fast.
-User errors (`BayesimError`) print one line and exit 2; `--debug` shows the traceback.
+User errors (`BayesimError`) print one line and exit 2; `--debug` shows the traceback first (still
+exit 2).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from bayesim import __version__
 from bayesim.errors import BayesimError
@@ -33,6 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted).
+
+    A closed output pipe (`bayesim data info --json | head -1`) ends quietly, as the Python docs on
+    SIGPIPE recommend: the rest of the output goes to devnull and the exit code is 1.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+            pass
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -41,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BayesimError as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback for the developer, still exit 2: it is bad input
+            traceback.print_exc()
         print(f"bayesim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -28,10 +29,18 @@ from bayesim.errors import ConfigError
 _MISSING = dataclasses.MISSING
 
 
+#: Every float the simulation uses is float32: a nonzero float must lie in its normal range.
+FLOAT32_TINY = 1.1754943508222875e-38   # numpy.finfo(numpy.float32).tiny
+FLOAT32_MAX = 3.4028234663852886e+38    # numpy.finfo(numpy.float32).max
+INT64_MAX = 2**63 - 1
+
+
 def spec(default=_MISSING, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, doc="",
-         default_factory=_MISSING):
-    """A dataclass field with validation metadata (range [lo, hi], open ends, allowed choices)."""
-    md = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "doc": doc}
+         default_factory=_MISSING, pattern=None, pattern_doc=""):
+    """A dataclass field with validation metadata (range [lo, hi], open ends, allowed choices, and for
+    strings a regular expression `pattern` the whole value must match, described by `pattern_doc`)."""
+    md = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "doc": doc,
+          "pattern": pattern, "pattern_doc": pattern_doc}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=md)
     if default is _MISSING:
@@ -42,13 +51,88 @@ def spec(default=_MISSING, *, lo=None, hi=None, lo_open=False, hi_open=False, ch
     return dataclasses.field(default=default, metadata=md)
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML file (safe loader) whose top level must be a mapping."""
+class _DuplicateKey(yaml.YAMLError):
+    """Raised by `_UniqueKeyLoader`; `load_yaml` turns it into a ConfigError naming the file."""
+
+    def __init__(self, key: str, mark, first_mark):
+        self.key = key
+        self.where, self.first = f"line {mark.line + 1}", f"line {first_mark.line + 1}"
+        if mark.line == first_mark.line:  # a flow mapping on one line: the columns tell them apart
+            self.where += f", column {mark.column + 1}"
+            self.first += f", column {first_mark.column + 1}"
+        super().__init__(f"{key}: duplicate key at {self.where} (first given at {self.first})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, but a key repeated in one mapping is an error (PyYAML lets the last one win)."""
+
+    def construct_document(self, node):
+        self._key_paths = {}
+        self._index_paths(node)
+        return super().construct_document(node)
+
+    def _index_paths(self, root) -> None:
+        """id(mapping node) -> its dotted key path, for the error message (anchors: first path wins)."""
+        stack = [(root, "")]
+        while stack:
+            node, path = stack.pop()
+            if id(node) in self._key_paths:
+                continue
+            self._key_paths[id(node)] = path
+            children = []
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    sub = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                    children.append((v, _join(path, str(sub))))
+            elif isinstance(node, yaml.SequenceNode):
+                children = [(v, _join(path, i)) for i, v in enumerate(node.value)]
+            stack.extend(reversed(children))  # depth first in document order
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; explicit keys override
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not key_node:
+                    path = _join(getattr(self, "_key_paths", {}).get(id(node), ""), str(key))
+                    raise _DuplicateKey(path, key_node.start_mark, first.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str):
+    """`yaml.safe_load` that refuses duplicate keys (a `yaml.YAMLError` naming the key path and lines)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _allowed_keys(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def load_yaml(path: str | os.PathLike, cls=None) -> dict:
+    """Read a YAML file (safe loader) whose top level must be a non-empty mapping without repeated keys.
+
+    `cls` (a config dataclass) only improves the message for an empty file (it lists its keys).
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("is a folder, not a file", source=str(p))
     if not p.is_file():
         raise ConfigError("file not found", source=str(p))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = safe_load(p.read_text(encoding="utf-8"))
+    except _DuplicateKey as e:
+        raise ConfigError(f"duplicate key at {e.where} (first given at {e.first}); "
+                          "each key may appear once", source=str(p), key=e.key) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -56,8 +140,12 @@ def load_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"malformed YAML{where}: {problem}", source=str(p)) from None
     except UnicodeDecodeError:
         raise ConfigError("not a UTF-8 text file", source=str(p)) from None
-    if data is None:
-        data = {}
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", source=str(p)) from None
+    if data is None or data == {}:
+        keys = f"with keys {_allowed_keys(cls)}" if cls is not None and dataclasses.is_dataclass(cls) \
+            else "of keys (key: value lines)"
+        raise ConfigError(f"empty; expected a mapping {keys}", source=str(p))
     if not isinstance(data, dict):
         raise ConfigError(f"top level must be a mapping of keys, got {type(data).__name__}", source=str(p))
     return data
@@ -138,6 +226,8 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
                 value = int(value)
             else:
                 raise ConfigError(f"expected an integer, got {value!r}", source, key)
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ConfigError(f"{value!r} is out of range; integers must fit in 64 bits", source, key)
         _check_range(value, md, source, key)
         return value
     if tp is float:
@@ -149,9 +239,15 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
                     raise ConfigError(f"expected a number, got {value!r}", source, key) from None
             else:
                 raise ConfigError(f"expected a number, got {value!r}", source, key)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ConfigError(f"must be a finite number, got {value!r}", source, key) from None
         if not math.isfinite(value):
             raise ConfigError(f"must be a finite number, got {value!r}", source, key)
+        if value != 0.0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+            raise ConfigError(f"{value!r} is not representable in float32 (the simulation's precision); "
+                              f"allowed: 0 or a magnitude in [{FLOAT32_TINY:.6g}, {FLOAT32_MAX:.6g}]", source, key)
         _check_range(value, md, source, key)
         return value
     if tp is str:
@@ -161,6 +257,10 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
         if ch and value not in ch:
             raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}"
                               + _suggest(value, ch), source, key)
+        pat = md.get("pattern")
+        if pat and not re.fullmatch(pat, value):
+            raise ConfigError(f"{value!r} is not allowed; {md.get('pattern_doc') or f'must match {pat}'}",
+                              source, key)
         return value
     return value
 
@@ -244,11 +344,16 @@ def apply_overrides(mapping: dict, overrides, source: str = "--set") -> dict:
         if "=" not in item:
             raise ConfigError(f"expected key.path=value, got {item!r}", source)
         path, raw = item.split("=", 1)
-        keys = [k for k in path.strip().split(".") if k]
-        if not keys:
-            raise ConfigError(f"empty key in {item!r}", source)
+        path = path.strip()
+        keys = path.split(".")
+        if not path or any(not k.strip() for k in keys):
+            raise ConfigError(f"empty key segment in {item!r}; expected key.path=value with dot-separated "
+                              "non-empty keys, e.g. hardware.bits.w=3", source)
+        keys = [k.strip() for k in keys]
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)
+        except _DuplicateKey as e:
+            raise ConfigError(f"duplicate key {e.key!r} in value {raw!r}", source, path) from None
         except yaml.YAMLError:
             raise ConfigError(f"cannot parse value {raw!r}", source, path) from None
         node = out

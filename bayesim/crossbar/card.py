@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from bayesim.config import build, load_yaml, spec
+from bayesim.config import build, load_yaml, spec, to_dict
 from bayesim.errors import ConfigError
 
 
@@ -35,17 +35,31 @@ class Mapping:
     scale: Literal["per_tile", "per_column"] = "per_column"
 
 
+#: A signed DAC / the ADC use q = 2^(bits-1)-1 levels per side: 1 bit would give q = 0 (no levels).
+MIN_SIGNED_BITS = 2
+
+
 @dataclass(frozen=True)
 class Dac:
-    bits: Optional[int] = spec(8, lo=1, hi=24, doc="null = ideal (no quantization)")
+    bits: Optional[int] = spec(8, lo=1, hi=24, doc="null = ideal (no quantization); signed needs >= 2")
     signed: bool = spec(False, doc="signed DAC (levels -q..q) or unsigned (0..2^bits-1; negatives clip)")
     scaling: Literal["abs_max", "fixed"] = "abs_max"
     range: float = spec(1.0, lo=0, lo_open=True, doc="input full scale when scaling = fixed")
 
+    def validate(self):
+        if self.signed and self.bits is not None and self.bits < MIN_SIGNED_BITS:
+            raise ConfigError(signed_dac_message(self.bits), key="bits")
+
+
+def signed_dac_message(bits: int) -> str:
+    return (f"a signed DAC needs >= {MIN_SIGNED_BITS} bits (levels -q..q with q = 2^(bits-1)-1, "
+            f"which is 0 for {bits} bit); got {bits}")
+
 
 @dataclass(frozen=True)
 class Adc:
-    bits: Optional[int] = spec(8, lo=1, hi=24, doc="null = ideal (no quantization)")
+    bits: Optional[int] = spec(8, lo=MIN_SIGNED_BITS, hi=24,
+                               doc="null = ideal (no quantization); >= 2: q = 2^(bits-1)-1 levels per side")
     range: Literal["fixed", "max", "percentile"] = "max"
     full_scale: float = spec(16.0, lo=0, lo_open=True,
                              doc="fixed range, normalised column-current units (see module doc)")
@@ -110,4 +124,25 @@ def crossbar_from_dict(mapping: dict, source: str = "<dict>") -> CrossbarCard:
 
 def load_crossbar(path) -> CrossbarCard:
     """Read and validate a crossbar card YAML file."""
-    return crossbar_from_dict(load_yaml(path), source=str(path))
+    return crossbar_from_dict(load_yaml(path, cls=CrossbarCard), source=str(path))
+
+
+def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Optional[int] = None) -> CrossbarCard:
+    """`card` with the experiment config's `hardware.bits.dac` / `hardware.bits.adc` (None: the card's).
+
+    A value the card cannot take raises a ConfigError keyed `hardware.bits.dac` / `.adc` with no source,
+    so the caller names the config file (bayesim/cli/run.py does).
+    """
+    if dac is not None and card.dac.signed and dac < MIN_SIGNED_BITS:
+        raise ConfigError(f"{signed_dac_message(dac)} (crossbar card {path} has dac.signed: true)",
+                          key="hardware.bits.dac")
+    if adc is not None and adc < MIN_SIGNED_BITS:
+        raise ConfigError(f"{adc} is out of range; the ADC needs >= {MIN_SIGNED_BITS} bits", key="hardware.bits.adc")
+    if dac is None and adc is None:
+        return card
+    d = to_dict(card)
+    if dac is not None:
+        d["dac"]["bits"] = dac
+    if adc is not None:
+        d["adc"]["bits"] = adc
+    return crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)")

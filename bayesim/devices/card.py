@@ -319,7 +319,7 @@ def load_table(path: Path, card_source: str = "<dict>", key: str = "programming.
 def load_card(path) -> DeviceCard:
     """Read and validate a card file."""
     p = Path(path)
-    data = load_yaml(p)
+    data = load_yaml(p, cls=DeviceCard)
     card = build_card(data, source=str(p))
     return _with_path(card, str(p))
 

@@ -56,8 +56,8 @@ class Bits:
     sigma: int = spec(4, lo=1, hi=16)
     w: int = spec(4, lo=1, hi=16)
     act: Optional[int] = spec(None, lo=1, hi=16)
-    dac: Optional[int] = spec(None, lo=1, hi=16)
-    adc: Optional[int] = spec(None, lo=1, hi=16)
+    dac: Optional[int] = spec(None, lo=1, hi=16, doc="a signed DAC (crossbar card dac.signed) needs >= 2")
+    adc: Optional[int] = spec(None, lo=2, hi=16, doc="2^(bits-1)-1 levels per side: 1 bit would have none")
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,15 @@ class HardwareSpec:
         "auto", doc="lumped output-noise fast path where exact (auto: not for fp, the software reference)")
 
 
+#: An experiment name is the folder out/<name>: one plain path component, never hidden, never "..".
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}"
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "experiment"
+    name: str = spec("experiment", pattern=NAME_PATTERN,
+                     pattern_doc="use 1 to 128 letters, digits, '_', '-' or '.', not starting with '.' "
+                                 "(it names the output folder out/<name>)")
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)
@@ -87,10 +93,15 @@ class ExperimentConfig:
     software_reference: bool = spec(True, doc="also evaluate the FP32 software model and report deltas")
 
 
-def load_experiment(path: str | Path | None = None, overrides=(), base: dict | None = None) -> ExperimentConfig:
-    """Read, override (`key.path=value`) and validate an experiment config. Raises ConfigError."""
-    source = str(path) if path is not None else "<config>"
-    mapping = load_yaml(path) if path is not None else dict(base or {})
+def load_experiment(path: str | Path | None = None, overrides=(), base: dict | None = None,
+                    source: str | None = None) -> ExperimentConfig:
+    """Read, override (`key.path=value`) and validate an experiment config. Raises ConfigError.
+
+    `source` names the config in messages when there is no file (default "<config>").
+    Files the config names (device and crossbar card paths, model.path) must exist.
+    """
+    source = str(path) if path is not None else (source or "<config>")
+    mapping = load_yaml(path, cls=ExperimentConfig) if path is not None else dict(base or {})
     mapping = apply_overrides(mapping, overrides, source=f"{source} (--set)")
     cfg = build(ExperimentConfig, mapping, source=source)
     # Relative paths in a config file are relative to that file.
@@ -99,4 +110,37 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         if cand.exists():
             from dataclasses import replace
             cfg = replace(cfg, model=replace(cfg.model, path=str(cand)))
+    check_files(cfg, source, overrides)
     return cfg
+
+
+def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
+    """Files named by the config exist: a missing one is a ConfigError naming the config and its key
+    (`source (--set)` when the key came from a `--set` override).
+
+    The path rules are the runner's: hardware.device is a card file when it ends in .yaml/.yml (or is a
+    file), hardware.crossbar when it ends in .yaml/.yml or exists; otherwise they are names (an unknown
+    name is reported by the runner with the known ones).
+    """
+    set_keys = [str(o).split("=", 1)[0].strip() for o in overrides or ()]
+
+    def fail(message: str, key: str):
+        from_set = any(key == k or key.startswith(k + ".") for k in set_keys)
+        raise ConfigError(message, f"{source} (--set)" if from_set else source, key)
+
+    def check(p: Path, key: str, what: str):
+        if p.is_dir():
+            fail(f"{p} is a folder; expected {what}", key)
+        if not p.is_file():
+            fail(f"{p}: file not found; expected {what}", key)
+
+    dev = Path(cfg.hardware.device).expanduser()
+    if dev.suffix in (".yaml", ".yml"):
+        check(dev, "hardware.device", "a device card file (.yaml) or a device name")
+    xb = cfg.hardware.crossbar
+    if xb.endswith((".yaml", ".yml")) or Path(xb).exists():
+        check(Path(xb), "hardware.crossbar", "a crossbar card file (.yaml) or a card name")
+    if cfg.model.source != "default" and cfg.model.path:
+        what = "a bayesim checkpoint (.safetensors)" if cfg.model.source == "checkpoint" \
+            else "a Pyro parameter-store file"
+        check(Path(cfg.model.path), "model.path", what)

@@ -174,17 +174,9 @@ def resolve_crossbar(cfg: ExperimentConfig):
             known = sorted(p.stem for p in CROSSBAR_CARDS.glob("*.yaml"))
             raise ConfigError(f"no crossbar card {ref!r}; known cards: {', '.join(known)} "
                               "(or give a path to a .yaml card)", key="hardware.crossbar")
-    card = load_crossbar(path)
-    b = cfg.hardware.bits
-    if b.dac is not None or b.adc is not None:
-        from bayesim.crossbar.card import crossbar_from_dict
+    from bayesim.crossbar.card import override_bits
 
-        d = to_dict(card)
-        if b.dac is not None:
-            d["dac"]["bits"] = b.dac
-        if b.adc is not None:
-            d["adc"]["bits"] = b.adc
-        card = crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)")
+    card = override_bits(load_crossbar(path), path, cfg.hardware.bits.dac, cfg.hardware.bits.adc)
     return card, path
 
 
