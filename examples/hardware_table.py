@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def main(argv=None):
         if label in done and (not software_reference or "FP32 software" in done):
             rows.append(done[label])
             return done[label]
-        cfg = load_experiment(None, base={"name": label, "model": model, "data": data, "samples": args.samples,
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)  # a config name is a folder name
+        cfg = load_experiment(None, base={"name": name, "model": model, "data": data, "samples": args.samples,
                                           "seed": args.seed, "hardware": hardware,
                                           "software_reference": software_reference})
         t0 = time.perf_counter()

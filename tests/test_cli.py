@@ -213,3 +213,14 @@ def test_default_out_folder_checked_too(tmp_path, capsys, monkeypatch, no_run):
     (tmp_path / "out" / "x").write_text("a file")
     assert main(["run", QUICK, *FAST, "--set", "name=x"]) == 2
     assert _error(capsys) == f"the output folder {Path('out') / 'x'}: exists and is not a folder; choose one with --out"
+
+
+def test_builtin_quickstart_is_configs_quickstart():
+    """`bayesim run` without a config runs exactly configs/quickstart.yaml."""
+    from pathlib import Path
+
+    from bayesim.cli.run import BUILTIN_QUICKSTART
+    from bayesim.experiment import load_experiment
+
+    repo = Path(__file__).resolve().parents[1]
+    assert load_experiment(None, base=BUILTIN_QUICKSTART) == load_experiment(repo / "configs" / "quickstart.yaml")

@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+#: `bayesim run` without a config: configs/quickstart.yaml (every other key of it is the default).
+BUILTIN_QUICKSTART = {"name": "quickstart", "data": {"embedded": True}}
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -24,7 +28,7 @@ def run(args) -> int:
     if args.config:
         cfg = load_experiment(args.config, args.overrides)
     else:
-        cfg = load_experiment(None, args.overrides, base={"name": "quickstart"}, source="<built-in quickstart>")
+        cfg = load_experiment(None, args.overrides, base=BUILTIN_QUICKSTART, source="<built-in quickstart>")
     out = Path(args.out) if args.out else Path("out") / cfg.name
     check_out_dir(out, "--out" if args.out else "the output folder")
     try:
