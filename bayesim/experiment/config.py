@@ -103,7 +103,12 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
     source = str(path) if path is not None else (source or "<config>")
     mapping = load_yaml(path, cls=ExperimentConfig) if path is not None else dict(base or {})
     mapping = apply_overrides(mapping, overrides, source=f"{source} (--set)")
-    cfg = build(ExperimentConfig, mapping, source=source)
+    try:
+        cfg = build(ExperimentConfig, mapping, source=source)
+    except ConfigError as e:  # a bad value given with --set: say so
+        if e.key and e.source == source and _from_set(e.key, overrides):
+            raise ConfigError(e.message, f"{source} (--set)", e.key) from None
+        raise
     # Relative paths in a config file are relative to that file.
     if path is not None and cfg.model.path and not Path(cfg.model.path).is_absolute():
         cand = Path(path).parent / cfg.model.path
@@ -114,6 +119,12 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
     return cfg
 
 
+def _from_set(key: str, overrides) -> bool:
+    """Did the value at dotted `key` come from a `--set key.path=value` override?"""
+    set_keys = [str(o).split("=", 1)[0].strip() for o in overrides or ()]
+    return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in set_keys)
+
+
 def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
     """Files named by the config exist: a missing one is a ConfigError naming the config and its key
     (`source (--set)` when the key came from a `--set` override).
@@ -122,11 +133,8 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
     file), hardware.crossbar when it ends in .yaml/.yml or exists; otherwise they are names (an unknown
     name is reported by the runner with the known ones).
     """
-    set_keys = [str(o).split("=", 1)[0].strip() for o in overrides or ()]
-
     def fail(message: str, key: str):
-        from_set = any(key == k or key.startswith(k + ".") for k in set_keys)
-        raise ConfigError(message, f"{source} (--set)" if from_set else source, key)
+        raise ConfigError(message, f"{source} (--set)" if _from_set(key, overrides) else source, key)
 
     def check(p: Path, key: str, what: str):
         if p.is_dir():
