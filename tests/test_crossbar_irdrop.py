@@ -49,3 +49,10 @@ def test_first_order_matches_exact_to_second_order(r_wire):
     assert np.all(np.abs(fo - ex) <= 1.1 * eps ** 2 * np.abs(ideal))
     assert np.abs(fo - ex).max() <= 0.1 * np.abs(ideal - ex).max()
     assert np.all(ex < ideal)  # wire resistance only ever lowers the column currents here (all V >= 0)
+
+
+def test_max_relative_drop_hand_case():
+    g = np.array([[10.0, 0.0], [5.0, 20.0]])
+    m = np.array([[9.0, 0.0], [5.0, 15.0]])
+    assert irdrop.max_relative_drop(g, m) == 0.25  # cells lose 10%, -, 0%, 25%; zero cells are skipped
+    assert irdrop.max_relative_drop(np.zeros((2, 2)), np.zeros((2, 2))) == 0.0

@@ -133,3 +133,25 @@ def test_adc_calibration_source(data_dir, tmp_path):
     (corrupt / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
         calibration_images(corrupt, "mnist", splits)
+
+
+def test_ir_drop_is_reported_and_first_order_out_of_range_warns(checkpoint, tmp_path):
+    """The run reports the largest IR-drop loss of any cell; the first-order model warns beyond its range."""
+    from bayesim.experiment import result_table
+
+    (tmp_path / "wires.yaml").write_text("name: wires\ntile: {rows: 64, cols: 64}\n"
+                                         "ir_drop: {model: first_order, r_wire_ohm: 1.0}\n")
+    (tmp_path / "long.yaml").write_text("name: long\ntile: {rows: 256, cols: 256}\n"
+                                        "ir_drop: {model: first_order, r_wire_ohm: 3.0}\n")
+    drops = {}
+    for card in ("wires", "long"):
+        cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar=str(tmp_path / f"{card}.yaml"),
+                                              strategy="fp"))
+        r = run_experiment(cfg, None, progress=False, log=None)
+        drops[card] = r["hardware"]["ir_drop_max"]
+        text = result_table(r)
+        assert f"IR drop: a cell loses up to {drops[card]:.1%}" in text
+        assert ("WARNING: the first-order IR-drop model is outside its range" in text) == (drops[card] > 0.2)
+    assert 0 < drops["wires"] < 0.2 < drops["long"] < 1
+    r = run_experiment(load_experiment(None, base=_cfg(checkpoint)), None, progress=False, log=None)
+    assert r["hardware"]["ir_drop_max"] is None and "IR drop" not in result_table(r)

@@ -96,6 +96,21 @@ def exact(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
     return (out.T / US).astype(np.float32)  # [rows, cols] uS
 
 
+#: Above this largest relative drop the first-order model is outside its range: measured against the exact
+#: solve on a 64x64 tile of U(0, 25) uS cells, its column currents are off by 0.8% at a 12% drop, 3.4% at
+#: 24% and 14% at 47% (the error grows as the square of the drop).
+FIRST_ORDER_MAX_DROP = 0.2
+
+
+def max_relative_drop(g_uS: np.ndarray, m_uS: np.ndarray) -> float:
+    """The largest (G - M) / G over cells with G > 0: how much of a cell's ideal current IR drop takes."""
+    g = np.asarray(g_uS, dtype=np.float64)
+    on = g > 0
+    if not on.any():
+        return 0.0
+    return float(np.max((g[on] - np.asarray(m_uS, dtype=np.float64)[on]) / g[on]))
+
+
 def apply(g_uS: np.ndarray, model: str, r_wire_ohm: float) -> np.ndarray:
     """Effective conductances [rows, cols] (uS) for IR-drop `model` ("none", "first_order", "exact")."""
     if model == "none" or r_wire_ohm == 0:

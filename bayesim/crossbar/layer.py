@@ -60,10 +60,11 @@ class CrossbarStats:
     adc_saturated: int = 0
     cell_reads: int = 0
     program_events: int = 0
+    ir_drop_max: float = 0.0  # the largest fraction of a cell's ideal current lost to IR drop
 
     def add(self, other: "CrossbarStats") -> None:
         for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
+            setattr(self, k, max(self.ir_drop_max, v) if k == "ir_drop_max" else getattr(self, k) + v)
 
     def energy_J(self, card: CrossbarCard) -> dict:
         """Energy by component and total (J) from the card's per-event energies."""
@@ -568,8 +569,10 @@ class AnalogLayer:
                 else:
                     b[...] = self._program_read(b, s, r, c, "w-")
             if self.ir:
-                a[...] = irdrop.apply(a.T, ir.model, ir.r_wire_ohm).T
-                b[...] = irdrop.apply(b.T, ir.model, ir.r_wire_ohm).T
+                for g in (a, b):
+                    m = irdrop.apply(g.T, ir.model, ir.r_wire_ohm).T
+                    self.stats.ir_drop_max = max(self.stats.ir_drop_max, irdrop.max_relative_drop(g, m))
+                    g[...] = m
             self._tile_view(self._wn, off, rows_r, c0, c1)[...] = (a - b) / np.float32(half)
 
     def _program_read(self, targets, s, r, c, name):

@@ -21,6 +21,7 @@ import numpy as np
 from bayesim import __version__
 from bayesim._io import write_json_atomic
 from bayesim.config import to_dict
+from bayesim.crossbar import irdrop
 from bayesim.errors import BayesimError, ConfigError
 from bayesim.experiment.config import ExperimentConfig
 
@@ -272,6 +273,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "dac_conversions_per_inference": st.dac_conversions / n_images,
             "adc_saturation_rate": st.adc_saturated / max(st.adc_conversions, 1),
             "dac_clip_rate": st.dac_clipped / max(st.dac_conversions, 1),
+            "ir_drop_model": card.ir_drop.model,
+            "ir_drop_max": st.ir_drop_max if card.ir_drop.model != "none" else None,
             "program_events": st.program_events,
             "energy_per_inference_J": {k: v / n_images for k, v in energy.items()},
             "simulation_time_s": hw_time,
@@ -294,6 +297,7 @@ def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
 #: Above this fraction of clipped DAC conversions the printed table warns: the inputs the hardware saw
 #: differ from the network's, whatever the device.
 DAC_CLIP_WARN = 0.01
+FIRST_ORDER_MAX_DROP = irdrop.FIRST_ORDER_MAX_DROP
 
 
 def result_table(result: dict) -> str:
@@ -319,6 +323,13 @@ def result_table(result: dict) -> str:
                 f"ADC conversions/inference {hwd['adc_conversions_per_inference']:.3g} | "
                 f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
                 f"ADC saturation {hwd['adc_saturation_rate']:.2%} | DAC clipped {hwd['dac_clip_rate']:.2%}")
+    if hwd.get("ir_drop_max") is not None:
+        rows.append(f"IR drop: a cell loses up to {hwd['ir_drop_max']:.1%} of its ideal current")
+        if hwd.get("ir_drop_model") == "first_order" and hwd["ir_drop_max"] > FIRST_ORDER_MAX_DROP:
+            rows.append(f"WARNING: the first-order IR-drop model is outside its range above a "
+                        f"{FIRST_ORDER_MAX_DROP:.0%} drop (its error grows as the square of the drop); use "
+                        f"ir_drop.model: exact on tiles of <= 128x128 cells, or a lower r_wire_ohm, in crossbar "
+                        f"card {hwd['crossbar_card']}")
     if hwd["dac_clip_rate"] > DAC_CLIP_WARN:
         rows.append(f"WARNING: the DAC clipped {hwd['dac_clip_rate']:.1%} of the inputs it converted: the inputs "
                     f"fall outside its range (an unsigned DAC applies no negative input); see dac.signed, "
