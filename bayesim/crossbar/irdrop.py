@@ -27,6 +27,11 @@ US = 1e-6  # uS -> S
 
 def first_order(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
     """Effective conductance matrix [rows, cols] (uS) under first-order IR drop."""
+    return _first_order(g_uS, r_wire_ohm)[0]
+
+
+def _first_order(g_uS: np.ndarray, r_wire_ohm: float) -> tuple[np.ndarray, float]:
+    """(first_order matrix, its largest relative drop over cells with G > 0: the largest r (A + B))."""
     g = np.asarray(g_uS, dtype=np.float64)
     # A_kj = sum_{p<=j} S_kp with S_kp = sum_{q>=p} G_kq (suffix sums along the row)
     suffix = np.cumsum(g[:, ::-1], axis=1)[:, ::-1]
@@ -34,8 +39,10 @@ def first_order(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
     # B_kj = sum_{p>=k} C_pj with C_pj = sum_{q<=p} G_qj (prefix sums down the column)
     prefix = np.cumsum(g, axis=0)
     b = np.cumsum(prefix[::-1], axis=0)[::-1]
-    m = g * (1.0 - r_wire_ohm * US * (a + b))
-    return m.astype(np.float32)
+    drop = r_wire_ohm * US * (a + b)
+    m = g * (1.0 - drop)
+    on = g > 0
+    return m.astype(np.float32), float(drop[on].max()) if on.any() else 0.0
 
 
 def exact(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
@@ -111,12 +118,14 @@ def max_relative_drop(g_uS: np.ndarray, m_uS: np.ndarray) -> float:
     return float(np.max((g[on] - np.asarray(m_uS, dtype=np.float64)[on]) / g[on]))
 
 
-def apply(g_uS: np.ndarray, model: str, r_wire_ohm: float) -> np.ndarray:
-    """Effective conductances [rows, cols] (uS) for IR-drop `model` ("none", "first_order", "exact")."""
+def apply(g_uS: np.ndarray, model: str, r_wire_ohm: float) -> tuple[np.ndarray, float]:
+    """(effective conductances [rows, cols] (uS), largest relative drop of a cell) for IR-drop `model`
+    ("none", "first_order", "exact")."""
     if model == "none" or r_wire_ohm == 0:
-        return g_uS
+        return g_uS, 0.0
     if model == "first_order":
-        return first_order(g_uS, r_wire_ohm)
+        return _first_order(g_uS, r_wire_ohm)
     if model == "exact":
-        return exact(g_uS, r_wire_ohm)
+        m = exact(g_uS, r_wire_ohm)
+        return m, max_relative_drop(g_uS, m)
     raise ValueError(f"unknown IR-drop model {model!r}")

@@ -570,9 +570,9 @@ class AnalogLayer:
                     b[...] = self._program_read(b, s, r, c, "w-")
             if self.ir:
                 for g in (a, b):
-                    m = irdrop.apply(g.T, ir.model, ir.r_wire_ohm).T
-                    self.stats.ir_drop_max = max(self.stats.ir_drop_max, irdrop.max_relative_drop(g, m))
-                    g[...] = m
+                    m, drop = irdrop.apply(g.T, ir.model, ir.r_wire_ohm)
+                    self.stats.ir_drop_max = max(self.stats.ir_drop_max, drop)
+                    g[...] = m.T
             self._tile_view(self._wn, off, rows_r, c0, c1)[...] = (a - b) / np.float32(half)
 
     def _program_read(self, targets, s, r, c, name):

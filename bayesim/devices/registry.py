@@ -139,7 +139,7 @@ def device_from_card(card) -> object:
     src = card.path or "<dict>"
     if card.model in PRESETS:
         return ComposedDevice(card)
-    if ":" in card.model and card.model.rsplit(":", 1)[0].endswith(".py"):
+    if _is_path_ref(card.model):
         base = str(Path(card.path).parent) if card.path else None
         try:
             cls = load_class_from_path(card.model, base)
@@ -154,10 +154,14 @@ def device_from_card(card) -> object:
     raise unknown_model(card.model, src)
 
 
+def _is_path_ref(model: str) -> bool:
+    """`path/to/file.py:ClassName`?"""
+    return ":" in model and model.rsplit(":", 1)[0].endswith(".py")
+
+
 def is_plugin_ref(model: str) -> bool:
     """True when `model` names a plug-in: path/file.py:Class, a registered factory or an entry point."""
-    return (":" in model and model.rsplit(":", 1)[0].endswith(".py")) or model in _REGISTRY \
-        or model in _entry_points()
+    return _is_path_ref(model) or model in _REGISTRY or model in _entry_points()
 
 
 def unknown_model(model: str, src: str) -> ConfigError:

@@ -21,7 +21,6 @@ import numpy as np
 from bayesim import __version__
 from bayesim._io import write_json_atomic
 from bayesim.config import to_dict
-from bayesim.crossbar import irdrop
 from bayesim.errors import BayesimError, ConfigError
 from bayesim.experiment.config import ExperimentConfig
 
@@ -297,7 +296,6 @@ def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
 #: Above this fraction of clipped DAC conversions the printed table warns: the inputs the hardware saw
 #: differ from the network's, whatever the device.
 DAC_CLIP_WARN = 0.01
-FIRST_ORDER_MAX_DROP = irdrop.FIRST_ORDER_MAX_DROP
 
 
 def result_table(result: dict) -> str:
@@ -324,6 +322,8 @@ def result_table(result: dict) -> str:
                 f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
                 f"ADC saturation {hwd['adc_saturation_rate']:.2%} | DAC clipped {hwd['dac_clip_rate']:.2%}")
     if hwd.get("ir_drop_max") is not None:
+        from bayesim.crossbar.irdrop import FIRST_ORDER_MAX_DROP
+
         rows.append(f"IR drop: a cell loses up to {hwd['ir_drop_max']:.1%} of its ideal current")
         if hwd.get("ir_drop_model") == "first_order" and hwd["ir_drop_max"] > FIRST_ORDER_MAX_DROP:
             rows.append(f"WARNING: the first-order IR-drop model is outside its range above a "
