@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from bayesim.devices.kernels import read_cells32
-from bayesim.rng import bits64, normal
+from bayesim.rng import NORMAL_BITS, bits64, normal
 
 DEVICE_NORMAL_BITS = 12
 
@@ -126,8 +126,13 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     out_kind OUT_NORMALISED writes wn into out_a; OUT_CONDUCTANCE writes the two cells into out_a, out_b.
 
     Each output's row tile (<= tile_rows contiguous cells) goes through the stages below one at a time,
-    each a straight loop over the cells with no branches the compiler cannot turn into selects, so that
-    every stage runs as SIMD (hash, table gathers, float32 arithmetic, 16 cells an instruction).
+    each a straight loop over the cells with no branches the compiler cannot turn into selects. Two rules
+    keep the loops SIMD (16 cells an instruction): per-cell arrays are indexed by the unsigned ub + kl
+    (numba's negative-index wraparound on a signed `base + kl` turns contiguous loads into gathers: 8x
+    slower), and every table or level lookup sits in a loop of its own
+    (a load at a data-dependent index keeps the compiler from vectorising the loop it is in; scalar loads
+    beat SIMD gathers on the CPUs measured). So: hash -> table indices (SIMD), lookups (scalar loads),
+    arithmetic (SIMD).
     """
     n_out, n_in = mu.shape
     n_blocks = row_starts.shape[0] - 1
@@ -142,62 +147,62 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     drift = drift_kind != 0 and log_ratio > 0.0
     ref_base = tile_rows * tile_cols  # counters of the offset mapping's reference cells
     for j in nb.prange(n_out):
-        buf = np.empty((8, tile_rows), np.float32)  # this output's cells, stage by stage
+        buf = np.empty((12, tile_rows), np.float32)  # this output's cells, stage by stage
         wb, sb, ca, cb, za, zb, zna, znb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]
+        y0, y1, y2, y3 = buf[8], buf[9], buf[10], buf[11]  # table draws and level lookups
         if cell_law and not drift:
-            buf[6:] = zero  # no drift: the drift normals are not used, zeros keep the read law's inputs finite
-        ib = np.empty((2, tile_rows), np.int32)
-        lo_b, q_b = ib[0], ib[1]
+            buf[6:8] = zero  # no drift: the drift normals are not used, zeros keep the read law's inputs finite
+        ib = np.empty((6, tile_rows), np.int32)
+        lo_b, q_b, i0, i1, i2, i3 = ib[0], ib[1], ib[2], ib[3], ib[4], ib[5]
+        seg = np.empty((3, tile_rows), np.float64)  # sigma decode: the log ladder's segment of each cell
         c = j // tile_cols
         jl = j - c * tile_cols
         for r in range(n_blocks):
             r0 = row_starts[r]
             rows_r = row_starts[r + 1] - r0
             base = n_out * r0 + j * rows_r
+            ub = np.uint64(base)  # this output's cells of row tile r: ub + kl (unsigned: see below)
             g = grp[r, j]
             key = tile_keys[r, c]
             # 1. mu and sigma of every cell: read from the stored arrays, or given
             if stored:
                 rk = read_keys[r, c]
                 inv_unit = inv_mu_unit[g]
-                for kl in range(rows_r):
-                    rb = bits64(rk, kl * tile_cols + jl)
-                    hp = held_p[base + kl]
-                    hm = held_m[base + kl]
-                    rp = min(max(hp + sd_p[base + kl] * dtable[_field(rb, _S0)], glo), ghi)
-                    rm = min(max(hm + sd_m[base + kl] * dtable[_field(rb, _S1)], glo), ghi)
-                    wb[kl] = mu_mean[base + kl] + ((rp - hp) - (rm - hm)) * inv_unit
-                    sb[kl] = min(max(held_s[base + kl] + sd_s[base + kl] * dtable[_field(rb, _S2)], glo), ghi)
+                _table_fields3(rk, jl, tile_cols, rows_r, i0, i1, i2)
+                _gather3(dtable, i0, i1, i2, rows_r, y0, y1, y2)
+                _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r, inv_unit,
+                             glo, ghi, wb, sb)
                 if sigma_log:
-                    _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes)
+                    _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, seg)
                 else:
                     for kl in range(rows_r):
                         v = np.float64((sb[kl] - g_base) / g_span)
                         sb[kl] = np.float32(max(v, 0.0) * sigma_max)
             else:
-                for kl in range(rows_r):
-                    wb[kl] = mu[j, r0 + kl]
-                    sb[kl] = sigma[j, r0 + kl]
+                wb[:rows_r] = mu[j, r0: r0 + rows_r]
+                sb[:rows_r] = sigma[j, r0: r0 + rows_r]
             # 2. the Bayesian draw, on the software model's eps stream
             if use_eps:
-                e0 = j * n_in + r0
+                _eps_indices(eps_key, j * n_in + r0, rows_r, i0)
+                for kl in range(rows_r):  # table lookups: scalar loads (faster here than SIMD gathers)
+                    y0[kl] = table[i0[kl]]
                 for kl in range(rows_r):
-                    wb[kl] = wb[kl] + sb[kl] * normal(eps_key, e0 + kl, table)
+                    wb[kl] = wb[kl] + sb[kl] * y0[kl]
             if not quantized:
                 inv_ws = inv_wscale[g]
                 if out_kind == OUT_NORMALISED:
                     for kl in range(rows_r):
-                        out_a[base + kl] = wb[kl] * inv_ws
+                        out_a[ub + np.uint64(kl)] = wb[kl] * inv_ws
                 else:
                     gbase = np.float32(g_base)
                     for kl in range(rows_r):
                         wn = wb[kl] * inv_ws
                         if offset:
-                            out_a[base + kl] = gbase + half * (one + wn)
-                            out_b[base + kl] = gbase + half
+                            out_a[ub + np.uint64(kl)] = gbase + half * (one + wn)
+                            out_b[ub + np.uint64(kl)] = gbase + half
                         else:
-                            out_a[base + kl] = gbase + max(wn, zero) * span
-                            out_b[base + kl] = gbase + max(-wn, zero) * span
+                            out_a[ub + np.uint64(kl)] = gbase + max(wn, zero) * span
+                            out_b[ub + np.uint64(kl)] = gbase + max(-wn, zero) * span
                 continue
             # 3. quantize to the signed level index q
             kmf = np.float32(kmax_grp[g])
@@ -207,21 +212,39 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 else:
                     qf = _rint32(wb[kl] / w_step)
                 q_b[kl] = np.int32(min(max(qf, -kmf), kmf))
-            # 4. program the two cells (levels, programming noise) and draw their read normals
+            # 4. program the two cells (levels, programming noise) and draw their read normals: the four
+            # table fields of each cell's hash (SIMD), then the table and level lookups (scalar loads), then
+            # the arithmetic (SIMD)
+            lvl_g = lvl[g]
+            sdp_g = sd_prog[g]
+            _table_fields4(key, jl, tile_cols, rows_r, i0, i1, i2, i3)
+            if offset:  # the reference cells of the row tile's inputs, at counters ref_base + row
+                _table_fields_ref(key, ref_base, rows_r, i2, i3)
+            for kl in range(rows_r):
+                y0[kl] = dtable[i0[kl]]
+                za[kl] = dtable[i1[kl]]
+                y1[kl] = dtable[i2[kl]]
+                zb[kl] = dtable[i3[kl]]
             if cell_law:
+                # the cells' levels and programming stds: one lookup per weight, at level m + q (offset)
+                # or m + |q| (differential: the other cell of the pair is at level m)
                 for kl in range(rows_r):
                     q = q_b[kl]
-                    ia = m + q if offset else m + max(q, 0)
-                    bits = bits64(key, kl * tile_cols + jl)
-                    ca[kl] = min(max(lvl[g, ia] + sd_prog[g, ia] * dtable[_field(bits, _S0)], glo), ghi)
-                    za[kl] = dtable[_field(bits, _S1)]
-                    if offset:
-                        bits = bits64(key, ref_base + kl)
-                        cb[kl] = min(max(lvl[g, m] + np.float32(ref_sd_prog) * dtable[_field(bits, _S2)], glo), ghi)
-                    else:
-                        i_b = m + max(-q, 0)
-                        cb[kl] = min(max(lvl[g, i_b] + sd_prog[g, i_b] * dtable[_field(bits, _S2)], glo), ghi)
-                    zb[kl] = dtable[_field(bits, _S3)]
+                    i = m + q if offset else m + abs(q)
+                    y2[kl] = lvl_g[i]
+                    y3[kl] = sdp_g[i]
+                g_m = lvl_g[m]
+                s_m = np.float32(ref_sd_prog) if offset else sdp_g[m]
+                for kl in range(rows_r):
+                    q = q_b[kl]
+                    on_a = offset or q > 0
+                    on_b = not offset and q < 0
+                    ga = y2[kl] if on_a else g_m
+                    sa = y3[kl] if on_a else s_m
+                    gb = y2[kl] if on_b else g_m
+                    sb_ = y3[kl] if on_b else s_m
+                    ca[kl] = min(max(ga + sa * y0[kl], glo), ghi)
+                    cb[kl] = min(max(gb + sb_ * y1[kl], glo), ghi)
                 if drift:  # the cells' fixed drift-exponent normals
                     zna = nu_a[base: base + rows_r]
                     znb = nu_b[base: base + rows_r]
@@ -231,6 +254,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 read_cells32(cb, znb, zb, rows_r, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
                              read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
             else:  # per-level programming and read stds (Gaussian devices)
+                sdr_g = sd_read[g]
                 for kl in range(rows_r):
                     q = q_b[kl]
                     if offset:
@@ -241,30 +265,83 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                     else:
                         ia = m + max(q, 0)
                         i_b = m + max(-q, 0)
-                        spb = sd_prog[g, i_b]
-                        srb = sd_read[g, i_b]
-                    ga = lvl[g, ia]
-                    gb = lvl[g, i_b]
-                    spa = sd_prog[g, ia]
-                    sra = sd_read[g, ia]
-                    bits = bits64(key, kl * tile_cols + jl)
-                    na = min(max(min(max(ga + spa * dtable[_field(bits, _S0)], glo), ghi)
-                                 + sra * dtable[_field(bits, _S1)], glo), ghi)
-                    if offset:
-                        bits = bits64(key, ref_base + kl)
-                    nb_ = min(max(min(max(gb + spb * dtable[_field(bits, _S2)], glo), ghi)
-                                  + srb * dtable[_field(bits, _S3)], glo), ghi)
+                        spb = sdp_g[i_b]
+                        srb = sdr_g[i_b]
+                    ga = lvl_g[ia]
+                    gb = lvl_g[i_b]
+                    spa = sdp_g[ia]
+                    sra = sdr_g[ia]
+                    na = min(max(min(max(ga + spa * y0[kl], glo), ghi) + sra * za[kl], glo), ghi)
+                    nb_ = min(max(min(max(gb + spb * y1[kl], glo), ghi) + srb * zb[kl], glo), ghi)
                     noisy = spa > 0 or sra > 0 or spb > 0 or srb > 0
                     ca[kl] = na if noisy else ga
                     cb[kl] = nb_ if noisy else gb
             # 6. the block's output
             if out_kind == OUT_NORMALISED:
                 for kl in range(rows_r):
-                    out_a[base + kl] = (ca[kl] - cb[kl]) * inv_norm
+                    out_a[ub + np.uint64(kl)] = (ca[kl] - cb[kl]) * inv_norm
             else:
                 for kl in range(rows_r):
-                    out_a[base + kl] = ca[kl]
-                    out_b[base + kl] = cb[kl]
+                    out_a[ub + np.uint64(kl)] = ca[kl]
+                    out_b[ub + np.uint64(kl)] = cb[kl]
+
+
+@nb.njit(inline="always", cache=True)
+def _table_fields3(key, jl, tile_cols, n, i0, i1, i2):
+    """Table indices of the first three 12-bit fields of the hash of cells (kl, jl), kl < n (SIMD)."""
+    for kl in range(n):
+        bits = bits64(key, kl * tile_cols + jl)
+        i0[kl] = _field(bits, _S0)
+        i1[kl] = _field(bits, _S1)
+        i2[kl] = _field(bits, _S2)
+
+
+@nb.njit(inline="always", cache=True)
+def _table_fields4(key, jl, tile_cols, n, i0, i1, i2, i3):
+    """As _table_fields3, the first four fields."""
+    for kl in range(n):
+        bits = bits64(key, kl * tile_cols + jl)
+        i0[kl] = _field(bits, _S0)
+        i1[kl] = _field(bits, _S1)
+        i2[kl] = _field(bits, _S2)
+        i3[kl] = _field(bits, _S3)
+
+
+@nb.njit(inline="always", cache=True)
+def _table_fields_ref(key, ref_base, n, i2, i3):
+    """Fields 2 and 3 of the hashes of the offset mapping's reference cells (counter ref_base + row)."""
+    for kl in range(n):
+        bits = bits64(key, ref_base + kl)
+        i2[kl] = _field(bits, _S2)
+        i3[kl] = _field(bits, _S3)
+
+
+@nb.njit(inline="always", cache=True)
+def _gather3(t, i0, i1, i2, n, y0, y1, y2):
+    """Three table lookups per cell (scalar loads: on this loop they beat SIMD gathers)."""
+    for kl in range(n):
+        y0[kl] = t[i0[kl]]
+        y1[kl] = t[i1[kl]]
+        y2[kl] = t[i2[kl]]
+
+
+@nb.njit(inline="always", cache=True)
+def _eps_indices(key, c0, n, idx):
+    """16-bit table indices of the eps stream at counters c0..c0+n-1 (rng.normal's, SIMD)."""
+    for kl in range(n):
+        idx[kl] = np.int32(bits64(key, c0 + kl) >> np.uint64(64 - NORMAL_BITS))
+
+
+@nb.njit(inline="always", cache=True)
+def _read_stored(hp, hm, hs, sp, sm, ss, mu_mean, ub, z0, z1, z2, n, inv_unit, glo, ghi, wb, sb):
+    """Read the stored mu pair and sigma cell of each weight (cells ub .. ub + n - 1 of the stored arrays,
+    SIMD): each cell reads clip(held + sd*z); mu decodes linearly around mu_mean, sigma cell into sb (uS)."""
+    for kl in range(n):
+        i = ub + np.uint64(kl)
+        rp = min(max(hp[i] + sp[i] * z0[kl], glo), ghi)
+        rm = min(max(hm[i] + sm[i] * z1[kl], glo), ghi)
+        wb[kl] = mu_mean[i] + ((rp - hp[i]) - (rm - hm[i])) * inv_unit
+        sb[kl] = min(max(hs[i] + ss[i] * z2[kl], glo), ghi)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -288,14 +365,15 @@ def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_
 
 
 @nb.njit(cache=True)
-def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes):
+def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes, seg):
     """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma:
     piecewise linear between the rungs of the log ladder (exact on them), constant beyond both ends.
 
     The rung below each read: thresholds[t] is the smallest float32 >= ladder[t], so the float32 test
     x >= thresholds[t] is exactly float64(x) >= ladder[t]. Up to 32 rungs, the count of rungs passed (one
-    compare per rung over all cells: SIMD, no gathers); beyond, a branch-free binary search. Not inlined
-    into build_tiles, to keep that parallel kernel's compile time down (see read_cells32)."""
+    compare per rung over all cells: SIMD, no gathers); beyond, a branch-free binary search. seg: float64
+    [3, >= n] work space. Not inlined into build_tiles, to keep that parallel kernel's compile time down
+    (see read_cells32)."""
     n_rungs = ladder.shape[0]
     last = n_rungs - 2
     for kl in range(n):
@@ -318,10 +396,15 @@ def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes):
     ln = ladder[n_rungs - 1]
     v0 = np.float32(values[0])
     vn = np.float32(values[n_rungs - 1])
+    slope, rung, value = seg[0], seg[1], seg[2]
+    for kl in range(n):  # the segment's constants (scalar loads), then the arithmetic (SIMD)
+        lo = lo_b[kl]
+        slope[kl] = slopes[lo]
+        rung[kl] = ladder[lo]
+        value[kl] = values[lo]
     for kl in range(n):
         x = np.float64(sb[kl])
-        lo = lo_b[kl]
-        s = np.float32(slopes[lo] * (x - ladder[lo]) + values[lo])
+        s = np.float32(slope[kl] * (x - rung[kl]) + value[kl])
         s = v0 if x <= l0 else s
         sb[kl] = vn if x >= ln else s
 

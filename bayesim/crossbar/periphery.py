@@ -176,15 +176,16 @@ def _convert_row(u, i, j0, cw, n_rows, n_out, x_s, w_scale, col_range, q, noise_
     acc: scratch of >= cw floats. Returns the number of saturated conversions."""
     acc[:cw] = 0.0
     hits = 0
+    ju0 = np.uint64(j0)  # unsigned column indices: no negative-index wraparound, so contiguous SIMD loads
     for r in range(u.shape[0]):
+        c0 = (r * n_rows + i) * n_out + j0
         for jj in range(cw):
-            j = j0 + jj
-            v, hit = _adc(u[r, i, jj], noise_sd, noise_key, (r * n_rows + i) * n_out + j, table,
-                          col_range[r, j], q)
+            j = ju0 + np.uint64(jj)
+            v, hit = _adc(u[r, i, jj], noise_sd, noise_key, c0 + jj, table, col_range[r, j], q)
             hits += hit
             acc[jj] += v * w_scale[r, j]
     for jj in range(cw):
-        y[i, j0 + jj] += acc[jj] * x_s
+        y[i, ju0 + np.uint64(jj)] += acc[jj] * x_s
     return hits
 
 
@@ -268,19 +269,23 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
         p = n - b * per
         sat = 0
         xs = x_scale[n]
-        for j in range(n_cols):
-            acc = np.float32(0.0)
-            for r in range(n_tiles):
-                r0 = row_starts[r]
-                r1 = row_starts[r + 1]
-                base = n_cols * r0 + j * (r1 - r0)
-                v = _dot32(xn[n, r0:r1], w_blocks[base:base + (r1 - r0)])
+        acc = np.zeros(n_cols, np.float32)
+        # row tile outer, output inner: one view of the input row per tile (not per output); each output
+        # still sums its tiles in order r = 0, 1, ..
+        for r in range(n_tiles):
+            r0 = row_starts[r]
+            k = row_starts[r + 1] - r0
+            x_r = xn[n, r0:r0 + k]
+            w_r = w_blocks[n_cols * r0: n_cols * (r0 + k)]
+            for j in range(n_cols):
+                v = _dot32(x_r, w_r[j * k: j * k + k])
                 if raw:
                     u[r, n, j] = v
                     continue
                 v, hit = _adc(v, noise_sd, noise_key, (r * n_rows + n) * n_cols + j, table, col_range[r, j], q)
                 sat += hit
-                acc += v * w_scale[r, j]
-            if not raw:
-                y[b, j, p] = acc * xs
+                acc[j] += v * w_scale[r, j]
+        if not raw:
+            for j in range(n_cols):
+                y[b, j, p] = acc[j] * xs
         sat_rows[n] += sat
