@@ -145,6 +145,15 @@ def test_registry_register_and_list(tmp_path):
         list_devices([tmp_path / "nope"])
 
 
+def test_list_marks_a_card_whose_name_a_builtin_takes(tmp_path):
+    """The shipped devices/ideal.yaml is named 'ideal', which load_device resolves to the built-in: the
+    listing says so, and says how to reach the card; a card with a free name gets no note."""
+    rows = {(r["name"], r["kind"]): r for r in list_devices([tmp_path])}
+    card = rows[("ideal", "card")]
+    assert "load it by path" in card["note"] and "built-in" in card["note"]
+    assert "note" not in rows[("pcm_ibm", "card")] and "note" not in rows[("ideal", "built-in")]
+
+
 def test_cli_list_and_show(tmp_path, capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out

@@ -49,7 +49,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         src = r["source"]
         src = (src[:70] + "...") if len(src) > 73 else src
-        print(f"{r['name']:<{w}}  {r['kind']:<8}  {r['where']}" + (f"  [{src}]" if src else ""))
+        print(f"{r['name']:<{w}}  {r['kind']:<8}  {r['where']}" + (f"  ({r['note']})" if r.get("note") else "")
+              + (f"  [{src}]" if src else ""))
     return 0
 
 

@@ -201,14 +201,18 @@ def load_device(name_or_card_path, cards_dirs=()) -> object:
                        + (f" (did you mean {m[0]!r}?)" if m else ""))
 
 
+def _kind(factory) -> str:
+    return "built-in" if getattr(factory, "__qualname__", "").startswith("_builtin") else "registered"
+
+
 def list_devices(cards_dirs=()) -> list[dict]:
-    """Every device found: {name, kind (built-in | registered | card | plug-in), where, source}."""
+    """Every device found: {name, kind (built-in | registered | card | plug-in), where, source}, and `note`
+    for a card whose name a registered model takes (load_device finds that model by the name)."""
     from bayesim.config.schema import load_yaml
 
     out = []
     for name, f in _REGISTRY.items():
-        kind = "built-in" if getattr(f, "__qualname__", "").startswith("_builtin") else "registered"
-        out.append({"name": name, "kind": kind, "where": "bayesim", "source": ""})
+        out.append({"name": name, "kind": _kind(f), "where": "bayesim", "source": ""})
     seen = set()
     for name, p in find_cards(cards_dirs).items():
         if p in seen:
@@ -220,7 +224,10 @@ def list_devices(cards_dirs=()) -> list[dict]:
             name = str(d.get("name") or p.stem)
         except ConfigError as e:
             src = f"(invalid card: {e})"
-        out.append({"name": name, "kind": "card", "where": str(p), "source": src})
+        row = {"name": name, "kind": "card", "where": str(p), "source": src}
+        if name in _REGISTRY:  # load_device(name) finds the registered model first
+            row["note"] = f"load it by path: the name {name!r} gives the {_kind(_REGISTRY[name])} model"
+        out.append(row)
     for name, ep in _entry_points().items():
         out.append({"name": name, "kind": "plug-in", "where": ep.value, "source": ""})
     return out
