@@ -86,19 +86,19 @@ def im2col_dac(x: np.ndarray, kh: int, kw: int, stride: int, padding: int, bits,
 
 
 @nb.njit(cache=True, inline="always")
-def _patch_dac(xp, b, oh, ow, kh, kw, stride, abs_max, full_range, quantize, qlo, qhi, dst):
-    """Gather the patch of output pixel (oh, ow) of image b of the zero-padded input xp into
-    dst[0:C*kh*kw] and apply the DAC in place (scale, quantize with rounding half to even, clip);
-    returns (scale, clipped count)."""
-    c = xp.shape[1]
+def _patch_dac(flat, c, hh, ww, b, oh, ow, kh, kw, stride, abs_max, full_range, quantize, qlo, qhi, dst):
+    """Gather the patch of output pixel (oh, ow) of image b of the zero-padded input [N, c, hh, ww] (C
+    order, flattened: `flat`) into dst[0:C*kh*kw] and apply the DAC in place (scale, quantize with
+    rounding half to even, clip); returns (scale, clipped count). Unsigned flat offsets: no view per patch
+    row and no negative-index wraparound checks."""
     fq = np.float32(qhi)
     flo = np.float32(qlo)
     col = 0
     for ci in range(c):
         for i in range(kh):
-            src = xp[b, ci, oh * stride + i, ow * stride:ow * stride + kw]
+            src = np.uint64(((b * c + ci) * hh + oh * stride + i) * ww + ow * stride)
             for j in range(kw):
-                dst[col + j] = src[j]
+                dst[col + j] = flat[src + np.uint64(j)]
             col += kw
     k_all = c * kh * kw
     m = np.float32(0.0)
@@ -126,14 +126,15 @@ def _patch_dac(xp, b, oh, ow, kh, kw, stride, abs_max, full_range, quantize, qlo
 
 @nb.njit(parallel=True, cache=True)
 def _im2col_dac(xp, kh, kw, stride, ho, wo, abs_max, full_range, quantize, qlo, qhi, out, scale, clipped):
-    n = xp.shape[0]
+    n, c, hh, ww = xp.shape
+    flat = xp.reshape(-1)
     per = ho * wo
     for row in nb.prange(n * per):
         b = row // per
         p = row - b * per
         oh = p // wo
-        s, cl = _patch_dac(xp, b, oh, p - oh * wo, kh, kw, stride, abs_max, full_range, quantize, qlo, qhi,
-                           out[row])
+        s, cl = _patch_dac(flat, c, hh, ww, b, oh, p - oh * wo, kh, kw, stride, abs_max, full_range, quantize,
+                           qlo, qhi, out[row])
         scale[row] = s
         clipped[row] = cl
 
@@ -249,6 +250,16 @@ def _dot32(x, w):
     return acc
 
 
+@nb.njit(cache=True, fastmath={"reassoc", "nsz"})
+def _dot32_at(x, w, w0, k):
+    """sum_i x[i] * w[w0 + i] for i < k: `_dot32` of x[:k] and w[w0:w0 + k] (the same vectorised sum, the
+    same numbers) without making a view of w per call; w0 unsigned (no negative-index wraparound)."""
+    acc = np.float32(0.0)
+    for i in range(k):
+        acc += x[i] * w[w0 + np.uint64(i)]
+    return acc
+
+
 @nb.njit(parallel=True, cache=True)
 def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table,
             sat_rows, raw, u):
@@ -278,7 +289,7 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
             x_r = xn[n, r0:r0 + k]
             w_r = w_blocks[n_cols * r0: n_cols * (r0 + k)]
             for j in range(n_cols):
-                v = _dot32(x_r, w_r[j * k: j * k + k])
+                v = _dot32_at(x_r, w_r, np.uint64(j * k), k)
                 if raw:
                     u[r, n, j] = v
                     continue
