@@ -89,3 +89,24 @@ def test_maxpool_kernel_equals_window_max():
         x = r.normal(size=shape).astype(np.float32)
         ref = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s].max(axis=(4, 5))
         np.testing.assert_array_equal(_maxpool(x, k, s), ref)
+
+
+def test_fused_activation_and_maxpool_match_numpy():
+    """The analog forward's one-pass bounded activation equals bnn.quant.quantize_activation bit for bit
+    (NaN, signed zeros, infinities, values beyond the bound), and max pooling equals a numpy window max."""
+    from bayesim.analog.network import _bounded_activation, _maxpool
+    from bayesim.bnn.quant import quantize_activation
+
+    r = np.random.default_rng(0)
+    a = r.normal(0, 3, (20, 3, 12, 12)).astype(np.float32)
+    a.flat[:8] = [np.nan, -0.0, 0.0, np.inf, -np.inf, 1e30, -1e30, 2.5]
+    for upper in (2.5, 1e-3):
+        for bits in (None, 1, 4, 8):
+            got, want = _bounded_activation(a, upper, bits), quantize_activation(a, upper, bits)
+            np.testing.assert_array_equal(got, want)
+            assert np.array_equal(np.signbit(got), np.signbit(want))
+    for k, s in ((2, 2), (3, 1), (3, 2)):
+        ho, wo = (12 - k) // s + 1, (12 - k) // s + 1
+        want = np.stack([np.stack([a[:, :, i * s:i * s + k, j * s:j * s + k].max(axis=(2, 3)) for j in range(wo)],
+                                  axis=-1) for i in range(ho)], axis=-2)
+        np.testing.assert_array_equal(_maxpool(a, k, s), want)
