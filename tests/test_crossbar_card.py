@@ -30,6 +30,10 @@ def test_shipped_cards_load(name):
     ({"name": "x", "mapping": {"kind": "offset"}, "ir_drop": {"model": "first_order"}},
      "ir_drop.model: IR drop is modelled for the differential mapping only"),
     ({"tile": {"rows": 8}}, "x.yaml: name: required key is missing"),
+    # in float32's range but physically nonsense: sanity bounds
+    ({"name": "x", "ir_drop": {"model": "first_order", "r_wire_ohm": 1e30}},
+     "x.yaml: ir_drop.r_wire_ohm: 1e+30 is out of range; allowed [0, 1000.0]"),
+    ({"name": "x", "energy": {"adc_J": 5.0}}, "x.yaml: energy.adc_J: 5.0 is out of range; allowed [0, 0.001]"),
 ])
 def test_card_errors(data, text):
     with pytest.raises(ConfigError) as e:

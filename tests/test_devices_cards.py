@@ -45,6 +45,9 @@ def test_wrong_types_and_negative_sigma(tmp_path):
     expect(tmp_path, "name: x\nmodel: gaussian\nrange: {g_max_uS: lots}\n", "range.g_max_uS", "expected a number")
     expect(tmp_path, "name: x\nmodel: gaussian\nd2d: {relative: -0.1}\n", "d2d.relative", "out of range")
     expect(tmp_path, "name: x\nmodel: gaussian\ndrift: {nu_std: -0.01}\n", "drift.nu_std", "out of range")
+    # inside float32 but physically nonsense: sanity bounds
+    expect(tmp_path, "name: x\nmodel: gaussian\nrange: {g_max_uS: 1.0e9}\n", "range.g_max_uS", "out of range")
+    expect(tmp_path, "name: x\nmodel: gaussian\ndrift: {model: power_law, nu: 3.0}\n", "drift.nu", "out of range")
     expect(tmp_path, "name: x\nmodel: gaussian\nprogramming: {coeffs_uS: [0.1, -0.5]}\n", "programming.coeffs_uS",
            "sigma is negative")
     expect(tmp_path, "name: x\nmodel: pcm\nread: {model: polynomial, coeffs_uS: [-0.1]}\n", "read.coeffs_uS",

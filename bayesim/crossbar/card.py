@@ -69,16 +69,17 @@ class Adc:
 @dataclass(frozen=True)
 class IrDrop:
     model: Literal["none", "first_order", "exact"] = "none"
-    r_wire_ohm: float = spec(1.0, lo=0, doc="wire resistance per cell segment, ohm")
+    r_wire_ohm: float = spec(1.0, lo=0, hi=1e3, doc="wire resistance per cell segment, ohm (arrays: ~0.1-10; "
+                                                    "the bound only rejects nonsense)")
 
 
 @dataclass(frozen=True)
 class Energy:
     """Energy per event (J). Values are literature-based or marked as assumptions in the card."""
-    dac_J: float = spec(0.0, lo=0)
-    adc_J: float = spec(0.0, lo=0)
-    cell_read_J: float = spec(0.0, lo=0)
-    program_J: float = spec(0.0, lo=0)
+    dac_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion")
+    adc_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion")
+    cell_read_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per cell read")
+    program_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per programming event")
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,10 @@ class CrossbarCard:
     mapping: Mapping = field(default_factory=Mapping)
     dac: Dac = field(default_factory=Dac)
     adc: Adc = field(default_factory=Adc)
-    output_noise: float = spec(0.0, lo=0, doc="additive Gaussian std at the ADC input, normalised current units")
+    output_noise: float = spec(0.0, lo=0, hi=100.0, doc="additive Gaussian std at the ADC input, normalised current units")
     ir_drop: IrDrop = field(default_factory=IrDrop)
     energy: Energy = field(default_factory=Energy)
-    cell_area_um2: float = spec(0.0, lo=0, doc="area per cell, um^2")
+    cell_area_um2: float = spec(0.0, lo=0, hi=1e6, doc="area per cell, um^2")
     notes: str = ""
 
     def validate(self):

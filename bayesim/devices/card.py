@@ -46,9 +46,9 @@ def poly_sigma(coeffs, g_rel):
 @dataclass(frozen=True)
 class RangeSpec:
     """Conductance range (uS) and level options."""
-    g_min_uS: Optional[float] = spec(None, lo=0.0, doc="lowest programmable conductance")
-    g_max_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, doc="highest programmable conductance")
-    log_min_uS: Optional[float] = spec(None, lo=0.0, lo_open=True,
+    g_min_uS: Optional[float] = spec(None, lo=0.0, hi=1e5, doc="lowest programmable conductance")
+    g_max_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=1e5, doc="highest programmable conductance")
+    log_min_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=1e5,
                                        doc="lowest level of log spacing (default g_min; must be > 0)")
     levels_uS: Optional[list[float]] = spec(None, doc="the device's own measured levels (ascending)")
     n_levels: Optional[int] = spec(None, lo=2, doc="published number of programmable levels")
@@ -86,9 +86,9 @@ class ReadSpec:
     coeffs_uS: list[float] = spec([], doc="sigma = max(sum_k c_k (G/g_max)^k, 0) uS")
     q_coeff: float = spec(0.0088, lo=0.0, doc="pcm: q_s = min(q_coeff / max((G/g_max)^q_exponent, 1e-3), q_max)")
     q_exponent: float = spec(0.65, lo=0.0)
-    q_max: float = spec(0.2, lo=0.0)
-    t_pulse_s: float = spec(250e-9, lo=0.0, lo_open=True, doc="pcm: read duration of the 1/f fit, s")
-    t0_s: float = spec(20.0, lo=0.0, doc="pcm: time between programming and first read, s")
+    q_max: float = spec(0.2, lo=0.0, hi=10.0)
+    t_pulse_s: float = spec(250e-9, lo=0.0, lo_open=True, hi=1.0, doc="pcm: read duration of the 1/f fit, s")
+    t0_s: float = spec(20.0, lo=0.0, hi=1e10, doc="pcm: time between programming and first read, s")
 
     def validate(self):
         if self.model == "polynomial" and not self.coeffs_uS:
@@ -99,9 +99,9 @@ class ReadSpec:
 class DriftSpec:
     """Drift G(t) = G_prog ((t + t0)/t0)^-nu with a per-cell exponent nu."""
     model: Literal["none", "power_law", "pcm"] = "none"
-    nu: float = spec(0.0, lo=0.0, doc="power_law: mean drift exponent")
-    nu_std: float = spec(0.0, lo=0.0, doc="power_law: device-to-device std of nu")
-    t0_s: float = spec(20.0, lo=0.0, lo_open=True, doc="time of the first read after programming, s")
+    nu: float = spec(0.0, lo=0.0, hi=1.0, doc="power_law: mean drift exponent")
+    nu_std: float = spec(0.0, lo=0.0, hi=1.0, doc="power_law: device-to-device std of nu")
+    t0_s: float = spec(20.0, lo=0.0, lo_open=True, hi=1e10, doc="time of the first read after programming, s")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class FaultSpec:
 class D2DSpec:
     """Device-to-device variation, fixed per cell: target -> target*(1 + relative*z1) + absolute_uS*z2."""
     relative: float = spec(0.0, lo=0.0, doc="relative std of the cell gain")
-    absolute_uS: float = spec(0.0, lo=0.0, doc="std of the cell offset, uS")
+    absolute_uS: float = spec(0.0, lo=0.0, hi=1e5, doc="std of the cell offset, uS")
 
 
 COMPONENTS = ("range", "programming", "read", "drift", "faults", "d2d")

@@ -70,7 +70,7 @@ class HardwareSpec:
     sampler: Literal["digital", "device"] = "digital"
     device: str = spec("pcm", doc="device name, card path (.yaml) or plug-in name")
     crossbar: str = spec("default", doc="crossbar card name or path (.yaml)")
-    read_time_s: float = spec(1.0, lo=0.0, doc="time between programming and reading, s")
+    read_time_s: float = spec(1.0, lo=0.0, hi=1e10, doc="time between programming and reading, s (<= ~300 years)")
     lumped: Literal["auto", "on", "off"] = spec(
         "auto", doc="lumped output-noise fast path where exact (auto: not for fp, the software reference)")
 
@@ -89,7 +89,7 @@ class ExperimentConfig:
     hardware: HardwareSpec = field(default_factory=HardwareSpec)
     samples: int = spec(32, lo=1, hi=100000, doc="Monte-Carlo weight samples S")
     seed: int = spec(0, lo=0, hi=2**63 - 1)
-    batch_size: int = spec(1000, lo=1, doc="examples per forward chunk")
+    batch_size: int = spec(1000, lo=1, hi=1_000_000, doc="examples per forward chunk")
     software_reference: bool = spec(True, doc="also evaluate the FP32 software model and report deltas")
 
 
