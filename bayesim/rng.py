@@ -60,7 +60,7 @@ def uniform(key, counter):
 @nb.njit(inline="always", cache=True)
 def normal(key, counter, table):
     """Standard normal (16-bit table quantile) for element `counter` of stream `key`."""
-    return table[np.int32(bits64(key, counter) >> np.uint64(64 - NORMAL_BITS))]  # int32: 16-lane gathers
+    return table[np.int32(bits64(key, counter) >> np.uint64(64 - NORMAL_BITS))]
 
 
 @nb.njit(inline="always", cache=True)

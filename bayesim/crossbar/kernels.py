@@ -46,8 +46,8 @@ _S0, _S1, _S2, _S3, _S4 = _S
 
 @nb.njit(inline="always", cache=True)
 def _field(bits, shift):
-    """12-bit field of a 64-bit hash as an int32 table index (int32 indices let the table lookups run as
-    16-lane gathers)."""
+    """12-bit field of a 64-bit hash as an int32 table index (stored by the SIMD hash loops into int32
+    index buffers, looked up by the scalar-load loops of build_tiles)."""
     return np.int32((bits >> shift) & _M12)
 
 
