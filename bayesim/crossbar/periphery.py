@@ -93,13 +93,18 @@ def _patch_dac(flat, c, hh, ww, b, oh, ow, kh, kw, stride, abs_max, full_range, 
     row and no negative-index wraparound checks."""
     fq = np.float32(qhi)
     flo = np.float32(qlo)
-    col = 0
+    ucol = np.uint64(0)
+    ukw = np.uint64(kw)
+    src = np.uint64((b * c * hh + oh * stride) * ww + ow * stride)  # patch row (ci, i) = (0, 0)
+    uww = np.uint64(ww)
+    plane = np.uint64((hh - kh) * ww)  # from row (ci, kh) to row (ci + 1, 0)
     for ci in range(c):
         for i in range(kh):
-            src = np.uint64(((b * c + ci) * hh + oh * stride + i) * ww + ow * stride)
-            for j in range(kw):
-                dst[col + j] = flat[src + np.uint64(j)]
-            col += kw
+            for j in range(ukw):
+                dst[ucol + j] = flat[src + j]
+            ucol += ukw
+            src += uww
+        src += plane
     k_all = c * kh * kw
     m = np.float32(0.0)
     nan = False
