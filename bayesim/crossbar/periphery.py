@@ -265,6 +265,10 @@ def _dot32_at(x, w, w0, k):
     return acc
 
 
+#: Input rows per task of `mvm_adc` (fixed: the tasks' results do not depend on the thread count).
+MVM_ROWS = 64
+
+
 @nb.njit(parallel=True, cache=True)
 def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table,
             sat_rows, raw, u):
@@ -274,34 +278,77 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
     of row tile r at w_blocks[out*r0:]; y [images, out, per] is written in NCHW order (per = Ho*Wo; 1 for
     a dense layer). ADC, noise stream and saturation counts as `adc_accumulate`. raw: write the noise-free
     products into u [tiles, N, out] instead (ADC calibration sees exactly the values the forward pass
-    converts). The dot products are vectorised (`_dot32`), each output by one thread: identical for
-    any thread count."""
+    converts).
+
+    Each task takes MVM_ROWS input rows: the dot products (`_dot32_at`, vectorised along the row) into a
+    [rows, out] block, then the noise, ADC and accumulation of the whole block as flat SIMD loops (the
+    per-column range, step and scale repeated per row so that the loop needs no index arithmetic). Every
+    value is a function of its own element: identical for any thread count."""
     n_rows = xn.shape[0]
     n_cols = w_scale.shape[1]
     n_tiles = row_starts.shape[0] - 1
     q = np.float32(qmax)
-    for n in nb.prange(n_rows):
-        b = n // per
-        p = n - b * per
-        sat = 0
-        xs = x_scale[n]
-        acc = np.zeros(n_cols, np.float32)
-        # row tile outer, output inner: one view of the input row per tile (not per output); each output
-        # still sums its tiles in order r = 0, 1, ..
+    width = MVM_ROWS * n_cols
+    # per-conversion constants of a block [row, column], the column's repeated for every row
+    rg_t = np.empty((n_tiles, width), np.float32)
+    step_t = np.empty((n_tiles, width), np.float32)
+    ws_t = np.empty((n_tiles, width), np.float32)
+    for r in range(n_tiles):
+        for e in range(width):
+            j = e % n_cols
+            rg = col_range[r, j]
+            rg_t[r, e] = rg
+            step_t[r, e] = rg / q if q > 0 else np.float32(0.0)
+            ws_t[r, e] = w_scale[r, j]
+    noisy = noise_sd > 0
+    nsd = np.float32(noise_sd)
+    n_blocks = (n_rows + MVM_ROWS - 1) // MVM_ROWS
+    for blk in nb.prange(n_blocks):
+        n0 = blk * MVM_ROWS
+        nr = min(MVM_ROWS, n_rows - n0)
+        m = nr * n_cols
+        v = np.empty(width, np.float32)
+        acc = np.zeros(width, np.float32)
+        hit = np.zeros(width, np.int32)
         for r in range(n_tiles):
             r0 = row_starts[r]
             k = row_starts[r + 1] - r0
-            x_r = xn[n, r0:r0 + k]
             w_r = w_blocks[n_cols * r0: n_cols * (r0 + k)]
+            for i in range(nr):
+                x_r = xn[n0 + i, r0:r0 + k]
+                for j in range(n_cols):
+                    v[i * n_cols + j] = _dot32_at(x_r, w_r, np.uint64(j * k), k)
+            if raw:
+                for i in range(nr):
+                    for j in range(n_cols):
+                        u[r, n0 + i, j] = v[i * n_cols + j]
+                continue
+            c0 = (r * n_rows + n0) * n_cols
+            if noisy:
+                for e in range(m):
+                    v[e] += nsd * normal(noise_key, c0 + e, table)
+            rg_r = rg_t[r]
+            st_r = step_t[r]
+            ws_r = ws_t[r]
+            if q > 0:
+                for e in range(m):
+                    ve = v[e]
+                    rg = rg_r[e]
+                    hit[e] += abs(ve) > rg
+                    t = min(max(_rint32(ve / rg * q), -q), q)
+                    acc[e] += (t * st_r[e]) * ws_r[e]
+            else:
+                for e in range(m):
+                    acc[e] += v[e] * ws_r[e]
+        if raw:
+            continue
+        for i in range(nr):
+            n = n0 + i
+            b = n // per
+            p = n - b * per
+            xs = x_scale[n]
+            s = 0
             for j in range(n_cols):
-                v = _dot32_at(x_r, w_r, np.uint64(j * k), k)
-                if raw:
-                    u[r, n, j] = v
-                    continue
-                v, hit = _adc(v, noise_sd, noise_key, (r * n_rows + n) * n_cols + j, table, col_range[r, j], q)
-                sat += hit
-                acc[j] += v * w_scale[r, j]
-        if not raw:
-            for j in range(n_cols):
-                y[b, j, p] = acc[j] * xs
-        sat_rows[n] += sat
+                y[b, j, p] = acc[i * n_cols + j] * xs
+                s += hit[i * n_cols + j]
+            sat_rows[n] += s
