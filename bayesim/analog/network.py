@@ -42,22 +42,23 @@ def _maxpool(x: np.ndarray, k: int, s: int) -> np.ndarray:
 
 @nb.njit(parallel=True, cache=True)
 def _maxpool_kernel(x, k, s, out):
+    """Window max per output pixel, NaN propagating as numpy's max. The window is walked row by row of
+    the output (offsets (a, b) outer, output columns inner), so the inner loop runs along a row as SIMD;
+    a max does not depend on the order it is taken in."""
     planes, ho, wo = out.shape
-    h, w = x.shape[1], x.shape[2]
-    flat = x.reshape(-1)
     for p in nb.prange(planes):
         for i in range(ho):
+            o = out[p, i]
+            first = x[p, i * s]
             for j in range(wo):
-                # unsigned flat offsets: no negative-index wraparound checks in the window loop
-                top = np.uint64((p * h + i * s) * w + j * s)
-                m = flat[top]
-                for a in range(k):
-                    row = top + np.uint64(a * w)
-                    for b in range(k):
-                        v = flat[row + np.uint64(b)]
-                        if v > m or v != v:  # NaN propagates, as numpy's max
-                            m = v
-                out[p, i, j] = m
+                o[j] = first[j * s]
+            for a in range(k):
+                row = x[p, i * s + a]
+                for b in range(k):
+                    for j in range(wo):
+                        v = row[j * s + b]
+                        m = o[j]
+                        o[j] = v if (v > m or v != v) else m
 
 
 def _bounded_activation(a: np.ndarray, upper, bits) -> np.ndarray:
