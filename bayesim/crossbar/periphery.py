@@ -258,25 +258,17 @@ def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_
 
 
 @nb.njit(cache=True, fastmath={"reassoc", "nsz"})
-def _dot32(x, w):
-    """sum_k x[k] * w[k] in float32, vectorised (reassociated partial sums). A function of its own, called
-    from the parallel kernel rather than inlined into it: numba compiles fastmath reductions inside a
-    parallel loop differently on a fresh compile and from its cache (1-ulp different sums); a serial
-    function gives the same code, and so the same numbers, either way."""
-    acc = np.float32(0.0)
-    for k in range(x.shape[0]):
-        acc += x[k] * w[k]
-    return acc
-
-
-@nb.njit(cache=True, fastmath={"reassoc", "nsz"})
 def _dot32_at(x, w, w0, k):
-    """sum_i x[i] * w[w0 + i] for i < k: `_dot32` of x[:k] and w[w0:w0 + k] (the same vectorised sum, the
-    same numbers) without making a view of w per call; w0 unsigned (no negative-index wraparound)."""
+    """sum_i x[i] * w[w0 + i] for i < k in float32, vectorised (reassociated partial sums); w0 unsigned, so
+    no view of w per call and no negative-index wraparound. A function of its own, called from the
+    parallel kernel rather than inlined into it: numba compiles fastmath reductions inside a parallel loop
+    differently on a fresh compile and from its cache (1-ulp different sums); a serial function gives the
+    same code, and so the same numbers, either way."""
     acc = np.float32(0.0)
     for i in range(k):
         acc += x[i] * w[w0 + np.uint64(i)]
     return acc
+
 
 
 #: Input rows per task of `mvm_adc` (fixed: the tasks' results do not depend on the thread count).
