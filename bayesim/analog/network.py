@@ -18,6 +18,7 @@ import numba as nb
 import numpy as np
 
 from bayesim.bnn.ops import ActivationOp, BayesConvOp, BayesLinearOp, FlattenOp, MaxPoolOp
+from bayesim.bnn.quant import activation_step
 from bayesim.crossbar import AnalogLayer, CrossbarStats
 from bayesim.errors import BayesimError
 
@@ -69,7 +70,7 @@ def _bounded_activation(a: np.ndarray, upper, bits) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
     out = np.empty_like(a)
     up = np.float32(upper)
-    step = np.float32(up / np.float32((1 << int(bits)) - 1)) if bits is not None else np.float32(1.0)
+    step = activation_step(upper, bits) if bits is not None else np.float32(1.0)
     with serial_if_small(a.size):
         _bounded_activation_kernel(a.reshape(-1), up, step, bits is not None, out.reshape(-1))
     return out

@@ -112,8 +112,13 @@ def quantize_activation(a, upper, bits: int | None) -> np.ndarray:
     a = np.clip(np.asarray(a, dtype=np.float32), np.float32(0), np.float32(upper))
     if bits is None:
         return a
-    step = np.float32(np.float32(upper) / np.float32((1 << int(bits)) - 1))
+    step = activation_step(upper, bits)
     return (np.rint(a / step) * step).astype(np.float32)
+
+
+def activation_step(upper, bits: int) -> np.float32:
+    """Step of the bounded activation's grid: float32(upper) / (2^bits - 1) in float32."""
+    return np.float32(np.float32(upper) / np.float32((1 << int(bits)) - 1))
 
 
 def uniform_step(x, bits: int, mode: str = "max", percentile: float = 99.9) -> np.float32:

@@ -9,7 +9,7 @@ Random numbers are pure functions of (stream key, counter):
   j*in + k of the full [out, in] weight matrix (16-bit table Gaussian), so hardware and software
   draw the same eps;
 - device noise uses one key per (sample, tile) and counter = the cell's index in its tile (C order
-  over [rows, cols]); one 64-bit hash gives five 12-bit table Gaussians (DEVICE_TABLE): programming
+  over [rows, cols]); one 64-bit hash gives four 12-bit table Gaussians (DEVICE_TABLE): programming
   noise of the G+ and G- cells and read noise of both. Reference-column cells use counters
   rows*cols + row; reads of the stored VPQ arrays use their own per-(sample, tile) key; the fixed
   drift-exponent normal of each programmed cell (`cell_normals`) is drawn once per layer.
@@ -30,7 +30,7 @@ DEVICE_NORMAL_BITS = 12
 
 def _device_table() -> np.ndarray:
     """4,096 equiprobable Gaussian quantiles (unit variance over the table): the finite-precision
-    generator of device noise. 16 KiB, so it stays in L1 cache; five draws come from one 64-bit hash."""
+    generator of device noise. 16 KiB, so it stays in L1 cache; four draws come from one 64-bit hash."""
     from scipy.special import ndtri
 
     n = 1 << DEVICE_NORMAL_BITS
@@ -41,8 +41,7 @@ def _device_table() -> np.ndarray:
 
 DEVICE_TABLE = _device_table()
 _M12 = np.uint64(0xFFF)
-_S = [np.uint64(52 - 12 * i) for i in range(5)]
-_S0, _S1, _S2, _S3, _S4 = _S
+_S0, _S1, _S2, _S3 = (np.uint64(52 - 12 * i) for i in range(4))  # four 12-bit fields of a 64-bit hash
 
 @nb.njit(inline="always", cache=True)
 def _field(bits, shift):

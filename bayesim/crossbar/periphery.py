@@ -165,10 +165,16 @@ def _adc(v, noise_sd, noise_key, counter, table, rg, q):
     if noise_sd > 0:
         v += np.float32(noise_sd) * normal(noise_key, counter, table)
     if q > 0:
-        sat = 1 if abs(v) > rg else 0
-        t = min(max(_rint32(v / rg * q), -q), q)
+        t, sat = _adc_code(v, rg, q)
         return t * (rg / q), sat
     return v, 0
+
+
+@nb.njit(cache=True, inline="always")
+def _adc_code(v, rg, q):
+    """The signed ADC code of v on [-rg, rg] with 2q+1 levels (round half to even, clipped; float32) and
+    1 if v saturates the range else 0. The value the code stands for is code * (rg / q)."""
+    return min(max(_rint32(v / rg * q), -q), q), 1 if abs(v) > rg else 0
 
 
 @nb.njit(parallel=True, cache=True)
@@ -270,7 +276,6 @@ def _dot32_at(x, w, w0, k):
     return acc
 
 
-
 #: Input rows per task of `mvm_adc` (fixed: the tasks' results do not depend on the thread count).
 MVM_ROWS = 64
 
@@ -337,11 +342,9 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
             st_r = step_t[r]
             ws_r = ws_t[r]
             if q > 0:
-                for e in range(m):
-                    ve = v[e]
-                    rg = rg_r[e]
-                    hit[e] += abs(ve) > rg
-                    t = min(max(_rint32(ve / rg * q), -q), q)
+                for e in range(m):  # `_adc` with rg / q taken from step_t
+                    t, sat = _adc_code(v[e], rg_r[e], q)
+                    hit[e] += sat
                     acc[e] += (t * st_r[e]) * ws_r[e]
             else:
                 for e in range(m):
