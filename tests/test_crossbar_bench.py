@@ -4,6 +4,7 @@ No timing is asserted (speed is shown by running the benchmark, never by a timed
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bayesim.crossbar import AnalogLayer, bench, load_crossbar
 
@@ -48,3 +49,34 @@ def test_bench_report_names_every_number(monkeypatch):
                  "16-bit inverse-CDF table", "12-bit table",
                  "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5"):
         assert line in text
+
+
+def test_bench_floor_adds_up_and_names_its_parts():
+    """`bayesim bench --floor`: the floor is the timed parts times their counts per weight, over the layer's
+    weights and the threads, and the best ratio is BLAS over floor + GEMM/ADC (no timing is asserted)."""
+    r = {"blas_time_per_sample_s": 1e-3, "stages_per_sample_s": {"gemm_adc": 1.2e-3, "weight_build": 2e-3}}
+    f = bench.floor(r)
+    c = f["ns_per_item_one_thread"]
+    assert set(c) == {"eps (16-bit table)", "device (12-bit table)", "pcm read"} and min(c.values()) > 0
+    per = c["eps (16-bit table)"] + 7 * c["device (12-bit table)"] + 2 * c["pcm read"]
+    assert f["floor_ns_per_weight_one_thread"] == pytest.approx(per)
+    assert f["weight_build_floor_s"] == pytest.approx(bench.N_IN * bench.N_OUT * per * 1e-9 / f["threads"])
+    assert f["best_throughput_vs_blas"] == pytest.approx(1e-3 / (f["weight_build_floor_s"] + 1.2e-3))
+    assert f["weight_build_ns_per_weight_one_thread"] == pytest.approx(2e-3 * f["threads"] / (784 * 512) * 1e9)
+    text = bench.format_floor(f)
+    for phrase in ("eps (16-bit table)", "x 1 per weight", "x 7 per weight", "PCM cell read", "x 2 per weight",
+                   "measured weight build: 2.00 ms", "GEMM + ADC (1.20 ms)", "target >= 0.5"):
+        assert phrase in text
+
+
+def test_bench_floor_counts_are_those_of_the_workload():
+    """The draw and read counts of the floor hold for the benchmark's layer: stored mu/sigma cells read by
+    the fused kernel (3 draws), the Bayesian draw (1), two programmed cells with the PCM law (2 + 2)."""
+    device, _ = bench._device()
+    card = load_crossbar(REPO / "crossbars" / "default.yaml")
+    op, x = bench._workload()
+    layer = AnalogLayer(op, device, card, layer_index=0, seed=1)
+    layer.calibrate_adc(x[:4], range(1))  # programs the stored arrays
+    assert layer.stored and layer.fused_read and layer.cell_law and layer.quantized and not layer.offset
+    assert layer.sampler == "digital" and not layer.lumped
+    assert sum(bench.DRAWS_PER_WEIGHT.values()) == 1 + 3 + 2 + 2 and bench.READS_PER_WEIGHT == 2

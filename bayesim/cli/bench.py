@@ -1,4 +1,4 @@
-"""`bayesim bench [--json]`: crossbar simulator speed against BLAS and a plain numpy implementation."""
+"""`bayesim bench [--json] [--floor]`: crossbar simulator speed against BLAS and a plain numpy implementation."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,9 @@ def register(subparsers) -> None:
                               description="Time the 784x512 / batch 256 / S=32 / JQ 4-bit / PCM / 8-bit DAC+ADC "
                                           "workload against BLAS float32 matmul and a numpy baseline, in one run.")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--floor", action="store_true",
+                   help="also time, one by one, the Gaussian draws and PCM cell reads every sample must make per "
+                        "weight: a lower bound of the weight build and of the best ratio to BLAS")
     p.add_argument("--samples", type=int, default=32,
                    help=f"Monte-Carlo samples, 1 to {MAX_SAMPLES} (default 32)")
     p.add_argument("--repeat", type=int, default=3,
@@ -28,5 +31,9 @@ def _handler(args) -> int:
         if not 1 <= value <= hi:
             raise BayesimError(f"{flag} {value} is out of range; allowed 1 to {hi}")
     r = bench.run(samples=args.samples, repeat=args.repeat)
-    print(json.dumps(r, indent=2) if args.json else bench.format_report(r))
+    f = bench.floor(r) if args.floor else None
+    if args.json:
+        print(json.dumps(r if f is None else {**r, "floor": f}, indent=2))
+    else:
+        print(bench.format_report(r) + ("" if f is None else "\n" + bench.format_floor(f)))
     return 0

@@ -11,6 +11,9 @@ Reported: time per sample, and its two parts timed apart (the weight kernel; GEM
 (S x [256,784] @ [784,512], timed in the same run); speed as a ratio of `numpy_baseline`, a
 straightforward numpy implementation of the same model (np.random normals, np.rint quantization,
 per-cell noise, matmul per row tile, DAC/ADC) written here.
+
+`floor` (`bayesim bench --floor`): a lower bound of the weight build from the work every sample must do
+per weight (its Gaussian draws and PCM cell reads, timed alone), and the best ratio to BLAS it allows.
 """
 from __future__ import annotations
 
@@ -19,9 +22,12 @@ import platform
 import time
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 
 from bayesim import rng
+from bayesim.crossbar.kernels import DEVICE_TABLE, _eps_indices, _gather3, _table_fields4
+from bayesim.devices.kernels import read_cells32
 
 N_IN, N_OUT, BATCH, SAMPLES, BITS = 784, 512, 256, 32, 4
 _REPO = Path(__file__).resolve().parents[2]
@@ -239,5 +245,128 @@ def format_report(r: dict) -> str:
         f"  speed vs numpy:      {r['speedup_vs_numpy']:.1f}x (target >= {r['targets']['speedup_vs_numpy']}x)",
         f"  machine: {r['machine']['cpus']} CPUs, {r['machine']['numba_threads']} numba threads, "
         f"load average {_fmt_load(r['machine']['load_average_1min'])} (ratios are medians of {len(r['rounds'])} interleaved rounds)",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ floor: the work no kernel can skip
+
+#: Gaussian draws per weight and sample in the benchmark's workload (JQ, digital sampler, PCM through the
+#: fused device law): the Bayesian draw eps, reads of the three stored cells (mu pair, sigma cell),
+#: programming noise of the two programmed cells, read noise of the two programmed cells.
+DRAWS_PER_WEIGHT = {"eps (16-bit table)": 1, "device (12-bit table)": 7}
+#: PCM cell reads (drift exponent, drift, 1/f noise: a log and two exps each) per weight and sample.
+READS_PER_WEIGHT = 2
+_FLOOR_CELLS = 256  # one row tile of the default card: the unit the weight kernel works on
+
+
+@nb.njit(cache=True)
+def _device_draws(key, reps, table, out):
+    """reps x 4 x _FLOOR_CELLS device-noise draws made as the weight kernel makes them (one counter hash
+    -> four 12-bit table indices, SIMD; then the lookups, scalar loads), summed into out."""
+    n = out.shape[0]
+    ib = np.empty((4, n), np.int32)
+    y = np.empty((4, n), np.float32)
+    for r in range(reps):
+        _table_fields4(key + np.uint64(r), 0, 1, n, ib[0], ib[1], ib[2], ib[3])
+        _gather3(table, ib[0], ib[1], ib[2], n, y[0], y[1], y[2])
+        for k in range(n):
+            y[3, k] = table[ib[3, k]]
+        for k in range(n):
+            out[k] += (y[0, k] + y[1, k]) + (y[2, k] + y[3, k])
+
+
+@nb.njit(cache=True)
+def _eps_draws(key, reps, table, out):
+    """reps x _FLOOR_CELLS Bayesian draws as the weight kernel makes them (16-bit table), summed into out."""
+    n = out.shape[0]
+    idx = np.empty(n, np.int32)
+    for r in range(reps):
+        _eps_indices(key + np.uint64(r), r * n, n, idx)
+        for k in range(n):
+            out[k] += table[idx[k]]
+
+
+@nb.njit(cache=True)
+def _pcm_reads(g0, z_nu, z, reps, law, read, out):
+    """reps x len(out) cell reads with the weight kernel's read law (read_cells32) on copies of g0;
+    read=False: the copies alone (their time is taken off)."""
+    n = out.shape[0]
+    for _ in range(reps):
+        for k in range(n):
+            out[k] = g0[k]
+        if read:
+            read_cells32(out, z_nu, z, n, *law)
+
+
+def _ns_per_item(fn, items_per_call: int, reps: int = 4000, rounds: int = 5) -> float:
+    """Best of `rounds` timings of fn(reps), in ns per item (the floor is a lower bound: best case)."""
+    fn(2)
+    best = np.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn(reps)
+        best = min(best, time.perf_counter() - t0)
+    return best / (reps * items_per_call) * 1e9
+
+
+def floor(r: dict | None = None, samples: int = SAMPLES, repeat: int = 3) -> dict:
+    """A lower bound of the weight build, from what every sample must do per weight: the Gaussian draws
+    (DRAWS_PER_WEIGHT) and the PCM reads of the two programmed cells (READS_PER_WEIGHT), each timed alone
+    on one thread, hot in L1 cache, as the weight kernel does them (draws over a 256-cell row tile; reads
+    over 2,048 cells a call, without the kernel's cost per call). Everything else the build does
+    (stored-array streaming, sigma decode, quantization, level lookups, clipping) counts as free, and the
+    threads as scaling perfectly. With the run's own GEMM + ADC and BLAS times `r` (run()
+    if None), it bounds the best throughput ratio to BLAS this physics allows with these primitives."""
+    import numba
+
+    r = run(samples=samples, repeat=repeat) if r is None else r
+    device, _ = _device()
+    law = tuple(np.float32(v) if isinstance(v, float) else v for v in device.read_cell_law(1.0))
+    g = np.random.default_rng(0)
+    n = _FLOOR_CELLS
+    acc = np.zeros(n, np.float32)
+    # the reads over 8 row tiles a call: the per-call cost of the kernel's 256-cell calls is left out
+    nr = 8 * n
+    g0 = g.uniform(0.0, device.g_max, nr).astype(np.float32)
+    z_nu, z = (g.standard_normal(nr).astype(np.float32) for _ in range(2))
+    cells = np.empty(nr, np.float32)
+    cost = {
+        "eps (16-bit table)": _ns_per_item(lambda k: _eps_draws(np.uint64(7), k, rng.NORMAL_TABLE, acc), n),
+        "device (12-bit table)": _ns_per_item(lambda k: _device_draws(np.uint64(7), k, DEVICE_TABLE, acc),
+                                              4 * n),
+        "pcm read": (_ns_per_item(lambda k: _pcm_reads(g0, z_nu, z, k, law, True, cells), nr, reps=250)
+                     - _ns_per_item(lambda k: _pcm_reads(g0, z_nu, z, k, law, False, cells), nr, reps=250)),
+    }
+    per_weight = sum(DRAWS_PER_WEIGHT[k] * cost[k] for k in DRAWS_PER_WEIGHT) + READS_PER_WEIGHT * cost["pcm read"]
+    threads = numba.get_num_threads()
+    weights = N_IN * N_OUT
+    build_floor = weights * per_weight * 1e-9 / threads
+    tb, tg, tw = r["blas_time_per_sample_s"], r["stages_per_sample_s"]["gemm_adc"], r["stages_per_sample_s"]["weight_build"]
+    return {"ns_per_item_one_thread": cost, "draws_per_weight": dict(DRAWS_PER_WEIGHT),
+            "pcm_reads_per_weight": READS_PER_WEIGHT, "floor_ns_per_weight_one_thread": per_weight,
+            "threads": threads, "weights": weights,
+            "weight_build_floor_s": build_floor, "weight_build_s": tw,
+            "weight_build_ns_per_weight_one_thread": tw * threads / weights * 1e9,
+            "gemm_adc_s": tg, "blas_s": tb,
+            "best_throughput_vs_blas": tb / (build_floor + tg),
+            "target_throughput_vs_blas": 0.5}
+
+
+def format_floor(f: dict) -> str:
+    c = f["ns_per_item_one_thread"]
+    d = f["draws_per_weight"]
+    lines = [
+        "floor of the weight build: what every sample must do per weight, each part timed alone on one thread "
+        "(hot in L1 cache), the rest counted as free, threads as scaling perfectly",
+        *(f"  Gaussian draw, {k}: {c[k]:6.3f} ns  x {d[k]} per weight" for k in d),
+        f"  PCM cell read (drift exponent, drift, 1/f noise): {c['pcm read']:6.3f} ns  x {f['pcm_reads_per_weight']} "
+        "per weight",
+        f"  floor: {f['floor_ns_per_weight_one_thread']:.2f} ns per weight per thread = "
+        f"{f['weight_build_floor_s'] * 1e3:.2f} ms per sample on {f['threads']} threads "
+        f"(measured weight build: {f['weight_build_s'] * 1e3:.2f} ms, "
+        f"{f['weight_build_ns_per_weight_one_thread']:.2f} ns per weight per thread)",
+        f"  with this run's GEMM + ADC ({f['gemm_adc_s'] * 1e3:.2f} ms) and BLAS ({f['blas_s'] * 1e3:.2f} ms): best "
+        f"throughput vs BLAS {f['best_throughput_vs_blas']:.2f} (target >= {f['target_throughput_vs_blas']})",
     ]
     return "\n".join(lines)
