@@ -110,3 +110,49 @@ def test_fused_activation_and_maxpool_match_numpy():
         want = np.stack([np.stack([a[:, :, i * s:i * s + k, j * s:j * s + k].max(axis=(2, 3)) for j in range(wo)],
                                   axis=-1) for i in range(ho)], axis=-2)
         np.testing.assert_array_equal(_maxpool(a, k, s), want)
+
+
+def test_bad_inputs_and_sample_counts_are_refused():
+    """A NaN or Inf input would silently give NaN predictions (and, in calibration, NaN ADC ranges for every
+    later prediction); a sample count below 1 would return nothing. All are refused with a clear error."""
+    from bayesim.errors import BayesimError
+
+    model = _model("jq", {"kind": "bounded", "upper": 4.0, "bits": 8})
+    hw = AnalogBNN(model.export_ops(), load_device("pcm"), load_crossbar(REPO / "crossbars" / "default.yaml"),
+                   seed=3)
+    good = _images(8, seed=5)
+    for value in (np.nan, np.inf, -np.inf):
+        bad = good.copy()
+        bad[3, 0, 5, 5] = value
+        calibrated = hw.calibrated
+        with pytest.raises(BayesimError, match="calibration inputs: contain NaN or Inf"):
+            hw.calibrate(bad)
+        assert hw.calibrated == calibrated  # refused before anything changed
+        hw.calibrate(good)
+        with pytest.raises(BayesimError, match="inputs: contain NaN or Inf"):
+            hw.predict_probs(bad, samples=2)
+    for samples in (0, -1, 1.5, True):
+        with pytest.raises(BayesimError, match="samples: .* is not allowed; a positive integer"):
+            hw.predict_probs(good, samples=samples)
+    with pytest.raises(BayesimError, match="calibration samples: 0 is not allowed"):
+        hw.calibrate(good, samples=0)
+    with pytest.raises(BayesimError, match="inputs: empty"):
+        hw.predict_probs(good[:0], samples=2)
+    assert np.isfinite(hw.predict_probs(good, samples=2)).all()
+
+
+def test_stored_arrays_are_programmed_once_and_counted_apart():
+    """JQ: the stored mu pair and sigma cell of every weight are programmed once, before any inference, and
+    counted in stored_program_events; stats count only the inferences' events (reset after calibration)."""
+    model = _model("jq", {"kind": "bounded", "upper": 4.0, "bits": 8})
+    hw = AnalogBNN(model.export_ops(), load_device("pcm"), load_crossbar(REPO / "crossbars" / "default.yaml"),
+                   seed=3)
+    weights = sum(layer.mu.size for layer in hw.layers.values())
+    assert hw.stored_program_events == 3 * weights and hw.stats.program_events == 0
+    hw.calibrate(_images(8, seed=5))
+    assert hw.stored_program_events == 3 * weights and hw.stats.program_events == 0
+    hw.predict_probs(_images(4), samples=3)
+    assert hw.stats.program_events == 3 * 2 * weights  # JQ: both cells of every weight, for each sample
+    fp = AnalogBNN(_model("fp").export_ops(), load_device("pcm"), load_crossbar(REPO / "crossbars" / "default.yaml"),
+                   seed=3)
+    assert fp.stored_program_events == 0  # fp: nothing stored (digital weights)

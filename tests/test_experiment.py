@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from bayesim.cli import main
-from bayesim.errors import ConfigError
+from bayesim.errors import BayesimError, ConfigError
 from bayesim.experiment import load_experiment, run_experiment
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,15 @@ def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, 
     assert r["bits"] == {"mu": 4, "sigma": 4, "w": 4, "act": None, "dac": 8, "adc": 8}
     assert r["hardware"]["energy_per_inference_J"]["total"] > 0
     assert max(abs(v) for v in r["delta"]["mnist"].values()) > 0
+    # programming: the stored mu pair and sigma cell of every weight once, apart from the per-sample events
+    # (calibration's are not counted); JQ reprograms the two cells of every weight for each sample and split
+    from bayesim.crossbar import load_crossbar
+
+    hwd = r["hardware"]
+    weights = sum(layer["in"] * layer["out"] for layer in hwd["layers"])
+    assert hwd["stored_program_events"] == 3 * weights
+    assert hwd["stored_program_energy_J"] == pytest.approx(3 * weights * load_crossbar(REPO / "crossbars" / "default.yaml").energy.program_J)
+    assert hwd["program_events"] == 3 * 2 * 2 * weights  # 3 splits x S = 2 x the 2 cells of a weight
 
 
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
@@ -153,5 +164,14 @@ def test_ir_drop_is_reported_and_first_order_out_of_range_warns(checkpoint, tmp_
         assert f"IR drop: a cell loses up to {drops[card]:.1%}" in text
         assert ("WARNING: the first-order IR-drop model is outside its range" in text) == (drops[card] > 0.2)
     assert 0 < drops["wires"] < 0.2 < drops["long"] < 1
+    # beyond a whole cell's current the first-order model would give negative conductances: refused
+    (tmp_path / "broken.yaml").write_text("name: broken\ntile: {rows: 256, cols: 256}\n"
+                                          "ir_drop: {model: first_order, r_wire_ohm: 30.0}\n")
+    cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar=str(tmp_path / "broken.yaml"),
+                                          strategy="fp"))
+    with pytest.raises(BayesimError, match=r"crossbar card broken: ir_drop.model first_order: the first-order drop "
+                                           r"of a cell is \d+% of its current .* use ir_drop.model: exact"):
+        run_experiment(cfg, tmp_path / "out", progress=False, log=None)
+    assert not (tmp_path / "out" / "metrics.json").exists()
     r = run_experiment(load_experiment(None, base=_cfg(checkpoint)), None, progress=False, log=None)
     assert r["hardware"]["ir_drop_max"] is None and "IR drop" not in result_table(r)

@@ -182,6 +182,7 @@ class AnalogLayer:
         if crossbar.adc.bits is not None and crossbar.adc.range == "fixed":
             self.adc_range = np.full((self.n_rt, self.out_features), crossbar.adc.full_scale, np.float32)
         self._programmed = False
+        self.stored_program_events = 0  # cells of the stored arrays programmed once (`program`)
         self._built = None
         self._sample_cache = None
         self._fused_mvm = self.out_features <= FUSED_MVM_MAX_OUT and not self.lumped
@@ -284,7 +285,8 @@ class AnalogLayer:
 
     # ------------------------------------------------------------------ programming
     def program(self) -> None:
-        """Program the stored arrays (VPQ/JQ: mu pair on uniform levels, sigma on log levels) once."""
+        """Program the stored arrays (VPQ/JQ: mu pair on uniform levels, sigma on log levels) once; their
+        cells are counted in `stored_program_events`, not in the per-sample `stats.program_events`."""
         self._programmed = True
         self._fixed_args = None  # the kernel arguments that hold for every sample, rebuilt on next use
         if not self.stored:
@@ -317,7 +319,9 @@ class AnalogLayer:
                 ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
                 self._tile_view(held, off, rows_r, c0, c1)[...] = self.device.program(tgt, key, ck)
             self.held[name] = held
-        self.stats.program_events += 3 * self.mu.size
+        # one-time programming, before any inference: counted apart from the per-sample events (stats are
+        # reset after ADC calibration)
+        self.stored_program_events = 3 * self.mu.size
         self._mu_read = np.empty_like(self.mu)
         self._sigma_read = np.empty_like(self.sigma)
         # Fused read of the stored arrays: a read is clip(mean + sd z) with a per-cell mean and sd fixed for a
@@ -571,6 +575,12 @@ class AnalogLayer:
             if self.ir:
                 for g in (a, b):
                     m, drop = irdrop.apply(g.T, ir.model, ir.r_wire_ohm)
+                    if drop >= 1.0:  # first order only: the exact solve never loses a whole current
+                        raise BayesimError(
+                            f"crossbar card {self.card.name}: ir_drop.model {ir.model}: the first-order drop of a cell "
+                            f"is {drop:.0%} of its current (layer {self.layer}, tile {r},{c}), so its effective "
+                            f"conductance would be negative: the model does not hold here; use ir_drop.model: exact, "
+                            f"smaller tiles or a smaller ir_drop.r_wire_ohm ({ir.r_wire_ohm:g} ohm)")
                     self.stats.ir_drop_max = max(self.stats.ir_drop_max, drop)
                     g[...] = m.T
             self._tile_view(self._wn, off, rows_r, c0, c1)[...] = (a - b) / np.float32(half)

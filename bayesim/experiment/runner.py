@@ -276,6 +276,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "ir_drop_max": st.ir_drop_max if card.ir_drop.model != "none" else None,
             "program_events": st.program_events,
             "energy_per_inference_J": {k: v / n_images for k, v in energy.items()},
+            "stored_program_events": analog.stored_program_events,
+            "stored_program_energy_J": analog.stored_program_events * card.energy.program_J,
             "simulation_time_s": hw_time,
         },
         "config": to_dict(cfg),
