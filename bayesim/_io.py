@@ -1,4 +1,4 @@
-"""Atomic file writing: nothing half-written is ever left behind."""
+"""Atomic file writing: nothing half-written is ever left behind; output paths checked before any work."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +6,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from bayesim.errors import BayesimError
 
 
 @contextlib.contextmanager
@@ -60,3 +62,104 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ------------------------------------------------------------------ output paths, checked before any work
+def check_out_dir(out, what: str = "--out") -> None:
+    """Refuse an output folder that cannot be written, before any work and without creating anything.
+
+    It must be a writable folder, or not exist yet with its nearest existing ancestor a writable folder
+    (it is created when metrics.json is written); `out/metrics.json` must not be a folder.
+    """
+    out = Path(out)
+
+    def fail(why: str):
+        fix = "give a folder that can be created or written" if what == "--out" else "choose one with --out"
+        raise BayesimError(f"{what} {out if str(out).isprintable() else repr(str(out))}: {why}; {fix}")
+
+    if "\0" in str(out):
+        fail("contains a NUL character")
+    try:
+        if out.exists():
+            if not out.is_dir():
+                fail("exists and is not a folder")
+            if (out / "metrics.json").is_dir():
+                fail("metrics.json in it is a folder")
+            _check_folder(out, fail)
+        else:
+            if out.is_symlink():
+                fail("is a broken symbolic link")
+            _check_folder(out.absolute().parent, fail)
+    except OSError as e:  # e.g. a folder on the way that may not be searched
+        fail(f"cannot be checked ({e.strerror or e})")
+
+
+def check_out_file(path, what: str = "--out") -> None:
+    """Refuse an output file path that cannot be written, before any work and without creating anything.
+
+    It must not be empty, a folder or another non-regular file (an existing file is replaced); its folder
+    must be writable, or not exist yet with its nearest existing ancestor a writable folder (see
+    `check_out_dir`).
+    """
+    text = os.fspath(path)
+    p = Path(text)
+
+    def fail(why: str):
+        raise BayesimError(f"{what} {text if text.strip() and text.isprintable() else repr(text)}: {why}; "
+                           "give a file path that can be created or written")
+
+    if not text.strip():
+        fail("empty")
+    if "\0" in text:
+        fail("contains a NUL character")
+    try:
+        if text.endswith(("/", os.sep)) or p.is_dir():
+            fail("is a folder")
+        if p.exists():
+            if not p.is_file():
+                fail("exists and is not a regular file")
+        elif p.is_symlink():
+            fail("is a broken symbolic link")
+        _check_folder(p.absolute().parent, fail)
+    except OSError as e:  # e.g. a folder on the way that may not be searched
+        fail(f"cannot be checked ({e.strerror or e})")
+
+
+def _check_folder(folder: Path, fail) -> None:
+    """`fail(why)` unless `folder` is, or can be created as, a writable folder on a real file system."""
+    anc = folder
+    while not anc.exists():
+        if anc.is_symlink():
+            fail(f"{anc} is a broken symbolic link")
+        anc = anc.parent
+    if not anc.is_dir():
+        fail(f"{anc} is not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        fail(f"{anc} is not writable")
+    try:  # read-only file systems, and pseudo file systems (/proc, /sys) where nothing can be created
+        st = os.statvfs(anc)
+        if st.f_flag & getattr(os, "ST_RDONLY", 1):
+            fail(f"{anc} is on a read-only file system")
+    except (OSError, AttributeError):
+        pass
+    if _pseudo_fs(anc):
+        fail(f"{anc} is on a kernel pseudo file system where files cannot be written")
+
+
+def _pseudo_fs(path) -> bool:
+    """Is `path` on a kernel pseudo file system (proc, sysfs, ...)? Linux only; False when unknown."""
+    try:
+        mounts = open("/proc/self/mounts", encoding="utf-8", errors="replace").read().splitlines()
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, parts[2]
+    return fstype in {"proc", "sysfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs", "tracefs",
+                      "pstore", "bpf", "configfs", "efivarfs", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc"}

@@ -33,3 +33,8 @@ class ConfigError(BayesimError):
 
 class DataError(BayesimError):
     """A data file that is missing, truncated or corrupt."""
+
+
+class DataMissing(DataError):
+    """A data set that is not there yet (not generated, nothing in the folder): a report may list it as
+    missing, where a file that is there but unreadable stays an error."""

@@ -272,3 +272,35 @@ def test_checkpoint_bad_inputs(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(BayesimError, match="junk.safetensors"):
         load_model(tmp_path / "junk.safetensors")
+
+
+def test_checkpoint_metadata_cannot_ask_for_a_huge_model(tmp_path, monkeypatch):
+    good = save_model(build_model(ModelConfig(arch="mlp", widths=[8])), tmp_path / "good.safetensors")
+
+    def meta(**kw):
+        return lambda m: m["model"].update(kw)
+
+    # out-of-range sizes: refused by the schema, naming the file and the key
+    with pytest.raises(ConfigError, match=r"w\.safetensors: model\.widths\[0\]: 1000000000 is out of range; "
+                                          r"allowed \[1, 65536\]"):
+        load_model(_rewrite(good, tmp_path / "w.safetensors", mutate_meta=meta(widths=[10**9])))
+    with pytest.raises(ConfigError, match=r"c\.safetensors: model\.num_classes: 1000000000 is out of range; "
+                                          r"allowed \[2, 10000\]"):
+        load_model(_rewrite(good, tmp_path / "c.safetensors", mutate_meta=meta(num_classes=10**9)))
+    with pytest.raises(ConfigError, match=r"model\.widths: 300 hidden layers; allowed at most 256"):
+        load_model(_rewrite(good, tmp_path / "d.safetensors", mutate_meta=meta(widths=[8] * 300)))
+    # in range but not what the file holds: the header's shapes are compared before any tensor is read
+    import safetensors.torch
+
+    def no_read(*a, **k):
+        raise AssertionError("tensor data read before the shapes were checked")
+
+    bad_w = _rewrite(good, tmp_path / "w2.safetensors", mutate_meta=meta(widths=[65536]))
+    bad_c = _rewrite(good, tmp_path / "c2.safetensors", mutate_meta=meta(num_classes=9999))
+    monkeypatch.setattr(safetensors.torch, "load_file", no_read)
+    with pytest.raises(BayesimError, match=r"w2\.safetensors: tensor 'layers\.1\.mu_w' has shape \(8, 784\), "
+                                           r"the mlp architecture needs \(65536, 784\)"):
+        load_model(bad_w)
+    with pytest.raises(BayesimError, match=r"c2\.safetensors: tensor 'layers\.3\.mu_w' has shape \(10, 8\).*"
+                                           r"\(9999, 8\)"):
+        load_model(bad_c)

@@ -154,3 +154,54 @@ def test_import_config_file(tmp_path, monkeypatch):
     assert main(["import-pyro", "--config", str(cfg)]) == 0
     model, _ = load_model(tmp_path / "o.safetensors")
     assert model.cfg.normalization == "mnist"
+
+
+def _mlp_params(widths, n_cls, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dims = [784, *widths, n_cls]
+    names = ["input_layer", *[f"hidden_layers.{i}" for i in range(len(widths) - 1)], "out_layer"]
+    p = {}
+    for n, a, b in zip(names, dims[:-1], dims[1:]):
+        for part, shp in (("weight", (b, a)), ("bias", (b,))):
+            p[f"AutoNormal.locs.{n}.{part}"] = torch.randn(shp, generator=g) * 0.1
+            p[f"AutoNormal.scales.{n}.{part}"] = torch.full(shp, -4.0)
+    return p
+
+
+def test_mlp_import_reads_widths_and_classes(tmp_path, monkeypatch):
+    ck = _save_pyro_like(tmp_path / "m.pt", _mlp_params([20, 12], 3), monkeypatch)
+    model = import_pyro(ck, "mlp")
+    assert model.cfg.widths == [20, 12] and model.cfg.num_classes == 3
+
+
+@pytest.mark.parametrize("widths, n_cls, bad", [
+    ([0], 10, r"'AutoNormal\.locs\.input_layer\.weight' has shape \(0, 784\)"),  # a hidden layer of width 0
+    ([20], 0, r"'AutoNormal\.locs\.out_layer\.weight' has shape \(0, 20\)"),  # no output classes
+], ids=["width-0", "0-classes"])
+def test_zero_size_layer_is_refused(tmp_path, monkeypatch, widths, n_cls, bad):
+    ck = _save_pyro_like(tmp_path / "z.pt", _mlp_params(widths, n_cls), monkeypatch)
+    with pytest.raises(BayesimError, match=r"z\.pt: " + bad + r"; a zero-size layer is not allowed"):
+        import_pyro(ck, "mlp")
+    out = tmp_path / "z.safetensors"
+    assert main(["import-pyro", str(ck), "--arch", "mlp", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_mlp_weight_that_is_not_2d_is_refused(tmp_path, monkeypatch):
+    p = _mlp_params([20, 12], 10)
+    p["AutoNormal.locs.hidden_layers.0.weight"] = torch.tensor(0.5)
+    ck = _save_pyro_like(tmp_path / "s.pt", p, monkeypatch)
+    with pytest.raises(BayesimError, match=r"s\.pt: layer 'hidden_layers\.0' has weight shape \(\).*2-d linear"):
+        import_pyro(ck, "mlp")
+
+
+def test_one_class_model_is_refused_on_import(tmp_path, monkeypatch, capsys):
+    from bayesim.errors import ConfigError
+
+    ck = _save_pyro_like(tmp_path / "one.pt", _mlp_params([20], 1), monkeypatch)
+    with pytest.raises(ConfigError, match=r"one\.pt: model\.num_classes: 1 is out of range; allowed \[2, 10000\] "
+                                          r"\(read from 'AutoNormal\.locs\.out_layer\.weight' of shape \(1, 20\)\)"):
+        import_pyro(ck, "mlp")
+    out = tmp_path / "one.safetensors"
+    assert main(["import-pyro", str(ck), "--arch", "mlp", "--out", str(out)]) == 2
+    assert not out.exists() and "one.pt: model.num_classes" in capsys.readouterr().err

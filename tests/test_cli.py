@@ -228,3 +228,118 @@ def test_builtin_quickstart_is_configs_quickstart():
 
     repo = Path(__file__).resolve().parents[1]
     assert load_experiment(None, base=BUILTIN_QUICKSTART) == load_experiment(repo / "configs" / "quickstart.yaml")
+
+
+# ------------------------------------------------------------------ output files, evaluate flags, import-pyro configs
+LENET = str(REPO / "bayesim" / "resources" / "lenet5_default.safetensors")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Bad input must fail before the work: importing, evaluating or drawing device levels fails the test."""
+    import bayesim.bnn.evaluate
+    import bayesim.bnn.pyro_import
+    import bayesim.data
+    import bayesim.devices.stats
+
+    def boom(*a, **k):
+        raise AssertionError("the work started; the bad input should have been refused before")
+    for mod, name in ((bayesim.bnn.pyro_import, "import_pyro"), (bayesim.bnn.evaluate, "evaluate_model"),
+                      (bayesim.data, "load_test_splits"), (bayesim.devices.stats, "level_overlap")):
+        monkeypatch.setattr(mod, name, boom)
+
+
+def _bad_out_files(tmp_path):
+    """(path, start of the reason) for output files that cannot be written."""
+    f = tmp_path / "f"
+    f.write_text("x")
+    return [(str(tmp_path), "is a folder"), (str(tmp_path / "new") + "/", "is a folder"),
+            ("/proc/bayesim_x.out", "/proc is"), ("/sys/bayesim_x.out", "/sys is"),
+            (str(f / "x.out"), f"{f} is not a folder"), ("/dev/null", "exists and is not a regular file"),
+            ("", "empty")]
+
+
+@pytest.mark.parametrize("command", ["import-pyro", "devices"])
+def test_out_file_checked_before_the_work(tmp_path, capsys, no_work, command):
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(b"not read: the output path is refused first")
+    for out, why in _bad_out_files(tmp_path):
+        if command == "import-pyro":
+            args, flag = ["import-pyro", str(ck), "--arch", "mlp", "--out", out], "--out"
+        else:
+            args, flag = ["devices", "show", "pcm", "--plot", out], "--plot"
+        assert main(args) == 2
+        msg = _error(capsys)
+        assert msg.startswith(f"{flag} {out or repr(out)}: {why}"), msg
+        assert msg.endswith("; give a file path that can be created or written"), msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "f"] and (tmp_path / "f").read_text() == "x"
+
+
+def test_out_file_check_creates_nothing(tmp_path):
+    from bayesim._io import check_out_file
+
+    check_out_file(tmp_path / "a" / "b" / "m.safetensors")
+    check_out_file(tmp_path / "m.safetensors")
+    (tmp_path / "old.png").write_text("replaced")
+    check_out_file(tmp_path / "old.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["old.png"]
+
+
+def test_evaluate_out_checked_before_evaluating(tmp_path, capsys, no_work):
+    f = tmp_path / "f"
+    f.write_text("x")
+    for out, why in ((f, "exists and is not a folder"), (Path("/proc/bayesim_x"), "/proc is")):
+        assert main(["evaluate", "--model", LENET, "--embedded", "--limit", "10", "--out", str(out)]) == 2
+        assert _error(capsys).startswith(f"--out {out}: {why}")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--batch-size", "0"], "--batch-size 0 is out of range; allowed 1 to 1000000"),
+    (["--batch-size", "-1"], "--batch-size -1 is out of range; allowed 1 to 1000000"),
+    (["--batch-size", "1000001"], "--batch-size 1000001 is out of range; allowed 1 to 1000000"),
+    (["--samples", "100000000"], "--samples 100000000 is out of range; allowed 1 to 100000"),
+    (["--samples", "0"], "--samples 0 is out of range; allowed 1 to 100000"),
+    (["--seed", "-1"], "--seed -1 is out of range; allowed 0 to 9223372036854775807"),
+    (["--seed", "18446744073709551616"], "--seed 18446744073709551616 is out of range; allowed 0 to "
+                                         "9223372036854775807"),
+    (["--bits", "3"], "--bits 3 has no effect without --strategy: the model's strategy is fp (full precision); "
+                      "give --strategy vpq, spq or jq"),
+    (["--strategy", "fp", "--w-bits", "3"], "--w-bits 3 has no effect with --strategy fp (full precision)"),
+    (["--act-upper", "inf"], "--act-upper inf: must be a finite number > 0 (or 'auto')"),
+    (["--act-upper", "nan"], "--act-upper nan: must be a finite number > 0 (or 'auto')"),
+])
+def test_evaluate_flags_limited_like_run(tmp_path, capsys, no_work, args, expect):
+    """--samples, --seed and --batch-size have the bounds of the experiment config `bayesim run` reads."""
+    from dataclasses import fields
+
+    from bayesim.experiment.config import ExperimentConfig
+
+    md = {f.name: f.metadata for f in fields(ExperimentConfig)}
+    assert (md["samples"]["hi"], md["seed"]["hi"], md["batch_size"]["hi"]) == (100000, 2**63 - 1, 1000000)
+    assert main(["evaluate", "--model", LENET, "--embedded", *args, "--out", str(tmp_path / "o")]) == 2
+    assert _error(capsys).startswith(expect)
+    assert not (tmp_path / "o").exists()
+
+
+def test_import_config_paths_relative_to_the_config(tmp_path, capsys, monkeypatch, shared_models_dir):
+    (tmp_path / "cfg" / "py").mkdir(parents=True)
+    (tmp_path / "cfg" / "py" / "good.pt").symlink_to(shared_models_dir / "pfp_svi_mlp_e40.pt")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    c = tmp_path / "cfg" / "c.yaml"
+    c.write_text("checkpoint: py/good.pt\narch: mlp\nout: models/m.safetensors\n")
+    assert main(["import-pyro", "--config", str(c)]) == 0
+    assert (tmp_path / "cfg" / "models" / "m.safetensors").is_file()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    capsys.readouterr()
+    # a missing checkpoint names the config file and the key, before importing
+    c.write_text("checkpoint: py/missing.pt\narch: mlp\nout: m2.safetensors\n")
+    assert main(["import-pyro", "--config", str(c)]) == 2
+    assert _error(capsys) == (f"{c}: checkpoint: {tmp_path / 'cfg' / 'py' / 'missing.pt'}: file not found; "
+                              "expected a Pyro parameter-store file (.pt)")
+    # a bad out in the config names the config file and the key
+    c.write_text("checkpoint: py/good.pt\narch: mlp\nout: py\n")
+    assert main(["import-pyro", "--config", str(c)]) == 2
+    assert _error(capsys).startswith(f"{c}: out: {tmp_path / 'cfg' / 'py'}: is a folder")
+    assert not (tmp_path / "cfg" / "m2.safetensors").exists()

@@ -109,3 +109,19 @@ def test_cli_subprocess_exit_code(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+
+
+def test_info_corrupt_ambiguous_file_and_bad_size_exit_2(data_dir, tmp_path, capsys):
+    """A corrupt official Ambiguous-MNIST file is an error (not a 'missing' row), and its message does not
+    repeat torch's advice to load with weights_only=False; --size below 1 is refused as in `prepare`."""
+    for sub in ("mnist", "fashion-mnist"):
+        (tmp_path / sub).symlink_to(data_dir / sub)
+    (tmp_path / "ambiguous-mnist").mkdir()
+    for name in ("amnist_samples.pt", "amnist_labels.pt"):
+        (tmp_path / "ambiguous-mnist" / name).write_bytes(b"garbage")
+    line = _one_error_line(capsys, main(["data", "info", "--data-dir", str(tmp_path)]))
+    assert "amnist_samples.pt: cannot be read as a plain torch tensor file" in line
+    assert "weights_only=False" not in line and "will likely succeed" not in line
+    for size in ("0", "-1"):
+        line = _one_error_line(capsys, main(["data", "info", "--size", size]))
+        assert f"--size must be >= 1, got {size}" in line

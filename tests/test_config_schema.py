@@ -136,3 +136,15 @@ def test_string_pattern():
     assert build(_Named, {"name": "abc"}).name == "abc"
     with pytest.raises(ConfigError, match=r"f.yaml: name: 'A1' is not allowed; use lowercase letters"):
         build(_Named, {"name": "A1"}, source="f.yaml")
+
+
+def test_bare_on_off_in_yaml_mean_the_words_where_the_choices_are_words(tmp_path):
+    """YAML 1.1 reads a bare `off` as false: a Literal of "on"/"off" takes it as the word it was written as;
+    elsewhere a boolean stays refused."""
+    from bayesim.experiment import load_experiment
+
+    (tmp_path / "c.yaml").write_text("name: q\nhardware: {lumped: off}\n")
+    assert load_experiment(tmp_path / "c.yaml").hardware.lumped == "off"
+    assert load_experiment(tmp_path / "c.yaml", overrides=["hardware.lumped=on"]).hardware.lumped == "on"
+    with pytest.raises(ConfigError, match="adc.mode: True is not allowed; choose one of 'max', 'percentile'"):
+        build(_Card, {"name": "x", "adc": {"mode": True}}, source="card.yaml")

@@ -261,3 +261,21 @@ def test_real_ambiguous_module_with_official_files(data_dir, tmp_path):
     x, y = load_train(folder, noise_std=0.0, generate=False, progress=False)
     assert x.shape[0] == 60000 + 40 and y[60000:].tolist() == FAKE_LABELS["test"].reshape(-1).tolist()
     np.testing.assert_allclose(x[60000::10, 0, 0, 0], ((np.arange(4) + 1) / 64.0 - MNIST_MEAN) / MNIST_STD, atol=1e-6)
+
+
+def test_a_named_data_folder_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    """A mistyped --data-dir (or $BAYESIM_DATA) is refused instead of silently using the embedded subset."""
+    from bayesim.data import load_test_splits
+    from bayesim.errors import DataError
+
+    with pytest.raises(DataError, match=r"nonexistent: the data folder does not exist"):
+        load_test_splits(tmp_path / "nonexistent", limit=5)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"file: the data folder is a file, not a folder"):
+        load_test_splits(tmp_path / "file", limit=5)
+    monkeypatch.setenv("BAYESIM_DATA", str(tmp_path / "typo"))
+    with pytest.raises(DataError, match=r"typo: \$BAYESIM_DATA does not exist"):
+        load_test_splits(None, limit=5)
+    assert load_test_splits(None, embedded=True, limit=5)["mnist"].subset  # the subset needs no folder
+    (tmp_path / "empty").mkdir()
+    assert load_test_splits(tmp_path / "empty", limit=5)["ood"].subset  # an existing folder without data: subset

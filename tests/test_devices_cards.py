@@ -75,6 +75,11 @@ def test_table_errors_name_the_csv(tmp_path):
     (tmp_path / "v.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,0.1\n")
     expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: v.csv}\n", "programming.file", "at least 2 levels")
     expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: nope.csv}\n", "programming.file", "not found")
+    (tmp_path / "folder.csv").mkdir()
+    expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: folder.csv}\n", "programming.file",
+           "is a folder, not a file")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftarget_uS,mean_uS,std_uS\n1,1.1,0.1\n5,5.2,0.3\n")
+    assert load_device(write(tmp_path, "name: x\nmodel: table\nprogramming: {file: bom.csv}\n")).g_max == 5.0
     (tmp_path / "w.csv").write_text("target_uS,mean_uS,std_uS\n2,2.1,0.1\n50,49,0.5\n")
     expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 0.0, g_max_uS: 25.0}\nprogramming: {file: w.csv}\n",
            "programming.file", "[2.0, 50.0]", "must lie in [g_min_uS, g_max_uS] = [0.0, 25.0]")
@@ -155,6 +160,10 @@ def test_list_marks_a_card_whose_name_a_builtin_takes(tmp_path):
     card = rows[("ideal", "card")]
     assert "load it by path" in card["note"] and "built-in" in card["note"]
     assert "note" not in rows[("pcm_ibm", "card")] and "note" not in rows[("ideal", "built-in")]
+    assert not any("invalid card" in r["source"] for r in rows.values())  # every shipped card is valid
+    write(tmp_path, "name: flipped\nmodel: gaussian\nrange: {g_min_uS: 40, g_max_uS: 10}\n", "flipped.yaml")
+    row = {r["name"]: r for r in list_devices([tmp_path])}["flipped"]
+    assert row["source"].startswith("(invalid card: ") and "must be below g_max_uS" in row["source"]
 
 
 def test_cli_list_and_show(tmp_path, capsys):
@@ -198,3 +207,60 @@ def test_intrinsic_sigma_and_realisable_range():
     # the Wan 2022 polynomial: 0.722 uS at g_min = 1 uS, peaks near G/g_max = 0.27 (about 2.3 uS)
     assert abs(r["min"] - 0.723) < 0.01 and 2.2 < r["max"] < 2.4
     assert realisable_sigma(load_device("ideal"))["max"] == 0.0
+
+
+def test_sanity_bounds_catch_slipped_exponents(tmp_path):
+    """Values a float32 holds but no device has: level counts, polynomial coefficients, CSV conductances,
+    gain spread and the 1/f coefficient are bounded like range.g_max_uS."""
+    expect(tmp_path, "name: x\nmodel: gaussian\nrange: {g_min_uS: 0, g_max_uS: 25, n_levels: 100000000}\n",
+           "range.n_levels", "out of range", "65536")
+    expect(tmp_path, "name: x\nmodel: gaussian\nprogramming: {coeffs_uS: [0.1, 1.0e30]}\n",
+           "programming.coeffs_uS[1]", "out of range", "100000")
+    expect(tmp_path, "name: x\nmodel: pcm\nread: {model: polynomial, coeffs_uS: [1.0e38]}\n", "read.coeffs_uS[0]")
+    expect(tmp_path, "name: x\nmodel: gaussian\nd2d: {relative: 1.0e30}\n", "d2d.relative", "out of range")
+    expect(tmp_path, "name: x\nmodel: pcm\nread: {q_coeff: 1.0e30}\n", "read.q_coeff", "out of range")
+    (tmp_path / "big.csv").write_text("target_uS,mean_uS,std_uS\n2,2.1,0.1\n1e30,1e30,0.5\n")
+    expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: big.csv}\n", "programming.file", "big.csv",
+           "line 3", "at most 100000 uS")
+    (tmp_path / "std.csv").write_text("target_uS,mean_uS,std_uS\n2,2.1,1e38\n5,5,0.5\n")
+    expect(tmp_path, "name: x\nmodel: table\nprogramming: {file: std.csv}\n", "programming.file", "line 2")
+
+
+def test_log_levels_without_a_positive_lowest_level_name_the_card(tmp_path):
+    p = write(tmp_path, "name: d\nmodel: gaussian\nrange: {g_min_uS: 0, g_max_uS: 25}\n")
+    dev = load_device(p)
+    assert dev.levels(4, "linear")[0] == 0
+    with pytest.raises(ConfigError, match=rf"{p}: range.log_min_uS: log spacing .* set range.log_min_uS"):
+        dev.levels(4, "log")
+
+
+def test_plugin_outputs_are_checked_and_the_card_named(tmp_path):
+    """A plug-in returning the wrong shape or NaN stops with a message naming the card and the method,
+    instead of a numpy traceback in the crossbar or NaN predictions; its class stays its own."""
+    write(tmp_path, "import numpy as np\n"
+                    f"import sys; sys.path.insert(0, {str(DEV / 'examples')!r})\n"
+                    "from my_device import MyDevice\n"
+                    "class BadShape(MyDevice):\n"
+                    "    def program(self, targets, key, cell_key):\n"
+                    "        return super().program(targets, key, cell_key).ravel()[:1]\n"
+                    "class NaNRead(MyDevice):\n"
+                    "    def read(self, held, t_read, key, cell_key):\n"
+                    "        return np.full(np.shape(held), np.nan, np.float32)\n"
+                    "class NaNLevels(MyDevice):\n"
+                    "    def levels(self, n, spacing='linear'):\n"
+                    "        return np.full(n, np.nan, np.float32)\n", "plug.py")
+    targets = np.full((3, 4), 5.0, np.float32)
+    dev = load_device(write(tmp_path, "name: bad\nmodel: plug.py:BadShape\n", "bad.yaml"))
+    assert type(dev).__name__ == "BadShape"
+    with pytest.raises(BayesimError, match=r"bad.yaml: plug-in BadShape.program\(\) returned shape \(1,\) for an "
+                                           r"input of shape \(3, 4\); it must return finite conductances"):
+        dev.program(targets, 1, 2)
+    dev = load_device(write(tmp_path, "name: nan\nmodel: plug.py:NaNRead\n", "nan.yaml"))
+    held = dev.program(targets, 1, 2)
+    with pytest.raises(BayesimError, match=r"nan.yaml: plug-in NaNRead.read\(\) returned 12 NaN or Inf values"):
+        dev.read(held, 1.0, 3, 2)
+    dev = load_device(write(tmp_path, "name: lv\nmodel: plug.py:NaNLevels\n", "lv.yaml"))
+    with pytest.raises(BayesimError, match=r"lv.yaml: plug-in NaNLevels.levels\(\) returned 4 NaN"):
+        dev.levels(4)
+    good = load_device(DEV / "examples" / "my_device.yaml")
+    assert good.program(targets, 1, 2).shape == (3, 4) and np.isfinite(good.levels(5, "linear")).all()

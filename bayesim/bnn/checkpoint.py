@@ -89,26 +89,47 @@ def load_model(path: str | os.PathLike, expect_arch: str | None = None):
     if expect_arch is not None and cfg.arch != expect_arch:
         raise ConfigError(f"checkpoint holds a {cfg.arch!r} model, expected {expect_arch!r}", source=str(p),
                           key="model.arch")
+    with torch.device("meta"):  # shapes only, no memory: the metadata may ask for a huge model
+        need = {k: tuple(v.shape) for k, v in BayesNet(cfg).state_dict().items()}
+    check_shapes(need, read_shapes(p), cfg.arch, str(p))  # before any tensor data is read or allocated
     tensors = load_file(str(p), device="cpu")
     model = BayesNet(cfg)
     load_state(model, tensors, str(p))
     return model, meta
 
 
+def read_shapes(path: str | os.PathLike) -> dict:
+    """name -> shape of every tensor in the checkpoint, from the safetensors header (no data read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise BayesimError(f"{path}: not a safetensors checkpoint ({type(e).__name__}: {e})") from None
+
+
+def check_shapes(need: dict, found: dict, arch: str, source: str) -> None:
+    """Refuse tensors (name -> shape in `found`) whose names or shapes differ from those `need`ed."""
+    missing = sorted(set(need) - set(found))
+    unexpected = sorted(set(found) - set(need))
+    if missing or unexpected:
+        raise BayesimError(f"{source}: tensors do not fit a {arch!r} model"
+                           + (f"; missing {missing[:4]}" if missing else "")
+                           + (f"; unexpected {unexpected[:4]}" if unexpected else ""))
+    for name, shape in need.items():
+        if tuple(found[name]) != tuple(shape):
+            raise BayesimError(f"{source}: tensor {name!r} has shape {tuple(found[name])}, the {arch} "
+                               f"architecture needs {tuple(shape)}")
+
+
 def load_state(model, tensors: dict, source: str) -> None:
     """Copy `tensors` into `model` after checking names, shapes, finiteness and sigma > 0."""
     state = model.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    if missing or unexpected:
-        raise BayesimError(f"{source}: tensors do not fit a {model.cfg.arch!r} model"
-                           + (f"; missing {missing[:4]}" if missing else "")
-                           + (f"; unexpected {unexpected[:4]}" if unexpected else ""))
+    check_shapes({k: tuple(v.shape) for k, v in state.items()}, {k: tuple(t.shape) for k, t in tensors.items()},
+                 model.cfg.arch, source)
     for name, ref in state.items():
         t = tensors[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise BayesimError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the {model.cfg.arch} "
-                               f"architecture needs {tuple(ref.shape)}")
         if not torch.isfinite(t).all():
             raise BayesimError(f"{source}: tensor {name!r} contains NaN or Inf")
         if name.rsplit(".", 1)[-1].startswith("rho_"):

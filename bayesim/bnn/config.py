@@ -13,6 +13,9 @@ from bayesim.errors import ConfigError
 
 STRATEGIES = ("fp", "vpq", "spq", "jq")
 ARCHS = ("mlp", "lenet5")
+MAX_CLASSES = 10_000  # sane upper bounds: a checkpoint's metadata must not ask for terabytes of weights
+MAX_WIDTH = 65_536
+MAX_HIDDEN_LAYERS = 256
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,9 @@ class QuantConfig:
 class ModelConfig:
     """Architecture, activation, prior, quantization and the data normalisation the model expects."""
     arch: Literal["mlp", "lenet5"] = "mlp"
-    widths: list[int] = spec(default_factory=lambda: [100, 100], doc="mlp hidden widths")
-    num_classes: int = spec(10, lo=2)
+    widths: list[int] = field(default_factory=lambda: [100, 100],  # item_md: the range of each width
+                              metadata={"doc": "mlp hidden widths", "item_md": {"lo": 1, "hi": MAX_WIDTH}})
+    num_classes: int = spec(10, lo=2, hi=MAX_CLASSES)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     prior_sigma: float = spec(1.0, lo=0.0, lo_open=True)
     init_rho: float = spec(-5.5, doc="initial rho; sigma = softplus(rho)")
@@ -67,6 +71,8 @@ class ModelConfig:
     def validate(self):
         if self.arch == "mlp" and (not self.widths or any(w < 1 for w in self.widths)):
             raise ConfigError("mlp widths must be a non-empty list of positive integers", key="widths")
+        if len(self.widths) > MAX_HIDDEN_LAYERS:
+            raise ConfigError(f"{len(self.widths)} hidden layers; allowed at most {MAX_HIDDEN_LAYERS}", key="widths")
 
     def with_quant(self, **kw) -> "ModelConfig":
         return replace(self, quant=replace(self.quant, **kw))

@@ -21,7 +21,7 @@ import types
 from dataclasses import replace
 from pathlib import Path
 
-from bayesim.errors import BayesimError
+from bayesim.errors import BayesimError, ConfigError
 
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"),
@@ -145,6 +145,23 @@ def _order(layers, arch: str, source: str) -> list[str]:
     return names
 
 
+def _validated(cfg, source: str, origin: dict):
+    """`cfg` checked by the schema that loads checkpoints (num_classes >= 2, width bounds, ...)."""
+    from bayesim.bnn.config import ModelConfig
+    from bayesim.config.schema import build, to_dict
+
+    try:
+        return build(ModelConfig, to_dict(cfg), source=source, key="model")
+    except ConfigError as e:
+        if e.key in origin:
+            pname, t = origin[e.key]
+            raise ConfigError(f"{e.message} (read from {pname!r} of shape {tuple(t.shape)})", source,
+                              e.key) from None
+        if e.key == "model.widths" and origin:
+            raise ConfigError(f"{e.message} (one per hidden layer of the checkpoint)", source, e.key) from None
+        raise
+
+
 def import_pyro(path: str | os.PathLike, arch: str, normalization: str = "own", activation=None):
     """A BayesNet (strategy fp) from the Pyro checkpoint at `path` for architecture `arch`.
 
@@ -161,15 +178,25 @@ def import_pyro(path: str | os.PathLike, arch: str, normalization: str = "own", 
     src = str(path)
     layers = _group(read_pyro_params(path), src)
     order = _order(layers, arch, src)
+    for d in layers.values():
+        for pname, t in d.values():
+            if t.numel() == 0:
+                raise BayesimError(f"{src}: {pname!r} has shape {tuple(t.shape)}; a zero-size layer is not "
+                                   "allowed (every dimension must be at least 1)")
     cfg = ModelConfig(arch=arch, normalization=normalization, activation=activation or ActivationConfig())
+    origin = {}  # config key -> the Pyro parameter whose shape gives it (for the error message)
     if arch == "mlp":
-        w0 = layers[order[0]]["locs.weight"][1]
-        if w0.ndim != 2:
-            raise BayesimError(f"{src}: layer {order[0]!r} has weight shape {tuple(w0.shape)}; an mlp needs "
-                               "2-d linear weights [out, in]")
+        for n in order:
+            pname, w = layers[n]["locs.weight"]
+            if w.ndim != 2:
+                raise BayesimError(f"{src}: layer {n!r} has weight shape {tuple(w.shape)} ({pname!r}); an mlp "
+                                   "needs 2-d linear weights [out, in]")
         widths = [int(layers[n]["locs.weight"][1].shape[0]) for n in order[:-1]]
         n_cls = int(layers[order[-1]]["locs.weight"][1].shape[0])
         cfg = replace(cfg, widths=widths, num_classes=n_cls)
+        origin = {f"model.widths[{i}]": layers[n]["locs.weight"] for i, n in enumerate(order[:-1])}
+        origin["model.num_classes"] = layers[order[-1]]["locs.weight"]
+    cfg = _validated(cfg, src, origin)
     model = BayesNet(cfg)
     bl = model.bayes_layers
     if len(order) != len(bl):

@@ -89,7 +89,7 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
     from bayesim.data.dirty import (SPLITS, ambiguous_available,
                                     load_ambiguous_checked, load_test_split)
     from bayesim.data.sources import has_files, load_mnist
-    from bayesim.errors import DataError
+    from bayesim.errors import DataMissing
 
     folder = _check_folder(data_dir)
     out: dict = {"data_dir": str(folder), "normalization": normalization, "train": {}, "test": {}}
@@ -104,15 +104,15 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
             _, labels = load_ambiguous_checked(data_dir, "train", seed=seed, size=ambiguous_size, generate=False,
                                                progress=False)
             amb_train = _summary(None, labels.reshape(-1), images=int(labels.shape[0]))
-        except DataError:
-            amb_train = None  # not generated yet
+        except DataMissing:
+            amb_train = None  # not generated yet (a corrupt file is an error)
     out["train"]["ambiguous_pairs"] = amb_train
     for name in SPLITS:
         try:
             s = load_test_split(name, data_dir, normalization=normalization, generate=False, progress=False,
                                 ambiguous_size=ambiguous_size, ambiguous_seed=seed)
-        except DataError as e:
-            if name == "ambiguous":  # not generated yet / not in the embedded subset: report it
+        except DataMissing as e:
+            if name == "ambiguous":  # not generated yet: report it (a corrupt file is an error)
                 out["test"][name] = {"n": 0, "missing": str(e)}
                 continue
             raise
@@ -121,6 +121,10 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from bayesim.errors import DataError
+
+    if args.size is not None and args.size < 1:
+        raise DataError(f"--size must be >= 1, got {args.size}")
     info = collect_info(args.data_dir, args.normalization, args.seed, args.size)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -57,6 +57,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from bayesim._io import check_out_file
     from bayesim.config.schema import to_dict
     from bayesim.devices import load_device
     from bayesim.devices.stats import level_overlap, max_distinguishable_levels
@@ -66,6 +67,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise BayesimError(f"--samples must be >= 2, got {args.samples}")
     if not args.t_read >= 0:
         raise BayesimError(f"--t-read must be >= 0 s, got {args.t_read}")
+    if args.plot is not None:
+        check_out_file(args.plot, "--plot")
     dev = load_device(args.name, _cards(args))
     card = getattr(dev, "card", None)
     measured = dev.measured_levels() if hasattr(dev, "measured_levels") else None

@@ -19,6 +19,8 @@ metrics.json keys (interface):
 """
 from __future__ import annotations
 
+import math
+
 from bayesim.errors import BayesimError
 
 STRATEGIES = ("fp", "vpq", "spq", "jq")
@@ -74,8 +76,7 @@ def prepare_model(args):
                            + (f" (did you mean {m[0]!r}?)" if m else ""))
     bits = {k: _bits(f"--{k.replace('_', '-')}", getattr(args, k)) for k in ("bits", "mu_bits", "sigma_bits",
                                                                            "w_bits", "act_bits")}
-    if args.samples < 1:
-        raise BayesimError(f"--samples {args.samples} is not allowed; a positive integer")
+    check_limits(args)
     if args.pyro:
         if args.arch not in ("mlp", "lenet5"):
             raise BayesimError("--pyro needs --arch mlp or --arch lenet5")
@@ -90,6 +91,11 @@ def prepare_model(args):
     requant = args.strategy is not None or any(bits[k] is not None for k in ("bits", "mu_bits", "sigma_bits", "w_bits")) \
         or args.range is not None
     if requant:
+        given = [k for k in ("bits", "mu_bits", "sigma_bits", "w_bits") if bits[k] is not None]
+        if given and (args.strategy or q.strategy) == "fp":
+            flag = f"--{given[0].replace('_', '-')} {bits[given[0]]}"
+            why = "with --strategy fp" if args.strategy else "without --strategy: the model's strategy is fp"
+            raise BayesimError(f"{flag} has no effect {why} (full precision); give --strategy vpq, spq or jq")
         b = bits["bits"]
         q = replace(q, strategy=args.strategy or q.strategy,
                     mu_bits=bits["mu_bits"] or b or q.mu_bits, sigma_bits=bits["sigma_bits"] or b or q.sigma_bits,
@@ -108,13 +114,26 @@ def prepare_model(args):
                 upper = float(args.act_upper)
             except ValueError:
                 raise BayesimError(f"--act-upper {args.act_upper!r}: expected a positive number or 'auto'") from None
-            if not upper > 0:
-                raise BayesimError(f"--act-upper {upper}: must be > 0")
+            if not 0 < upper < math.inf:
+                raise BayesimError(f"--act-upper {upper}: must be a finite number > 0 (or 'auto')")
         if kind == "relu" and bits["act_bits"] is not None:
             raise BayesimError("--act-bits needs --activation bounded (a ReLU has no upper end to quantize)")
         act = ActivationConfig(kind=kind, upper=upper, bits=bits["act_bits"] if kind == "bounded" else None)
         model.set_activation(act, uppers)
     return model, info
+
+
+def check_limits(args) -> None:
+    """--samples, --seed and --batch-size within the bounds `bayesim run` allows (the experiment config's)."""
+    import dataclasses
+
+    from bayesim.experiment.config import ExperimentConfig
+
+    md = {f.name: f.metadata for f in dataclasses.fields(ExperimentConfig)}
+    for flag, key in (("--samples", "samples"), ("--seed", "seed"), ("--batch-size", "batch_size")):
+        lo, hi, v = md[key]["lo"], md[key]["hi"], getattr(args, key)
+        if not lo <= v <= hi:
+            raise BayesimError(f"{flag} {v} is out of range; allowed {lo} to {hi}")
 
 
 def _auto_uppers(model, data_dir):
@@ -130,10 +149,11 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from bayesim._io import write_json_atomic
+    from bayesim._io import check_out_dir, write_json_atomic
     from bayesim.bnn.evaluate import evaluate_model, summary_table
     from bayesim.data import load_test_splits
 
+    check_out_dir(args.out)
     model, info = prepare_model(args)
     splits = load_test_splits(args.data_dir, normalization=model.cfg.normalization, seed=args.seed,
                               embedded=True if args.embedded else None, limit=args.limit)

@@ -1,7 +1,8 @@
 """`bayesim import-pyro CKPT --arch mlp|lenet5 --out MODEL`: convert a Pyro mean-field checkpoint.
 
 Also from a YAML config: `bayesim import-pyro --config X.yaml` with keys checkpoint, arch, out,
-normalization ("own": Fashion-MNIST normalised with its own statistics, the reference's convention).
+normalization ("own": Fashion-MNIST normalised with its own statistics, the reference's convention);
+relative paths in it are relative to the config file's folder. The output path is checked before importing.
 """
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from bayesim._io import check_out_file
     from bayesim.bnn.checkpoint import save_model
     from bayesim.bnn.pyro_import import import_pyro
     from bayesim.config.schema import build, load_yaml
-    from bayesim.errors import BayesimError
+    from bayesim.errors import BayesimError, ConfigError
 
     raw = load_yaml(args.config) if args.config else {}
     for k in ("checkpoint", "arch", "out", "normalization"):
@@ -45,7 +49,30 @@ def run(args) -> int:
     if not args.config and any(raw.get(k) is None for k in ("checkpoint", "arch", "out")):
         raise BayesimError("import-pyro needs CKPT, --arch mlp|lenet5 and --out MODEL (or --config X.yaml)")
     cfg = build(ImportConfig, raw, source=args.config or "<command line>")
+    cfg = _resolve_paths(cfg, args)
+    if args.checkpoint is None:  # from the config file: name it and the key
+        ck, what = Path(cfg.checkpoint), "expected a Pyro parameter-store file (.pt)"
+        if ck.is_dir():
+            raise ConfigError(f"{ck} is a folder; {what}", args.config, "checkpoint")
+        if not ck.is_file():
+            raise ConfigError(f"{ck}: file not found; {what}", args.config, "checkpoint")
+    check_out_file(cfg.out, "--out" if args.out is not None else f"{args.config}: out:")
     model = import_pyro(cfg.checkpoint, cfg.arch, normalization=cfg.normalization)
     path = save_model(model, cfg.out, source={"kind": "pyro", "checkpoint": str(cfg.checkpoint)})
     print(f"wrote {path} ({cfg.arch}, {model.n_weights} Bayesian weights)")
     return 0
+
+
+def _resolve_paths(cfg: ImportConfig, args) -> ImportConfig:
+    """Relative checkpoint and out paths in a config file are relative to that file's folder (as in
+    experiment configs); those given on the command line stay relative to the current folder."""
+    import os
+    from dataclasses import replace
+
+    folder = os.path.dirname(args.config or "")
+    new = {}
+    for k in ("checkpoint", "out"):
+        v = getattr(cfg, k)
+        if folder and getattr(args, k) is None and v.strip() and not os.path.isabs(v):
+            new[k] = os.path.join(folder, v)  # keeps a trailing '/': out must not name a folder
+    return replace(cfg, **new)

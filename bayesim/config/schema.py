@@ -199,6 +199,9 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
         raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", source, key)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off (yes/no) as true/false
+            value = next((w for w in (("on", "yes", "true") if value else ("off", "no", "false")) if w in allowed),
+                         value)
         if value not in allowed:
             raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
                               + _suggest(value, allowed), source, key)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayesim.errors import DataError
+from bayesim.errors import DataError, DataMissing
 
 N_CLASSES = 10
 N_LABELS = 10
@@ -366,9 +366,10 @@ def _torch_load_tensor(path: Path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot be read as a plain torch tensor file "
-                        f"(torch.load weights_only=True): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                        ) from None
+        # torch's own message would advise weights_only=False, i.e. running the file's code: not repeated here
+        raise DataError(f"{path}: cannot be read as a plain torch tensor file: corrupt, truncated, or not a tensor "
+                        f"saved by torch.save (read with weights_only=True, so no code in it runs; "
+                        f"{type(e).__name__})") from None
     if not isinstance(obj, torch.Tensor):
         raise DataError(f"{path}: expected a tensor, found {type(obj).__name__}")
     return obj
@@ -605,7 +606,7 @@ def load_ambiguous(data_dir: Path, split: str, seed: int = 0, size: int | None =
                 raise DataError(f"{e}; delete {man.parent / cache_stem(seed, size)}.* or allow generation") from None
             warnings.warn(f"{e}; regenerating", stacklevel=2)
     elif not generate:
-        raise DataError(f"Ambiguous-MNIST (seed {seed}, {size} per split) is not generated yet and neither "
+        raise DataMissing(f"Ambiguous-MNIST (seed {seed}, {size} per split) is not generated yet and neither "
                         f"{OFFICIAL_SAMPLES} nor {OFFICIAL_LABELS} is in {data_dir}/{SUBDIR}; run "
                         f"`bayesim data prepare` or allow generation")
     from bayesim.data.sources import load_mnist

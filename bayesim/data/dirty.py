@@ -174,6 +174,8 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
         raise ConfigError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}", key="split")
     mean, std = stats_for(name, normalization)
     use_embedded = embedded is True
+    if not use_embedded:
+        _check_named_folder(data_dir)
     if embedded is None:
         use_embedded = not full_data_available(data_dir) or (name == "ambiguous" and not ambiguous_available())
     if use_embedded:
@@ -190,6 +192,20 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
         source += f"; seeded {y.shape[0]}-row limit (seed {seed})"
     y = np.ascontiguousarray(y, dtype=np.int64)
     return Split(name=name, x=normalize(x, mean, std), y=y, subset=use_embedded, source=source)
+
+
+def _check_named_folder(data_dir) -> None:
+    """A data folder the user named (argument or $BAYESIM_DATA) must exist: a mistyped path would otherwise
+    fall back to the embedded subset without a word. The default cache folder may be missing."""
+    named = data_dir if data_dir else os.environ.get("BAYESIM_DATA")
+    if not named:
+        return
+    folder = resolve_data_dir(data_dir)
+    if not folder.is_dir():
+        how = "is a file, not a folder" if folder.exists() else "does not exist"
+        src = "the data folder" if data_dir else "$BAYESIM_DATA"
+        raise DataError(f"{folder}: {src} {how}; name an existing folder (or leave it out to use the embedded "
+                        "test subset)")
 
 
 def load_test_splits(data_dir: str | os.PathLike | None = None, normalization: str = "mnist", seed: int = 0,

@@ -43,6 +43,17 @@ def poly_sigma(coeffs, g_rel):
     return np.maximum(s, 0.0)
 
 
+#: Sanity bound of every conductance and conductance std a card gives (uS), as for range.g_max_uS: it
+#: catches a slipped exponent, not an unusual device.
+MAX_US = 1e5
+
+
+def _check_coeffs(coeffs) -> None:
+    for i, c in enumerate(coeffs):
+        if abs(c) > MAX_US:
+            raise ConfigError(f"{c!r} is out of range; allowed [-{MAX_US:g}, {MAX_US:g}] uS", key=f"coeffs_uS[{i}]")
+
+
 @dataclass(frozen=True)
 class RangeSpec:
     """Conductance range (uS) and level options."""
@@ -51,7 +62,7 @@ class RangeSpec:
     log_min_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=1e5,
                                        doc="lowest level of log spacing (default g_min; must be > 0)")
     levels_uS: Optional[list[float]] = spec(None, doc="the device's own measured levels (ascending)")
-    n_levels: Optional[int] = spec(None, lo=2, doc="published number of programmable levels")
+    n_levels: Optional[int] = spec(None, lo=2, hi=1 << 16, doc="published number of programmable levels")
     clip: str = spec("range", choices=("range", "nonnegative"),
                      doc="range: clip programmed/read values to [g_min, g_max]; nonnegative: to [0, inf) "
                          "(aihwkit PCM convention)")
@@ -75,6 +86,7 @@ class ProgrammingSpec:
     def validate(self):
         if self.model == "polynomial" and not self.coeffs_uS:
             raise ConfigError("polynomial programming noise needs coeffs_uS", key="coeffs_uS")
+        _check_coeffs(self.coeffs_uS)
         if self.model == "table" and not self.file:
             raise ConfigError("table programming noise needs file", key="file")
 
@@ -84,8 +96,9 @@ class ReadSpec:
     """Read noise: none, polynomial sigma(G) (constant in time) or PCM 1/f growing with log time."""
     model: Literal["none", "polynomial", "pcm"] = "none"
     coeffs_uS: list[float] = spec([], doc="sigma = max(sum_k c_k (G/g_max)^k, 0) uS")
-    q_coeff: float = spec(0.0088, lo=0.0, doc="pcm: q_s = min(q_coeff / max((G/g_max)^q_exponent, 1e-3), q_max)")
-    q_exponent: float = spec(0.65, lo=0.0)
+    q_coeff: float = spec(0.0088, lo=0.0, hi=10.0,
+                          doc="pcm: q_s = min(q_coeff / max((G/g_max)^q_exponent, 1e-3), q_max)")
+    q_exponent: float = spec(0.65, lo=0.0, hi=10.0)
     q_max: float = spec(0.2, lo=0.0, hi=10.0)
     t_pulse_s: float = spec(250e-9, lo=0.0, lo_open=True, hi=1.0, doc="pcm: read duration of the 1/f fit, s")
     t0_s: float = spec(20.0, lo=0.0, hi=1e10, doc="pcm: time between programming and first read, s")
@@ -93,6 +106,7 @@ class ReadSpec:
     def validate(self):
         if self.model == "polynomial" and not self.coeffs_uS:
             raise ConfigError("polynomial read noise needs coeffs_uS", key="coeffs_uS")
+        _check_coeffs(self.coeffs_uS)
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ class FaultSpec:
 @dataclass(frozen=True)
 class D2DSpec:
     """Device-to-device variation, fixed per cell: target -> target*(1 + relative*z1) + absolute_uS*z2."""
-    relative: float = spec(0.0, lo=0.0, doc="relative std of the cell gain")
+    relative: float = spec(0.0, lo=0.0, hi=10.0, doc="relative std of the cell gain")
     absolute_uS: float = spec(0.0, lo=0.0, hi=1e5, doc="std of the cell offset, uS")
 
 
@@ -261,10 +275,12 @@ def load_table(path: Path, card_source: str = "<dict>", key: str = "programming.
     """Read a CSV with header `target_uS,mean_uS,std_uS` (one row per level) or `target_uS,sample_uS`
     (many rows per level). Errors name the CSV and the row."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"table file {path} is a folder, not a file", card_source, key)
     if not path.is_file():
         raise ConfigError(f"table file {path} not found", card_source, key)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file", card_source, key) from None
     numbered = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1)]
@@ -288,6 +304,9 @@ def load_table(path: Path, card_source: str = "<dict>", key: str = "programming.
         if len(vals) != len(header) or not all(np.isfinite(vals)):
             raise ConfigError(f"{path}: line {i}: expected {len(header)} finite numbers, got {ln!r}",
                               card_source, key)
+        if max(abs(v) for v in vals) > MAX_US:
+            raise ConfigError(f"{path}: line {i}: {ln!r} is out of range; conductances and stds are at most "
+                              f"{MAX_US:g} uS", card_source, key)
         if kind == "meanstd" and vals[2] < 0:
             raise ConfigError(f"{path}: line {i}: negative std_uS {vals[2]}", card_source, key)
         rows.append(vals)

@@ -120,8 +120,9 @@ class ComposedDevice:
             return np.linspace(self.g_min, self.g_max, int(n)).astype(np.float32)
         if spacing == "log":
             if not self.log_min > 0:
-                raise BayesimError(f"device {self.name}: log spacing needs range.log_min_uS > 0 "
-                                   f"(g_min is {self.g_min} uS)")
+                raise ConfigError(f"log spacing (the sigma ladder of VPQ/JQ) needs a lowest level > 0, and g_min_uS "
+                                  f"is {self.g_min}: set range.log_min_uS", self.card.path or f"device {self.name}",
+                                  "range.log_min_uS")
             return np.geomspace(self.log_min, self.g_max, int(n)).astype(np.float32)
         if spacing == "measured":
             lv = self.measured_levels()

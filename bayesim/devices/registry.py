@@ -129,7 +129,46 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
             dev.name = name
         except AttributeError:
             pass
+    if _kind(factory) != "built-in":
+        _check_outputs(dev, source)
     return dev
+
+
+#: What a plug-in method returns: conductances or stds shaped like argument 0 (levels: [n]), all finite.
+_CHECKED = {"program": "conductances", "read": "conductances", "program_sigma": "stds", "read_sigma": "stds",
+            "levels": "levels"}
+
+
+def _check_outputs(dev, source: str) -> None:
+    """Wrap the plug-in's methods (on the instance: its class stays what it is) so that a wrong shape or a
+    NaN it returns stops the run with a message naming the card, instead of a numpy traceback deep in the
+    crossbar or NaN predictions."""
+    import numpy as np
+
+    def wrap(method: str, what: str, fn):
+        def checked(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            first = args[0] if args else next(iter(kwargs.values()))
+            want = (int(first),) if method == "levels" else np.shape(first)
+            got = np.shape(out)
+            problem = None
+            if got != want:
+                problem = f"shape {got} for an input of shape {want}"
+            elif not np.issubdtype(np.asarray(out).dtype, np.number):
+                problem = f"dtype {np.asarray(out).dtype}"
+            elif not np.isfinite(out).all():
+                problem = f"{int(np.size(out) - np.isfinite(out).sum())} NaN or Inf values"
+            if problem:
+                raise BayesimError(f"{source}: plug-in {type(dev).__name__}.{method}() returned {problem}; it must "
+                                   f"return finite {what} (uS) of its input's shape")
+            return out
+        return checked
+
+    for method, what in _CHECKED.items():
+        try:
+            setattr(dev, method, wrap(method, what, getattr(dev, method)))
+        except AttributeError:  # __slots__ or a read-only attribute: left unchecked
+            pass
 
 
 def device_from_card(card) -> object:
@@ -209,6 +248,7 @@ def list_devices(cards_dirs=()) -> list[dict]:
     """Every device found: {name, kind (built-in | registered | card | plug-in), where, source}, and `note`
     for a card whose name a registered model takes (load_device finds that model by the name)."""
     from bayesim.config.schema import load_yaml
+    from bayesim.devices.card import build_card
 
     out = []
     for name, f in _REGISTRY.items():
@@ -222,6 +262,7 @@ def list_devices(cards_dirs=()) -> list[dict]:
             d = load_yaml(p)
             src = str(d.get("source", ""))
             name = str(d.get("name") or p.stem)
+            build_card(d, source=str(p))  # the whole card's validation (a plug-in is not imported here)
         except ConfigError as e:
             src = f"(invalid card: {e})"
         row = {"name": name, "kind": "card", "where": str(p), "source": src}
