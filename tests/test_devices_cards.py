@@ -89,6 +89,8 @@ def test_plugin_card_errors(tmp_path):
     expect(tmp_path, "name: x\nmodel: missing.py:Cls\n", "model", "not found")
     write(tmp_path, "class NotADevice:\n    def __init__(self, **kw):\n        pass\n", "bad.py")
     expect(tmp_path, "name: x\nmodel: bad.py:NotADevice\n", "model", "DeviceModel protocol")
+    write(tmp_path, "import numpy as np\n", "mod.py")
+    expect(tmp_path, "name: x\nmodel: mod.py:np\n", "model", "'np' is a module, not a class or factory")
     msg = expect(tmp_path, f"name: x\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\nparams: {{nope: 1}}\n",
                  "params", "rejected its parameters")
     assert "nope" in msg

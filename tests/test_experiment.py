@@ -73,6 +73,8 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.yaml: hardware.strategi: unknown key" in err[0] and "did you mean 'strategy'" in err[0]
     assert not out.exists()
+    assert main(["run", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
     assert main(["run", "--set", "hardware.bits.w=17", "--out", str(out)]) == 2
     assert "hardware.bits.w: 17 is out of range; allowed [1, 16]" in capsys.readouterr().err
     assert main(["run", "--set", "hardware.crossbar=nosuch", "--out", str(out)]) == 2
@@ -169,7 +171,7 @@ def test_ir_drop_is_reported_and_first_order_out_of_range_warns(checkpoint, tmp_
                                           "ir_drop: {model: first_order, r_wire_ohm: 30.0}\n")
     cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar=str(tmp_path / "broken.yaml"),
                                           strategy="fp"))
-    with pytest.raises(BayesimError, match=r"crossbar card broken: ir_drop.model first_order: the first-order drop "
+    with pytest.raises(BayesimError, match=r"broken.yaml: ir_drop.model first_order: the first-order drop "
                                            r"of a cell is \d+% of its current .* use ir_drop.model: exact"):
         run_experiment(cfg, tmp_path / "out", progress=False, log=None)
     assert not (tmp_path / "out" / "metrics.json").exists()

@@ -31,6 +31,8 @@ def run(args) -> int:
         cfg = load_experiment(args.config, args.overrides)
     else:
         cfg = load_experiment(None, args.overrides, base=BUILTIN_QUICKSTART, source="<built-in quickstart>")
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; give a folder (or leave --out out to write to out/<config name>)")
     out = Path(args.out) if args.out else Path("out") / cfg.name
     check_out_dir(out, "--out" if args.out else "the output folder")
     try:

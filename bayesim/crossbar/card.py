@@ -95,6 +95,7 @@ class CrossbarCard:
     energy: Energy = field(default_factory=Energy)
     cell_area_um2: float = spec(0.0, lo=0, hi=1e6, doc="area per cell, um^2")
     notes: str = ""
+    path: Optional[str] = field(default=None, init=False, compare=False)  # the card file, set by load_crossbar
 
     def validate(self):
         if self.ir_drop.model == "exact" and self.tile.rows * self.tile.cols > 128 * 128:
@@ -125,7 +126,12 @@ def crossbar_from_dict(mapping: dict, source: str = "<dict>") -> CrossbarCard:
 
 def load_crossbar(path) -> CrossbarCard:
     """Read and validate a crossbar card YAML file."""
-    return crossbar_from_dict(load_yaml(path, cls=CrossbarCard), source=str(path))
+    return _with_path(crossbar_from_dict(load_yaml(path, cls=CrossbarCard), source=str(path)), str(path))
+
+
+def _with_path(card: CrossbarCard, path: str | None) -> CrossbarCard:
+    object.__setattr__(card, "path", path)
+    return card
 
 
 def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Optional[int] = None) -> CrossbarCard:
@@ -142,8 +148,9 @@ def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Opti
     if dac is None and adc is None:
         return card
     d = to_dict(card)
+    d.pop("path")
     if dac is not None:
         d["dac"]["bits"] = dac
     if adc is not None:
         d["adc"]["bits"] = adc
-    return crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)")
+    return _with_path(crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)"), card.path)

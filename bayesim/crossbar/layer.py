@@ -577,7 +577,8 @@ class AnalogLayer:
                     m, drop = irdrop.apply(g.T, ir.model, ir.r_wire_ohm)
                     if drop >= 1.0:  # first order only: the exact solve never loses a whole current
                         raise BayesimError(
-                            f"crossbar card {self.card.name}: ir_drop.model {ir.model}: the first-order drop of a cell "
+                            f"{self.card.path or 'crossbar card ' + self.card.name}: ir_drop.model {ir.model}: the "
+                            f"first-order drop of a cell "
                             f"is {drop:.0%} of its current (layer {self.layer}, tile {r},{c}), so its effective "
                             f"conductance would be negative: the model does not hold here; use ir_drop.model: exact, "
                             f"smaller tiles or a smaller ir_drop.r_wire_ohm ({ir.r_wire_ohm:g} ohm)")

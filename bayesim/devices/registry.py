@@ -111,6 +111,8 @@ def load_class_from_path(ref: str, base: str | None = None):
     cls = getattr(mod, cls_name, None)
     if cls is None:
         raise BayesimError(f"plug-in file {p} has no {cls_name!r}")
+    if not callable(cls):
+        raise BayesimError(f"plug-in file {p}: {cls_name!r} is a {type(cls).__name__}, not a class or factory")
     return cls
 
 
