@@ -24,11 +24,19 @@ def cache_dir() -> Path:
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Resolve the data folder: explicit argument > $BAYESIM_DATA > cache_dir()/data."""
     if explicit:
-        return Path(explicit)
+        return _no_nul(Path(explicit), "the data folder")
     env = os.environ.get("BAYESIM_DATA")
     if env:
-        return Path(env)
+        return _no_nul(Path(env), "$BAYESIM_DATA")
     return cache_dir() / "data"
+
+
+def _no_nul(p: Path, what: str) -> Path:
+    if "\0" in str(p):
+        from bayesim.errors import DataError
+
+        raise DataError(f"{what} {str(p)!r} contains a NUL character; name an existing folder")
+    return p
 
 
 def is_writable(folder: Path) -> bool:

@@ -3,7 +3,8 @@
     python examples/hardware_table.py [--models DIR] [--limit N] [--samples 32] [--out docs/results]
 
 --models: a folder with the QAT checkpoints jq8/jq6/jq4/jq3.safetensors of examples/reproduce_paper.py
-(default: its cache); a missing one is replaced by post-training quantization of the shipped FP32 model;
+(default: its cache); a missing one is replaced by the shipped JQ 4-bit model (4 bits, marked "shipped QAT")
+or by post-training quantization of the shipped FP32 model (marked "PTQ");
 jq4_percentile.safetensors, when present, adds a JQ 4-bit row with percentile grids per device.
 Writes docs/results/hardware.md and hardware.json (one `bayesim run` metrics dict per row).
 """
@@ -43,7 +44,7 @@ def main(argv=None):
 
     done = {}
     if args.resume and (out / "hardware.json").exists():
-        done = {r["label"]: r for r in json.loads((out / "hardware.json").read_text())}
+        done = {r.get("key", r["label"]): r for r in json.loads((out / "hardware.json").read_text())}
 
     def run(label, model, hardware, software_reference=False):
         if label in done and (not software_reference or "FP32 software" in done):
@@ -55,9 +56,9 @@ def main(argv=None):
                                           "software_reference": software_reference})
         t0 = time.perf_counter()
         r = run_experiment(cfg, None, progress=False)
-        r["label"] = label
+        r["key"], r["label"] = label, label + _model_mark(r)
         rows.append(r)
-        print(f"{label:<28} acc {r['mnist']['accuracy']:.4f}  MI(ood) {r['ood']['mean_epistemic']:.4f}  "
+        print(f"{r['label']:<28} acc {r['mnist']['accuracy']:.4f}  MI(ood) {r['ood']['mean_epistemic']:.4f}  "
               f"AUROC(MI) {r['auroc']['ood_vs_in_mi']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         return r
 
@@ -69,13 +70,34 @@ def main(argv=None):
         for b in BITS:
             ckpt = Path(args.models) / f"jq{b}.safetensors"
             model = {"source": "checkpoint", "path": str(ckpt)} if ckpt.exists() else {"source": "default"}
-            run(f"{dev} JQ {b} bit" + ("" if ckpt.exists() else " (PTQ)"), model,
+            run(f"{dev} JQ {b} bit", model,
                 {"strategy": "jq", "bits": {"mu": b, "sigma": b, "w": b}, "device": dev, "crossbar": "default"})
         ckpt = Path(args.models) / "jq4_percentile.safetensors"
         if ckpt.exists():
             run(f"{dev} JQ 4 bit, percentile grids", {"source": "checkpoint", "path": str(ckpt)},
                 {"strategy": "jq", "bits": {"mu": 4, "sigma": 4, "w": 4}, "device": dev, "crossbar": "default"})
     write(rows, args, out)
+
+
+def _model_mark(r) -> str:
+    """What the row's model is, from the result itself: '' for a QAT model from reproduce_paper.py, else
+    ' (shipped QAT)' or ' (PTQ)' (post-training quantization of the shipped FP32 model)."""
+    m = r.get("model", {})
+    if r.get("strategy") == "fp" or m.get("kind") == "checkpoint" and m.get("quantization") == "as trained":
+        return ""
+    if m.get("quantization") == "post-training quantization":
+        return " (PTQ)"
+    return " (shipped QAT)" if m.get("kind") == "default (shipped QAT)" else ""
+
+
+def _models_note(rows) -> str:
+    marks = {_model_mark(r) for r in rows if r.get("hardware") and r.get("strategy") != "fp"}
+    note = ("JQ models: the quantization-aware-trained LeNet-5 of each bit width from `examples/reproduce_paper.py` "
+            "(mu, log-sigma and sampled weights at b bits, 8-bit bounded activations)")
+    if " (PTQ)" in marks or " (shipped QAT)" in marks:
+        note += ("; rows marked (PTQ) are the shipped FP32 LeNet-5 quantized after training, (shipped QAT) the "
+                 "shipped JQ 4-bit model, used where `--models` holds no model of that bit width")
+    return note + ". "
 
 
 def _data_note(rows) -> str:
@@ -99,10 +121,7 @@ def write(rows, args, out: Path):
              f"Produced by `python examples/hardware_table.py --samples {args.samples} --seed {args.seed}"
              + (f" --limit {args.limit}" if args.limit else "") + "` on 2 CPU cores.", "",
              f"S = {args.samples} Monte-Carlo samples; Dirty-MNIST test splits ({_data_note(rows)}), "
-             "MNIST normalisation. "
-             "JQ models: the quantization-aware-trained LeNet-5 of each bit width from "
-             "`examples/reproduce_paper.py` (mu, log-sigma and sampled weights at b bits, 8-bit bounded "
-             "activations). Crossbar `crossbars/default.yaml` (256x256 tiles, differential pairs, signed 8-bit DAC, "
+             "MNIST normalisation. " + _models_note(rows) + "Crossbar `crossbars/default.yaml` (256x256 tiles, differential pairs, signed 8-bit DAC, "
              "8-bit ADC calibrated on 256 MNIST training images); read 1 s after programming; digital Gaussian "
              f"sampler. DAC inputs clipped: at most {_max_dac_clip(rows):.3%} in any row.",
              "", "| configuration | MNIST acc | mean MI (ood) | AUROC(MI) ood vs in | AUROC(MI) ood vs mnist "

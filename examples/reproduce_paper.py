@@ -74,7 +74,7 @@ def main(argv=None):
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-rows", type=int, default=60000, help="random training rows per QAT epoch")
     ap.add_argument("--act-bits", type=int, default=8, help="activation bits of the quantized models")
-    ap.add_argument("--eval-limit", type=int, default=5000, help="random rows per test split (None: all)")
+    ap.add_argument("--eval-limit", type=int, default=5000, help="random rows per test split (0: all)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="run only these model names")

@@ -100,3 +100,56 @@ def test_learned_ranges_train_and_survive_freezing():
     assert model.export_ops()[1].quant.mu_step == pytest.approx(lay.mu_step.item())
     assert model.layers[2].upper.item() != 3.0  # PACT clip level learned
     assert _acc(model, *_task(300, 6)) > 0.8
+
+
+def test_init_from_a_relu_model_keeps_the_configs_clip_level_and_checks_values(tmp_path):
+    """A ReLU checkpoint's `upper` tensors are placeholders: QAT with a bounded activation starts from the
+    config's clip level, not from them; a bounded checkpoint's own levels are kept; bad tensors are refused."""
+    from bayesim.errors import BayesimError
+
+    x, y = _task(300, 6)
+    relu, _ = train(_cfg(epochs=1), x, y, log=None)
+    path = save_model(relu, tmp_path / "relu.safetensors")
+    bounded = {"arch": "mlp", "widths": [32], "activation": {"kind": "bounded", "upper": 4.0, "learn_upper": False}}
+    qat, _ = train(_cfg(epochs=1, init_from=str(path), model=bounded), x, y, log=None)
+    assert qat.activation_uppers() == [4.0]
+    with torch.no_grad():
+        qat.layers[2].upper.fill_(2.5)
+    b2 = save_model(qat, tmp_path / "b2.safetensors")
+    again, _ = train(_cfg(epochs=1, init_from=str(b2), model=bounded), x, y, log=None)
+    assert again.activation_uppers() == [2.5]  # a bounded checkpoint's own clip level is the start
+    with torch.no_grad():
+        qat.layers[1].rho_w.fill_(-200.0)  # sigma = softplus(-200) = 0 in float32
+    bad = save_model(qat, tmp_path / "bad.safetensors")
+    with pytest.raises(BayesimError, match=r"bad.safetensors: tensor .layers.1.rho_w. gives sigma <= 0"):
+        train(_cfg(epochs=1, init_from=str(bad), model=bounded), x, y, log=None)
+
+
+def test_train_refuses_too_few_classes_bad_out_and_bad_results_before_writing(tmp_path, monkeypatch, capsys):
+    import bayesim.data
+
+    x, y = _task(300, 7)
+    with pytest.raises(ConfigError, match=r"model.num_classes: 9 is too small: the training labels go from 0 to 9"):
+        train(_cfg(epochs=1, model={"arch": "mlp", "widths": [8], "num_classes": 9}), x, y, log=None)
+    monkeypatch.setattr(bayesim.data, "load_train", lambda data_dir=None, seed=0: (x, y))
+    calls = []
+    monkeypatch.setattr("bayesim.bnn.train.train", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(
+        AssertionError("trained before the output path was checked")))
+    cfg = tmp_path / "t.yaml"
+    (tmp_path / "afile").write_text("x")
+    for out, why in ((tmp_path, "is a folder"), (tmp_path / "afile" / "m.safetensors", "is not a folder"),
+                     ("/proc/m.safetensors", "pseudo file system")):
+        cfg.write_text(f"model: {{arch: mlp, widths: [8]}}\nepochs: 1\nout: {out}\nprogress: false\n")
+        assert main(["train", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"t.yaml: out {out}" in err and why in err, err
+    assert not calls
+    cfg.write_text("model: {arch: mlp, widths: [8]}\nepochs: 1\nprogress: false\n")
+    assert main(["train", str(cfg), "--epochs", "0"]) == 2
+    assert "t.yaml (with --epochs): epochs: 0 is out of range" in capsys.readouterr().err
+    for key, value in (("init_rho", -200), ("prior_sigma", 1e-30), ("num_threads", 10 ** 12)):
+        body = (f"model: {{arch: mlp, widths: [8], {key}: {value}}}\n" if key != "num_threads"
+                else f"model: {{arch: mlp, widths: [8]}}\n{key}: {value}\n")
+        cfg.write_text(body + "epochs: 1\nprogress: false\n")
+        assert main(["train", str(cfg)]) == 2
+        assert f"{key}: " in capsys.readouterr().err

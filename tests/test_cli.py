@@ -198,10 +198,10 @@ def test_debug_prints_traceback_and_still_exits_2(tmp_path):
     assert "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith(f"bayesim: error: {p}: malformed")
 
 
-def test_broken_pipe_exits_quietly():
+def test_broken_pipe_exits_quietly(data_dir):
     import os
 
-    env = {**os.environ, "BAYESIM_DATA": os.environ.get("BAYESIM_DATA", str(REPO.parent / "shared" / "data"))}
+    env = {**os.environ, "BAYESIM_DATA": str(data_dir)}
     proc = subprocess.Popen([sys.executable, "-m", "bayesim", "data", "info", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # like `| head -0`: the reader is gone before anything is written

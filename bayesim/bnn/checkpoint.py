@@ -123,24 +123,30 @@ def check_shapes(need: dict, found: dict, arch: str, source: str) -> None:
                                f"architecture needs {tuple(shape)}")
 
 
+def check_values(name: str, t, source: str) -> None:
+    """One parameter tensor of a Bayesian network: finite, sigma = softplus(rho) > 0 in float32, quantizer
+    ranges >= 0, clip levels > 0; else a BayesimError naming `source` and the tensor."""
+    leaf = name.rsplit(".", 1)[-1]
+    if not torch.isfinite(t).all():
+        raise BayesimError(f"{source}: tensor {name!r} contains NaN or Inf")
+    if leaf.startswith("rho_"):
+        sig = F.softplus(t.to(torch.float32))
+        if not (sig > 0).all():
+            raise BayesimError(f"{source}: tensor {name!r} gives sigma <= 0 (min rho {t.min().item():.4g}); "
+                               "sigma must be positive")
+    if leaf in ("mu_step", "w_step", "sigma_max") and (t < 0).any():
+        raise BayesimError(f"{source}: quantizer range {name!r} is negative")
+    if leaf == "upper" and not (t > 0).all():
+        raise BayesimError(f"{source}: activation clip level {name!r} must be positive")
+
+
 def load_state(model, tensors: dict, source: str) -> None:
     """Copy `tensors` into `model` after checking names, shapes, finiteness and sigma > 0."""
     state = model.state_dict()
     check_shapes({k: tuple(v.shape) for k, v in state.items()}, {k: tuple(t.shape) for k, t in tensors.items()},
                  model.cfg.arch, source)
-    for name, ref in state.items():
-        t = tensors[name]
-        if not torch.isfinite(t).all():
-            raise BayesimError(f"{source}: tensor {name!r} contains NaN or Inf")
-        if name.rsplit(".", 1)[-1].startswith("rho_"):
-            sig = F.softplus(t.to(torch.float32))
-            if not (sig > 0).all():
-                raise BayesimError(f"{source}: tensor {name!r} gives sigma <= 0 (min rho {t.min().item():.4g}); "
-                                   "sigma must be positive")
-        if name.rsplit(".", 1)[-1] in ("mu_step", "w_step", "sigma_max") and (t < 0).any():
-            raise BayesimError(f"{source}: quantizer range {name!r} is negative")
-        if name.endswith(".upper") and not (t > 0).all():
-            raise BayesimError(f"{source}: activation clip level {name!r} must be positive")
+    for name in state:
+        check_values(name, tensors[name], source)
     with torch.no_grad():
         for name, ref in state.items():
             ref.copy_(tensors[name].to(ref.dtype))

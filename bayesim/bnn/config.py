@@ -63,8 +63,9 @@ class ModelConfig:
                               metadata={"doc": "mlp hidden widths", "item_md": {"lo": 1, "hi": MAX_WIDTH}})
     num_classes: int = spec(10, lo=2, hi=MAX_CLASSES)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
-    prior_sigma: float = spec(1.0, lo=0.0, lo_open=True)
-    init_rho: float = spec(-5.5, doc="initial rho; sigma = softplus(rho)")
+    prior_sigma: float = spec(1.0, lo=1e-4, hi=1e4, doc="std of the Gaussian prior (a KL that float32 can hold)")
+    init_rho: float = spec(-5.5, lo=-30.0, hi=10.0,
+                           doc="initial rho; sigma = softplus(rho) (from ~1e-13 to ~10)")
     quant: QuantConfig = field(default_factory=QuantConfig)
     normalization: Literal["mnist", "own"] = "mnist"
 

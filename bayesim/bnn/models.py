@@ -72,6 +72,10 @@ class BayesNet(nn.Module):
             if calibrate:
                 m.calibrate()
 
+    def activation_uppers(self) -> list[float]:
+        """The clip level of every activation layer (learned ones included)."""
+        return [float(m.upper.item()) for m in self.layers if isinstance(m, Activation)]
+
     def set_activation(self, act: ActivationConfig, uppers: list[float] | None = None):
         """Replace the hidden activation (post-training ablation); `uppers` per activation layer."""
         self.cfg = replace(self.cfg, activation=act)

@@ -38,7 +38,7 @@ class TrainConfig:
     data: TrainData = field(default_factory=TrainData)
     out: str = "models/model.safetensors"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = spec(2, lo=1)
+    num_threads: int = spec(2, lo=1, hi=1024)
     progress: bool = True
 
     def validate(self):
@@ -61,13 +61,15 @@ def init_from_checkpoint(model, path: str) -> None:
     architecture); quantizer ranges are recalibrated."""
     from safetensors.torch import load_file
 
-    from bayesim.bnn.checkpoint import read_metadata
+    from bayesim.bnn.checkpoint import check_values, read_metadata
 
     meta = read_metadata(path)
     arch = (meta.get("model") or {}).get("arch")
     if arch != model.cfg.arch:
         raise ConfigError(f"checkpoint {path} holds a {arch!r} model, the config asks for {model.cfg.arch!r}",
                           key="init_from")
+    # a ReLU model's `upper` tensors are placeholders: its clip levels are not a starting point
+    bounded = ((meta.get("model") or {}).get("activation") or {}).get("kind") == "bounded"
     tensors = load_file(str(path), device="cpu")
     state = model.state_dict()
     import torch
@@ -75,7 +77,8 @@ def init_from_checkpoint(model, path: str) -> None:
     with torch.no_grad():
         for name, ref in state.items():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf == "upper" and name in tensors and tuple(tensors[name].shape) == tuple(ref.shape):
+            if leaf == "upper" and bounded and name in tensors and tuple(tensors[name].shape) == tuple(ref.shape):
+                check_values(name, tensors[name], str(path))
                 ref.copy_(tensors[name])  # start from the checkpoint's clip levels
                 continue
             if leaf not in ("mu_w", "rho_w", "mu_b", "rho_b"):
@@ -84,8 +87,7 @@ def init_from_checkpoint(model, path: str) -> None:
             if t is None or tuple(t.shape) != tuple(ref.shape):
                 raise BayesimError(f"{path}: tensor {name!r} is missing or has shape "
                                    f"{None if t is None else tuple(t.shape)}; the model needs {tuple(ref.shape)}")
-            if not torch.isfinite(t).all():
-                raise BayesimError(f"{path}: tensor {name!r} contains NaN or Inf")
+            check_values(name, t, str(path))
             ref.copy_(t)
     model.calibrate()
 
@@ -115,6 +117,9 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
         raise BayesimError("training data: empty split (0 rows)")
     if len(x) != len(y):
         raise BayesimError(f"training data: {len(x)} images but {len(y)} labels")
+    if int(y.max()) >= cfg.model.num_classes or int(y.min()) < 0:
+        raise ConfigError(f"{cfg.model.num_classes} is too small: the training labels go from {int(y.min())} to "
+                          f"{int(y.max())} (need >= {int(y.max()) + 1})", key="model.num_classes")
     dev = _device(cfg.device)
     model = build_model(cfg.model)
     if cfg.init_from:
@@ -150,8 +155,9 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
                     for t in learned:
                         t.clamp_(min=1e-6)
             if not torch.isfinite(loss):
-                raise BayesimError(f"training diverged at epoch {epoch + 1}, batch {bi} (loss {loss.item()}); "
-                                   "lower lr or check the data")
+                cause = ("the initial parameters (model.init_rho, model.prior_sigma or init_from) give a non-finite "
+                         "loss before any step" if epoch == 0 and bi == 0 else "lower lr or check the data")
+                raise BayesimError(f"training diverged at epoch {epoch + 1}, batch {bi} (loss {loss.item()}); {cause}")
             b = len(idx)
             tot_loss += loss.item() * b
             tot_nll += nll.item() * b
@@ -171,10 +177,14 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
 
 def train_and_save(cfg: TrainConfig, out: str | None = None, source: str = "<dict>", log=print):
     """Train, then write the checkpoint (metadata: training config, history, final metrics)."""
-    from bayesim.bnn.checkpoint import save_model
+    from bayesim._io import check_out_file
+    from bayesim.bnn.checkpoint import check_values, save_model
 
-    model, history = train(cfg, log=log)
     path = out or cfg.out
-    save_model(model, path, training=to_dict(cfg), config_source=source, history=history,
+    check_out_file(path, "--out" if out else f"{source}: out")  # before the training, not after it
+    model, history = train(cfg, log=log)
+    for name, t in model.state_dict().items():  # e.g. a huge lr can drive rho to where sigma is 0
+        check_values(name, t, f"training result (not written to {path}; lower lr)")
+    save_model(model, path, training={**to_dict(cfg), "out": str(path)}, config_source=source, history=history,
                metrics={"train": history[-1]})
     return model, history, path

@@ -118,6 +118,11 @@ def prepare_model(args):
                 raise BayesimError(f"--act-upper {upper}: must be a finite number > 0 (or 'auto')")
         if kind == "relu" and bits["act_bits"] is not None:
             raise BayesimError("--act-bits needs --activation bounded (a ReLU has no upper end to quantize)")
+        if kind == "bounded" and args.act_upper is None:
+            if a.kind != "bounded":
+                raise BayesimError("--activation bounded / --act-bits on a ReLU model needs --act-upper X or auto: "
+                                   "the model has no clip level of its own")
+            uppers = model.activation_uppers()  # keep each layer's own (possibly learned) clip level
         act = ActivationConfig(kind=kind, upper=upper, bits=bits["act_bits"] if kind == "bounded" else None)
         model.set_activation(act, uppers)
     return model, info

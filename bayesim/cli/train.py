@@ -35,7 +35,10 @@ def run(args) -> int:
         if args.data_dir is not None:
             data["data_dir"] = args.data_dir
         raw["data"] = data
-    cfg = build(TrainConfig, raw, source=str(args.config))
+    flags = [f for f, v in (("--epochs", args.epochs), ("--limit", args.limit), ("--data-dir", args.data_dir),
+                            ("--device", args.device)) if v is not None]
+    source = f"{args.config} (with {', '.join(flags)})" if flags else str(args.config)
+    cfg = build(TrainConfig, raw, source=source)
     _, history, path = train_and_save(cfg, out=args.out, source=str(args.config))
     print(f"wrote {path} (train acc {history[-1]['accuracy']:.4f}, loss {history[-1]['loss']:.4f})")
     return 0

@@ -375,6 +375,12 @@ def _torch_load_tensor(path: Path):
     return obj
 
 
+def _prepare_cmd(seed: int, size: int) -> str:
+    """The `bayesim data prepare` command that generates the set of this seed and size."""
+    return ("bayesim data prepare" + (f" --size {size}" if size != FULL_SIZE else "")
+            + (f" --seed {seed}" if seed else ""))
+
+
 def load_official(samples_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The official arrays, validated: images float32 [N, 28, 28] in [0, 1], labels int64 [N, 10]."""
     import torch
@@ -603,12 +609,13 @@ def load_ambiguous(data_dir: Path, split: str, seed: int = 0, size: int | None =
             return _split(images, labels, split)
         except DataError as e:
             if not generate:
-                raise DataError(f"{e}; delete {man.parent / cache_stem(seed, size)}.* or allow generation") from None
+                raise DataError(f"{e}; delete {man.parent / cache_stem(seed, size)}.* and run `{_prepare_cmd(seed, size)}` "
+                                "to generate it again") from None
             warnings.warn(f"{e}; regenerating", stacklevel=2)
     elif not generate:
         raise DataMissing(f"Ambiguous-MNIST (seed {seed}, {size} per split) is not generated yet and neither "
-                        f"{OFFICIAL_SAMPLES} nor {OFFICIAL_LABELS} is in {data_dir}/{SUBDIR}; run "
-                        f"`bayesim data prepare` or allow generation")
+                          f"{OFFICIAL_SAMPLES} nor {OFFICIAL_LABELS} is in {data_dir}/{SUBDIR}; run "
+                          f"`{_prepare_cmd(seed, size)}` to generate it")
     from bayesim.data.sources import load_mnist
 
     x, y = load_mnist("train", data_dir)

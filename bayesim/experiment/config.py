@@ -36,7 +36,7 @@ class DataSpec:
 
     dir: Optional[str] = spec(None, doc="data folder (default: $BAYESIM_DATA, else the user cache)")
     splits: list[Literal["mnist", "ambiguous", "ood"]] = spec(default_factory=lambda: list(SPLITS))
-    limit: Optional[int] = spec(None, lo=1, doc="first N examples of each split")
+    limit: Optional[int] = spec(None, lo=1, doc="a seeded random subset of N examples of each split")
     normalization: Literal["mnist", "own"] = "mnist"
     embedded: Optional[bool] = spec(None, doc="true: the shipped subset; null: full data when present")
 
