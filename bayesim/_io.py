@@ -134,7 +134,9 @@ def _check_folder(folder: Path, fail) -> None:
         anc = anc.parent
     if not anc.is_dir():
         fail(f"{anc} is not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
+    from bayesim.paths import is_writable
+
+    if not is_writable(anc):  # without any write bit it counts as read-only even for root, as data folders do
         fail(f"{anc} is not writable")
     try:  # read-only file systems, and pseudo file systems (/proc, /sys) where nothing can be created
         st = os.statvfs(anc)

@@ -138,7 +138,7 @@ def test_train_refuses_too_few_classes_bad_out_and_bad_results_before_writing(tm
     cfg = tmp_path / "t.yaml"
     (tmp_path / "afile").write_text("x")
     for out, why in ((tmp_path, "is a folder"), (tmp_path / "afile" / "m.safetensors", "is not a folder"),
-                     ("/proc/m.safetensors", "pseudo file system")):
+                     ("/proc/m.safetensors", "/proc is")):
         cfg.write_text(f"model: {{arch: mlp, widths: [8]}}\nepochs: 1\nout: {out}\nprogress: false\n")
         assert main(["train", str(cfg)]) == 2
         err = capsys.readouterr().err

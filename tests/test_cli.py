@@ -4,6 +4,7 @@ import sys
 
 from bayesim import __version__
 from bayesim.cli import main
+from bayesim.errors import BayesimError
 
 
 def test_help_lists_every_command(capsys):
@@ -283,6 +284,21 @@ def test_out_file_check_creates_nothing(tmp_path):
     (tmp_path / "old.png").write_text("replaced")
     check_out_file(tmp_path / "old.png")
     assert [p.name for p in tmp_path.iterdir()] == ["old.png"]
+
+
+def test_out_paths_in_a_folder_without_write_bits_are_refused_even_for_root(tmp_path):
+    """A folder handed over read-only (as ../shared/data is) is never written into, whoever runs bayesim."""
+    from bayesim._io import check_out_dir, check_out_file
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for check, what in ((check_out_file, "a file path"), (check_out_dir, "a folder")):
+            with pytest.raises(BayesimError, match=rf"{ro} is not writable; give {what}"):
+                check(ro / "sub" / "m.safetensors")
+    finally:
+        ro.chmod(0o755)
 
 
 def test_evaluate_out_checked_before_evaluating(tmp_path, capsys, no_work):
