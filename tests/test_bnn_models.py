@@ -304,3 +304,23 @@ def test_checkpoint_metadata_cannot_ask_for_a_huge_model(tmp_path, monkeypatch):
     with pytest.raises(BayesimError, match=r"c2\.safetensors: tensor 'layers\.3\.mu_w' has shape \(10, 8\).*"
                                            r"\(9999, 8\)"):
         load_model(bad_c)
+
+
+def test_software_predictions_do_not_depend_on_the_torch_thread_count():
+    """Small batches made torch split its sums by thread count (1e-8 differences that reached metrics.json);
+    prediction runs on one torch thread and leaves the caller's setting as it was."""
+    from bayesim.bnn import predict_probs
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="lenet5"))
+    x = np.random.default_rng(3).normal(0, 1, (40, 1, 28, 28)).astype(np.float32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            outs.append(predict_probs(model, x, samples=2, seed=1, batch_size=7))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

@@ -71,7 +71,7 @@ def test_duplicate_keys_and_empty_config_exit_2(tmp_path, capsys, no_run, text, 
 @pytest.mark.parametrize("sets, expect", [
     (["hardware..bits.w=3"], "(--set): empty key segment in 'hardware..bits.w=3'"),
     (["hardware.bits.w"], "(--set): expected key.path=value, got 'hardware.bits.w'"),
-    (["hardware.bits.adc=1"], "{c} (--set): hardware.bits.adc: 1 is out of range; allowed [2, 16]"),
+    (["hardware.bits.adc=1"], "{c} (--set): hardware.bits.adc: 1 is out of range; allowed [2, 24]"),
     (["hardware.read_time_s=1e12"],
      "{c} (--set): hardware.read_time_s: 1000000000000.0 is out of range; allowed [0.0, 10000000000.0]"),
     (["foo.bar=1"], "{c} (--set): foo: unknown key; allowed: batch_size"),

@@ -63,6 +63,9 @@ def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, 
     assert hwd["stored_program_events"] == 3 * weights
     assert hwd["stored_program_energy_J"] == pytest.approx(3 * weights * load_crossbar(REPO / "crossbars" / "default.yaml").energy.program_J)
     assert hwd["program_events"] == 3 * 2 * 2 * weights  # 3 splits x S = 2 x the 2 cells of a weight
+    area = load_crossbar(REPO / "crossbars" / "default.yaml").cell_area_um2
+    assert hwd["cells"] == 5 * weights and hwd["cell_area_um2"] == area > 0  # stored 3 + programmed 2 per weight
+    assert hwd["array_area_mm2"] == pytest.approx(5 * weights * area * 1e-6)
 
 
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):

@@ -47,7 +47,11 @@ def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000) -> 
     x = _check_input(x)
     ops = [op for op in model.export_ops() if isinstance(op, (BayesLinearOp, BayesConvOp))]
     was_training = model.training
+    threads = torch.get_num_threads()
     model.eval()
+    # one torch thread: a multi-threaded conv/matmul splits its sums by the thread count, so the predictions
+    # would depend on it (1e-8 differences that reach metrics.json); for inference it costs nothing measurable
+    torch.set_num_threads(1)
     try:
         xt = torch.from_numpy(x)
         out = np.empty((samples, x.shape[0], model.cfg.num_classes), dtype=np.float32)
@@ -58,4 +62,5 @@ def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000) -> 
                 out[s, i:i + batch_size] = torch.softmax(logits, dim=1).numpy()
         return out
     finally:
+        torch.set_num_threads(threads)
         model.train(was_training)

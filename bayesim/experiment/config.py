@@ -56,8 +56,8 @@ class Bits:
     sigma: int = spec(4, lo=1, hi=16)
     w: int = spec(4, lo=1, hi=16)
     act: Optional[int] = spec(None, lo=1, hi=16)
-    dac: Optional[int] = spec(None, lo=1, hi=16, doc="a signed DAC (crossbar card dac.signed) needs >= 2")
-    adc: Optional[int] = spec(None, lo=2, hi=16, doc="2^(bits-1)-1 levels per side: 1 bit would have none")
+    dac: Optional[int] = spec(None, lo=1, hi=24, doc="a signed DAC (crossbar card dac.signed) needs >= 2")
+    adc: Optional[int] = spec(None, lo=2, hi=24, doc="2^(bits-1)-1 levels per side: 1 bit would have none")
 
 
 @dataclass(frozen=True)

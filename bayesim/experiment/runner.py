@@ -265,6 +265,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "read_time_s": hw.read_time_s,
             "tiles": summ["tiles"],
             "cells": summ["cells"],
+            "cell_area_um2": card.cell_area_um2,
+            "array_area_mm2": summ["cells"] * card.cell_area_um2 * 1e-6,  # the cells alone, no periphery
             "layers": summ["layers"],
             "adc_calibration": cal_source,
             "mc_forward_passes": n_images * S,
@@ -318,7 +320,9 @@ def result_table(result: dict) -> str:
     mem = result["memory"]
     subset = any(result[s].get("subset") for s in ("mnist", "ambiguous", "ood") if s in result)
     rows.append(f"strategy {result['strategy']} bits {result['bits']} | device {hwd['device']} | crossbar "
-                f"{hwd['crossbar']} | {hwd['tiles']} tiles | sampler {hwd['sampler']}")
+                f"{hwd['crossbar']} | {hwd['tiles']} tiles, {hwd['cells']} cells"
+                + (f" ({hwd['array_area_mm2']:.3g} mm^2 of cells)" if hwd.get("array_area_mm2") else "")
+                + f" | sampler {hwd['sampler']}")
     rows.append(f"memory {mem['bits_per_weight']:.2f} bits/weight ({mem['reduction_vs_fp32']:.2f}x less than FP32) | "
                 f"ADC conversions/inference {hwd['adc_conversions_per_inference']:.3g} | "
                 f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
@@ -330,7 +334,7 @@ def result_table(result: dict) -> str:
         if hwd.get("ir_drop_model") == "first_order" and hwd["ir_drop_max"] > FIRST_ORDER_MAX_DROP:
             rows.append(f"WARNING: the first-order IR-drop model is outside its range above a "
                         f"{FIRST_ORDER_MAX_DROP:.0%} drop (its error grows as the square of the drop); use "
-                        f"ir_drop.model: exact on tiles of <= 128x128 cells, or a lower r_wire_ohm, in crossbar "
+                        f"ir_drop.model: exact on tiles of at most 16384 cells (rows x cols), or a lower r_wire_ohm, in crossbar "
                         f"card {hwd['crossbar_card']}")
     if hwd["dac_clip_rate"] > DAC_CLIP_WARN:
         rows.append(f"WARNING: the DAC clipped {hwd['dac_clip_rate']:.1%} of the inputs it converted: the inputs "
