@@ -359,3 +359,31 @@ def test_import_config_paths_relative_to_the_config(tmp_path, capsys, monkeypatc
     assert main(["import-pyro", "--config", str(c)]) == 2
     assert _error(capsys).startswith(f"{c}: out: {tmp_path / 'cfg' / 'py'}: is a folder")
     assert not (tmp_path / "cfg" / "m2.safetensors").exists()
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_termination_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys, signame, code):
+    """SIGTERM / SIGHUP during an atomic write: the temporary file is removed (an unhandled SIGTERM used to
+    leave it behind), nothing is written, the exit code is 128 + the signal, and the handlers are restored."""
+    import os
+    import signal
+    import time
+
+    import bayesim.cli.run as run_cmd
+    from bayesim._io import atomic_path
+
+    sig = getattr(signal, signame)
+    before = signal.getsignal(sig)
+
+    def fake_run(args):
+        with atomic_path(tmp_path / "out" / "metrics.json") as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(run_cmd, "run", fake_run)
+    assert main(["run"]) == code
+    assert capsys.readouterr().err.strip() == "bayesim: terminated"
+    assert list(tmp_path.iterdir()) == []  # no temporary file, and the folder made for it removed again
+    assert signal.getsignal(sig) == before

@@ -279,3 +279,14 @@ def test_a_named_data_folder_that_does_not_exist_is_an_error(tmp_path, monkeypat
     assert load_test_splits(None, embedded=True, limit=5)["mnist"].subset  # the subset needs no folder
     (tmp_path / "empty").mkdir()
     assert load_test_splits(tmp_path / "empty", limit=5)["ood"].subset  # an existing folder without data: subset
+
+
+def test_only_the_splits_asked_for_are_loaded(monkeypatch):
+    """A run whose config leaves Ambiguous-MNIST out must not load (or generate) it."""
+    import bayesim.data.dirty as dirty
+
+    asked = []
+    real = dirty.load_test_split
+    monkeypatch.setattr(dirty, "load_test_split", lambda name, *a, **k: asked.append(name) or real(name, *a, **k))
+    got = dirty.load_test_splits(None, embedded=True, limit=5, names=("mnist", "ood"))
+    assert list(got) == ["mnist", "ood"] and asked == ["mnist", "ood"]

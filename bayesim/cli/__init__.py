@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted).
+    """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted, 143 / 129 on SIGTERM /
+    SIGHUP, after the same cleanup as Ctrl-C).
 
     A closed output pipe (`bayesim data info --json | head -1`) ends quietly, as the Python docs on
     SIGPIPE recommend: the rest of the output goes to devnull and the exit code is 1.
@@ -56,7 +57,45 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C, so that atomic writes clean up their
+    temporary files (an unhandled SIGTERM would end the process without running any cleanup)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(signum)
+
+
+def _handle_termination() -> dict:
+    """Install the SIGTERM/SIGHUP handlers (main thread only); returns the previous ones."""
+    import signal
+    import threading
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                old[sig] = signal.signal(sig, _raise_terminated)
+    return old
+
+
 def _main(argv: list[str] | None) -> int:
+    import signal
+
+    old = _handle_termination()
+    try:
+        return _run(argv)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -69,6 +108,9 @@ def _main(argv: list[str] | None) -> int:
             traceback.print_exc()
         print(f"bayesim: error: {e}", file=sys.stderr)
         return 2
+    except _Terminated as e:
+        print("bayesim: terminated", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("bayesim: interrupted", file=sys.stderr)
         return 130

@@ -211,11 +211,12 @@ def _check_named_folder(data_dir) -> None:
 def load_test_splits(data_dir: str | os.PathLike | None = None, normalization: str = "mnist", seed: int = 0,
                      embedded: bool | None = None, limit: int | None = None, generate: bool = True,
                      progress: bool = True, ambiguous_size: int | None = None,
-                     ambiguous_seed: int = 0) -> dict[str, Split]:
-    """All three test splits, keyed 'mnist', 'ambiguous', 'ood' (see `load_test_split`)."""
+                     ambiguous_seed: int = 0, names=SPLITS) -> dict[str, Split]:
+    """The test splits `names` (default all three: 'mnist', 'ambiguous', 'ood'), keyed by name (see
+    `load_test_split`); a split not asked for is not loaded (nor Ambiguous-MNIST generated for it)."""
     return {n: load_test_split(n, data_dir, normalization, seed, embedded, limit, generate, progress,
                                ambiguous_size, ambiguous_seed)
-            for n in SPLITS}
+            for n in names}
 
 
 # ---------------------------------------------------------------------------------------- training set

@@ -209,8 +209,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     model, model_info = load_network(cfg.model, cfg.data.normalization, hw)
     qmodel, how = apply_strategy(model, hw)
     splits = load_test_splits(cfg.data.dir, normalization=cfg.data.normalization, embedded=cfg.data.embedded,
-                              limit=cfg.data.limit, progress=progress)
-    splits = {k: splits[k] for k in cfg.data.splits}
+                              limit=cfg.data.limit, progress=progress, names=tuple(cfg.data.splits))
     for name, sp in splits.items():
         if len(sp.y) == 0:
             raise BayesimError(f"data split {name!r} is empty; nothing to evaluate")
