@@ -28,7 +28,10 @@ def atomic_path(path: str | os.PathLike):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # e.g. a folder where the file should go
+            raise BayesimError(f"{path}: cannot be written ({e.strerror or e})") from None
     except BaseException:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -387,3 +387,29 @@ def test_termination_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys, signam
     assert capsys.readouterr().err.strip() == "bayesim: terminated"
     assert list(tmp_path.iterdir()) == []  # no temporary file, and the folder made for it removed again
     assert signal.getsignal(sig) == before
+
+
+def test_atomic_write_onto_a_folder_is_one_clear_error(tmp_path):
+    """A folder where a cache or output file should go (e.g. after a manual mkdir) is reported, not a
+    traceback; the temporary file is removed."""
+    from bayesim._io import atomic_path
+
+    (tmp_path / "x.npz").mkdir()
+    with pytest.raises(BayesimError, match=r"x.npz: cannot be written \(Is a directory\)"):
+        with atomic_path(tmp_path / "x.npz") as tmp:
+            tmp.write_bytes(b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]
+
+
+def test_warnings_print_as_one_line(capsys, monkeypatch):
+    """A warning of bayesim's own (e.g. a corrupt cache being regenerated) prints as one line, without the
+    source file and line of the code that raised it."""
+    import warnings
+
+    from bayesim.cli import _one_line_warning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    assert main(["devices"]) == 0
+    assert warnings.formatwarning is _one_line_warning
+    text = warnings.formatwarning("the cache is corrupt; regenerating", UserWarning, "dirty.py", 112)
+    assert text == "bayesim: warning: the cache is corrupt; regenerating\n"

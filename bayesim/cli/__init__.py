@@ -95,7 +95,14 @@ def _main(argv: list[str] | None) -> int:
             signal.signal(sig, handler)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"bayesim: warning: {message}\n"
+
+
 def _run(argv: list[str] | None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # no source file and line of bayesim's own code
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
