@@ -180,3 +180,20 @@ def test_ir_drop_is_reported_and_first_order_out_of_range_warns(checkpoint, tmp_
     assert not (tmp_path / "out" / "metrics.json").exists()
     r = run_experiment(load_experiment(None, base=_cfg(checkpoint)), None, progress=False, log=None)
     assert r["hardware"]["ir_drop_max"] is None and "IR drop" not in result_table(r)
+
+
+def test_read_time_ages_the_stored_arrays_and_compute_delay_the_programmed_cells(checkpoint):
+    """SPQ stores nothing: its cells are programmed for each sample and read `compute_delay_s` later, so
+    `read_time_s` does not change it; JQ's stored mu/sigma arrays are read `read_time_s` after programming."""
+    def run(strategy, **hw):
+        cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy=strategy,
+                                              bits={"mu": 4, "sigma": 4, "w": 4}, **hw))
+        r = run_experiment(cfg, None, progress=False, log=None)
+        assert r["hardware"]["read_time_s"] == hw.get("read_time_s", 1.0)
+        assert r["hardware"]["compute_delay_s"] == hw.get("compute_delay_s", 1.0)
+        return r["mnist"]["nll"]
+    spq = run("spq")
+    assert run("spq", read_time_s=1e6) == spq
+    assert run("spq", compute_delay_s=1e6) != spq
+    jq = run("jq")
+    assert run("jq", read_time_s=1e6) != jq

@@ -70,7 +70,12 @@ class HardwareSpec:
     sampler: Literal["digital", "device"] = "digital"
     device: str = spec("pcm", doc="device name, card path (.yaml) or plug-in name")
     crossbar: str = spec("default", doc="crossbar card name or path (.yaml)")
-    read_time_s: float = spec(1.0, lo=0.0, hi=1e10, doc="time between programming and reading, s (<= ~300 years)")
+    read_time_s: float = spec(1.0, lo=0.0, hi=1e10,
+                              doc="time between programming the stored mu/sigma arrays (VPQ/JQ) and reading "
+                                  "them, s (<= ~300 years)")
+    compute_delay_s: float = spec(1.0, lo=0.0, hi=1e10,
+                                  doc="time between programming a sample's cells (SPQ/JQ, the device sampler) "
+                                      "and the MVM that reads them, s")
     lumped: Literal["auto", "on", "off"] = spec(
         "auto", doc="lumped output-noise fast path where exact (auto: not for fp, the software reference)")
 

@@ -227,7 +227,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
 
     t_hw = time.perf_counter()
     analog = AnalogBNN(qmodel.export_ops(), device, card, seed=cfg.seed, sampler=hw.sampler,
-                       t_read_s=hw.read_time_s, lumped=use_lumped(hw))
+                       t_read_s=hw.read_time_s, lumped=use_lumped(hw), t_compute_s=hw.compute_delay_s)
     x_cal, cal_source = calibration_images(cfg.data.dir, cfg.data.normalization, splits)
     analog.calibrate(x_cal)
     hw_probs = _predict_splits(lambda x, bar: analog.predict_probs(x, S, cfg.batch_size, progress=bar),
@@ -262,6 +262,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "crossbar_card": str(card_path),
             "sampler": hw.sampler,
             "read_time_s": hw.read_time_s,
+            "compute_delay_s": hw.compute_delay_s,
             "tiles": summ["tiles"],
             "cells": summ["cells"],
             "cell_area_um2": card.cell_area_um2,
