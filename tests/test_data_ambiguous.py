@@ -251,3 +251,27 @@ def test_garbage_and_half_official_files(tmp_path):
     (d / amb.OFFICIAL_SAMPLES).write_bytes(pickle.dumps(np.zeros(3)))
     with pytest.raises(DataError, match="amnist_samples.pt"):
         amb.load_ambiguous(tmp_path, "train")
+
+
+def test_every_file_the_manifest_lists_is_verified(tmp_path, generated, patched):
+    """A damaged scoring ensemble (or any other file the manifest lists) makes the cache corrupt: reported
+    without generation, regenerated with it; it used to pass unnoticed by `data prepare` / `data info`."""
+    import json
+
+    d = tmp_path / "data"
+    d.mkdir()
+    amb.load_ambiguous(d, "train", seed=SEED, size=N, progress=False)
+    man = d / amb.SUBDIR / f"{amb.cache_stem(SEED, N)}.json"
+    ens = man.with_name(f"{amb.cache_stem(SEED, N)}.ensemble.safetensors")
+    ens.write_bytes(b"ensemble weights")
+    m = json.loads(man.read_text())
+    m["sha256"][ens.name] = amb._sha256(ens)
+    man.write_text(json.dumps(m))
+    amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)  # intact: accepted
+    ens.write_bytes(b"ensemble weightz")
+    with pytest.raises(DataError, match=rf"{ens.name}: SHA-256 does not match .* the cache is corrupt"):
+        amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)
+    ens.unlink()
+    ens.mkdir()
+    with pytest.raises(DataError, match=rf"{ens.name} is missing or not a file"):
+        amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)

@@ -532,6 +532,14 @@ def load_cache(manifest_path: Path, seed: int, size: int) -> tuple[np.ndarray, n
     got = _sha256(npz)
     if want != got:
         raise DataError(f"{npz}: SHA-256 {got} does not match {want} in {manifest_path.name}: the cache is corrupt")
+    for name, digest in m["sha256"].items():  # the other files of the set (the scoring ensemble)
+        other = manifest_path.with_name(str(name))
+        if other == npz:
+            continue
+        if not other.is_file():
+            raise DataError(f"{other} is missing or not a file (named by {manifest_path}): the cache is corrupt")
+        if _sha256(other) != digest:
+            raise DataError(f"{other}: SHA-256 does not match {manifest_path.name}: the cache is corrupt")
     try:
         with np.load(npz, allow_pickle=False) as z:
             images_u8, labels = z["images"], z["labels"]
