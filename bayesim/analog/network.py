@@ -18,6 +18,7 @@ import numba as nb
 import numpy as np
 
 from bayesim.bnn.ops import ActivationOp, BayesConvOp, BayesLinearOp, FlattenOp, MaxPoolOp
+from bayesim.bnn.predict import check_batch, check_samples
 from bayesim.bnn.quant import activation_step
 from bayesim.crossbar import AnalogLayer, CrossbarStats
 from bayesim.errors import BayesimError
@@ -97,23 +98,6 @@ def _digital(op, h: np.ndarray) -> np.ndarray:
     raise BayesimError(f"{type(op).__name__} is not a digital op")
 
 
-def _check_inputs(x, what: str) -> np.ndarray:
-    """Inputs as C-contiguous float32, refused when empty or not finite (a NaN would silently turn the
-    predictions, or after calibration every ADC range, into NaN)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise BayesimError(f"{what}: empty (N = 0): nothing to run")
-    if not np.isfinite(x).all():
-        raise BayesimError(f"{what}: contain NaN or Inf")
-    return x
-
-
-def _check_samples(samples, what: str) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise BayesimError(f"{what}: {samples!r} is not allowed; a positive integer")
-    return int(samples)
-
-
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z, dtype=np.float32)
@@ -175,16 +159,16 @@ class AnalogBNN:
         Each layer's range comes from its inputs propagated through the already-calibrated layers
         before it, over `samples` calibration Monte-Carlo samples (indices disjoint from evaluation).
         """
-        samples = _check_samples(samples, "calibration samples")
+        samples = check_samples(samples, "calibration samples")
         cal = [CALIBRATION_SAMPLE_BASE + k for k in range(samples)]
-        self._run(_check_inputs(x, "calibration inputs"), cal[0], calibrate_with=cal)
+        self._run(check_batch(x, "calibration inputs"), cal[0], calibrate_with=cal)
         self.reset_stats()
         self.calibrated = True
 
     def predict_probs(self, x: np.ndarray, samples: int, batch_size: int = 1000, progress=None) -> np.ndarray:
         """Predictive samples [S, N, C] float32 for inputs x [N, ...] (loop order: module docstring)."""
-        samples = _check_samples(samples, "samples")
-        x = _check_inputs(x, "inputs")
+        samples = check_samples(samples)
+        x = check_batch(x, "inputs")
         starts = list(range(0, x.shape[0], batch_size))
         per_sample = sum(layer.weight_bytes() for layer in self.layers.values())
         if len(starts) > 1 and samples * per_sample > WEIGHT_CACHE_BYTES:

@@ -28,22 +28,35 @@ def draw_weights(op: BayesLinearOp | BayesConvOp, seed: int, sample: int, layer:
     return w, b
 
 
+def check_batch(x, what: str) -> np.ndarray:
+    """Inputs [N, ...] as C-contiguous float32, refused when empty or not finite (a NaN would silently turn
+    the predictions, or after an ADC calibration every range, into NaN)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise BayesimError(f"{what}: empty (N = 0): nothing to run")
+    if not np.isfinite(x).all():
+        raise BayesimError(f"{what}: contain NaN or Inf")
+    return x
+
+
+def check_samples(samples, what: str = "samples") -> int:
+    """A Monte-Carlo sample count: a positive integer (not a bool, not a float)."""
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise BayesimError(f"{what}: {samples!r} is not allowed; a positive integer")
+    return int(samples)
+
+
 def _check_input(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
         raise BayesimError(f"images: expected shape [N, 1, 28, 28], got {x.shape}")
-    if x.shape[0] == 0:
-        raise BayesimError("images: empty split (N = 0)")
-    if not np.isfinite(x).all():
-        raise BayesimError("images: contain NaN or Inf")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return check_batch(x, "images")
 
 
 @torch.no_grad()
 def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000) -> np.ndarray:
     """Predictive samples [S, N, C] float32 for images `x` [N, 1, 28, 28] (float32)."""
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise BayesimError(f"samples: {samples!r} is not allowed; a positive integer")
+    samples = check_samples(samples)
     x = _check_input(x)
     ops = [op for op in model.export_ops() if isinstance(op, (BayesLinearOp, BayesConvOp))]
     was_training = model.training

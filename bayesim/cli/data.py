@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -31,17 +29,11 @@ def register(subparsers) -> None:
     info.set_defaults(func=cmd_info)
 
 
-def _check_folder(explicit: str | None) -> Path:
+def _check_size(size) -> None:
     from bayesim.errors import DataError
-    from bayesim.paths import data_dir
 
-    folder = data_dir(explicit)
-    if explicit is not None and not Path(explicit).is_dir():
-        raise DataError(f"data folder {explicit} does not exist (or is not a folder)")
-    env = os.environ.get("BAYESIM_DATA")
-    if explicit is None and env and not Path(env).is_dir():
-        raise DataError(f"data folder {env} (from $BAYESIM_DATA) does not exist (or is not a folder)")
-    return folder
+    if size is not None and size < 1:
+        raise DataError(f"--size must be >= 1, got {size}")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -49,8 +41,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bayesim.data.sources import MD5, DATASETS, ensure_all, md5_uncompressed
     from bayesim.errors import DataError
 
-    if args.size is not None and args.size < 1:
-        raise DataError(f"--size must be >= 1, got {args.size}")
+    _check_size(args.size)
     from bayesim.paths import data_dir
 
     folder = data_dir(args.data_dir)
@@ -86,12 +77,12 @@ def _summary(x, y, **extra) -> dict:
 def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int = 0,
                  ambiguous_size: int | None = None) -> dict:
     """Sizes and class counts of every split; Ambiguous-MNIST is never generated here."""
-    from bayesim.data.dirty import (SPLITS, ambiguous_available,
+    from bayesim.data.dirty import (SPLITS, ambiguous_available, check_named_folder,
                                     load_ambiguous_checked, load_test_split)
     from bayesim.data.sources import has_files, load_mnist
     from bayesim.errors import DataMissing
 
-    folder = _check_folder(data_dir)
+    folder = check_named_folder(data_dir)
     out: dict = {"data_dir": str(folder), "normalization": normalization, "train": {}, "test": {}}
     if has_files("mnist", "train", data_dir):
         _, y = load_mnist("train", data_dir)
@@ -121,10 +112,7 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from bayesim.errors import DataError
-
-    if args.size is not None and args.size < 1:
-        raise DataError(f"--size must be >= 1, got {args.size}")
+    _check_size(args.size)
     info = collect_info(args.data_dir, args.normalization, args.seed, args.size)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -325,6 +325,12 @@ def build(cls, mapping: Any, source: str = "<dict>", key: str = ""):
     return obj
 
 
+def with_path(card, path: str | None):
+    """`card` (a frozen dataclass with an init=False `path` field) with the file it was read from."""
+    object.__setattr__(card, "path", path)
+    return card
+
+
 def to_dict(obj) -> Any:
     """Dataclass -> plain dict (for metrics.json / hashing)."""
     if dataclasses.is_dataclass(obj):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from bayesim.config import build, load_yaml, spec, to_dict
+from bayesim.config.schema import build, load_yaml, spec, to_dict, with_path
 from bayesim.errors import ConfigError
 
 
@@ -126,12 +126,9 @@ def crossbar_from_dict(mapping: dict, source: str = "<dict>") -> CrossbarCard:
 
 def load_crossbar(path) -> CrossbarCard:
     """Read and validate a crossbar card YAML file."""
-    return _with_path(crossbar_from_dict(load_yaml(path, cls=CrossbarCard), source=str(path)), str(path))
+    return with_path(crossbar_from_dict(load_yaml(path, cls=CrossbarCard), source=str(path)), str(path))
 
 
-def _with_path(card: CrossbarCard, path: str | None) -> CrossbarCard:
-    object.__setattr__(card, "path", path)
-    return card
 
 
 def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Optional[int] = None) -> CrossbarCard:
@@ -153,4 +150,4 @@ def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Opti
         d["dac"]["bits"] = dac
     if adc is not None:
         d["adc"]["bits"] = adc
-    return _with_path(crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)"), card.path)
+    return with_path(crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)"), card.path)

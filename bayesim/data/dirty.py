@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numba as nb
@@ -175,7 +176,7 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
     mean, std = stats_for(name, normalization)
     use_embedded = embedded is True
     if not use_embedded:
-        _check_named_folder(data_dir)
+        check_named_folder(data_dir)
     if embedded is None:
         use_embedded = not full_data_available(data_dir) or (name == "ambiguous" and not ambiguous_available())
     if use_embedded:
@@ -194,18 +195,18 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
     return Split(name=name, x=normalize(x, mean, std), y=y, subset=use_embedded, source=source)
 
 
-def _check_named_folder(data_dir) -> None:
-    """A data folder the user named (argument or $BAYESIM_DATA) must exist: a mistyped path would otherwise
-    fall back to the embedded subset without a word. The default cache folder may be missing."""
-    named = data_dir if data_dir else os.environ.get("BAYESIM_DATA")
-    if not named:
-        return
+def check_named_folder(data_dir) -> Path:
+    """The data folder (see bayesim.paths.data_dir); one the user named (argument or $BAYESIM_DATA) must
+    exist: a mistyped path would otherwise fall back to the embedded subset without a word. The default
+    cache folder may be missing."""
     folder = resolve_data_dir(data_dir)
-    if not folder.is_dir():
+    named = data_dir if data_dir else os.environ.get("BAYESIM_DATA")
+    if named and not folder.is_dir():
         how = "is a file, not a folder" if folder.exists() else "does not exist"
         src = "the data folder" if data_dir else "$BAYESIM_DATA"
         raise DataError(f"{folder}: {src} {how}; name an existing folder (or leave it out to use the embedded "
                         "test subset)")
+    return folder
 
 
 def load_test_splits(data_dir: str | os.PathLike | None = None, normalization: str = "mnist", seed: int = 0,

@@ -28,7 +28,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from bayesim.config.schema import build, load_yaml, spec
+from bayesim.config.schema import build, load_yaml, spec, with_path
 from bayesim.errors import ConfigError
 
 
@@ -57,9 +57,9 @@ def _check_coeffs(coeffs) -> None:
 @dataclass(frozen=True)
 class RangeSpec:
     """Conductance range (uS) and level options."""
-    g_min_uS: Optional[float] = spec(None, lo=0.0, hi=1e5, doc="lowest programmable conductance")
-    g_max_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=1e5, doc="highest programmable conductance")
-    log_min_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=1e5,
+    g_min_uS: Optional[float] = spec(None, lo=0.0, hi=MAX_US, doc="lowest programmable conductance")
+    g_max_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=MAX_US, doc="highest programmable conductance")
+    log_min_uS: Optional[float] = spec(None, lo=0.0, lo_open=True, hi=MAX_US,
                                        doc="lowest level of log spacing (default g_min; must be > 0)")
     levels_uS: Optional[list[float]] = spec(None, doc="the device's own measured levels (ascending)")
     n_levels: Optional[int] = spec(None, lo=2, hi=1 << 16, doc="published number of programmable levels")
@@ -133,7 +133,7 @@ class FaultSpec:
 class D2DSpec:
     """Device-to-device variation, fixed per cell: target -> target*(1 + relative*z1) + absolute_uS*z2."""
     relative: float = spec(0.0, lo=0.0, hi=10.0, doc="relative std of the cell gain")
-    absolute_uS: float = spec(0.0, lo=0.0, hi=1e5, doc="std of the cell offset, uS")
+    absolute_uS: float = spec(0.0, lo=0.0, hi=MAX_US, doc="std of the cell offset, uS")
 
 
 COMPONENTS = ("range", "programming", "read", "drift", "faults", "d2d")
@@ -340,9 +340,4 @@ def load_card(path) -> DeviceCard:
     p = Path(path)
     data = load_yaml(p, cls=DeviceCard)
     card = build_card(data, source=str(p))
-    return _with_path(card, str(p))
-
-
-def _with_path(card: DeviceCard, path: str) -> DeviceCard:
-    object.__setattr__(card, "path", path)
-    return card
+    return with_path(card, str(p))

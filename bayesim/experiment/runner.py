@@ -189,8 +189,6 @@ def use_lumped(hw) -> bool:
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
                    log=print) -> dict:
     """Run `cfg`; return the metrics dict and write it to `out_dir/metrics.json` when given."""
-    import torch
-
     from bayesim.analog import AnalogBNN
     from bayesim.bnn import memory_report, predict_probs
     from bayesim.data import load_test_splits
@@ -213,7 +211,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     for name, sp in splits.items():
         if len(sp.y) == 0:
             raise BayesimError(f"data split {name!r} is empty; nothing to evaluate")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     S = cfg.samples
 
     software = None

@@ -100,7 +100,6 @@ def ece(mean_probs: np.ndarray, labels, bins: int = ECE_BINS) -> float:
     correct = (mean_probs.argmax(axis=1) == y).astype(np.float64)
     idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
     n = len(y)
-    count = np.bincount(idx, minlength=bins)
     sum_conf = np.bincount(idx, weights=conf, minlength=bins)
     sum_acc = np.bincount(idx, weights=correct, minlength=bins)
     return float(np.abs(sum_acc - sum_conf).sum() / n)
