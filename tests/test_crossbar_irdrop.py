@@ -56,3 +56,26 @@ def test_max_relative_drop_hand_case():
     m = np.array([[9.0, 0.0], [5.0, 15.0]])
     assert irdrop.max_relative_drop(g, m) == 0.25  # cells lose 10%, -, 0%, 25%; zero cells are skipped
     assert irdrop.max_relative_drop(np.zeros((2, 2)), np.zeros((2, 2))) == 0.0
+
+
+@pytest.mark.parametrize("model", ["exact", "first_order"])
+def test_partly_filled_tile_equals_the_zero_padded_full_tile(model):
+    """The used block of a 12x9 tile (first 5 rows, first 7 columns): the column currents still run down the
+    whole column wire to the ADC, so the block's effective conductances equal those of the full tile with
+    the unused cells at G = 0 (hand check of the geometry: the unused rows' segments are in series with the
+    ground segment; unused columns carry no current)."""
+    rng = np.random.default_rng(4)
+    g = rng.uniform(1.0, 25.0, (5, 7))
+    full = np.zeros((12, 9))
+    full[:5, :7] = g
+    r = 50.0
+    fn = getattr(irdrop, model)
+    part = fn(g, r, tile_rows=12)
+    np.testing.assert_allclose(part, fn(full, r)[:5, :7], rtol=1e-5)
+    alone = fn(g, r)  # the block solved as if it were a whole 5-row tile
+    assert np.all(part < alone)  # the extra seven wire segments lose current in every cell
+    m, drop = irdrop.apply(g, model, r, tile_rows=12)
+    np.testing.assert_array_equal(m, part)
+    assert drop == pytest.approx(irdrop.max_relative_drop(full, fn(full, r)), rel=1e-4)
+    with pytest.raises(ValueError, match="tile_rows 4 < the 5 rows"):
+        fn(g, r, tile_rows=4)

@@ -279,7 +279,8 @@ def test_bad_inputs_are_refused():
 
 def test_ir_drop_layer_uses_effective_conductances_per_tile():
     """fp weights, ideal device, first-order IR drop: the output equals x @ W_ir.T with
-    W_ir = (M(G+) - M(G-)) / span * wscale built tile by tile from irdrop.first_order."""
+    W_ir = (M(G+) - M(G-)) / span * wscale built tile by tile from irdrop.first_order; the last row tile
+    uses 8 of the tile's 16 rows and its column currents still cross the other 8 rows' wire segments."""
     from bayesim.crossbar import irdrop
 
     r = np.random.default_rng(6)
@@ -302,7 +303,7 @@ def test_ir_drop_layer_uses_effective_conductances_per_tile():
         for c0 in range(0, out, 8):
             gp = dev.g_min + np.maximum(wn[c0:c0 + 8], 0) * span
             gm = dev.g_min + np.maximum(-wn[c0:c0 + 8], 0) * span
-            m = (irdrop.first_order(gp.T, 20.0) - irdrop.first_order(gm.T, 20.0)) / span  # [rows, cols]
+            m = (irdrop.first_order(gp.T, 20.0, 16) - irdrop.first_order(gm.T, 20.0, 16)) / span  # [rows, cols]
             expected[:, c0:c0 + 8] += (x[:, r0:r0 + 16] @ m) * ws[c0:c0 + 8]
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
     ideal = x @ mu.T

@@ -2,8 +2,12 @@
 
 Geometry (per tile, physical orientation [rows, cols]): row k is driven at its left end (before
 column 0) with voltage V_k; column j is held at virtual ground by the ADC front end at its bottom end
-(after row R-1). Every wire segment between neighbouring cells (and from driver / to ground) has
-resistance r (ohm). Conductances G are in uS.
+(after row R-1, R the tile's physical row count). Every wire segment between neighbouring cells (and
+from driver / to ground) has resistance r (ohm). Conductances G are in uS.
+
+A partly filled tile (the last row or column tile of a layer) uses its first rows and columns. Unused
+columns, right of the used ones, carry no current; but every used column's current still runs down the
+whole column wire, past the R - rows unused rows, to the ADC: `tile_rows` = R adds those segments.
 
 The network is linear, so output current I_j = sum_k V_k M_kj for a matrix M that depends only on G:
 IR drop is a per-tile transform G -> M applied once per programmed tile, and the MVM stays a GEMM.
@@ -11,7 +15,7 @@ IR drop is a per-tile transform G -> M applied once per programmed tile, and the
 - `first_order`: currents at ideal voltages (I_kq = V_k G_kq) produce the wire drops; the cell then
   sees V_k - dV_row - dV_col. Summing gives M_kj = G_kj (1 - r (A_kj + B_kj)) with
   A_kj = sum_q G_kq (min(j, q) + 1)  (row wire from the driver to cell j) and
-  B_kj = sum_q G_qj (R - max(k, q))  (column wire from cell k to the ADC),
+  B_kj = sum_q G_qj (R - max(k, q))  (column wire from cell k to the ADC, R = tile_rows),
   the standard first-order (one-step) model; its error is second order in r*G*R*C.
 - `exact`: nodal analysis with scipy.sparse (2*R*C unknown node voltages), solved for R unit
   inputs; the reference for small tiles.
@@ -25,13 +29,25 @@ import scipy.sparse.linalg as spla
 US = 1e-6  # uS -> S
 
 
-def first_order(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
-    """Effective conductance matrix [rows, cols] (uS) under first-order IR drop."""
-    return _first_order(g_uS, r_wire_ohm)[0]
+def _extra_rows(g_uS: np.ndarray, tile_rows: int | None) -> int:
+    """Unused rows of the tile below the used block (0 for a full tile)."""
+    rows = np.shape(g_uS)[0]
+    if tile_rows is None:
+        return 0
+    if tile_rows < rows:
+        raise ValueError(f"tile_rows {tile_rows} < the {rows} rows used")
+    return int(tile_rows) - rows
 
 
-def _first_order(g_uS: np.ndarray, r_wire_ohm: float) -> tuple[np.ndarray, float]:
+def first_order(g_uS: np.ndarray, r_wire_ohm: float, tile_rows: int | None = None) -> np.ndarray:
+    """Effective conductance matrix [rows, cols] (uS) under first-order IR drop; the used block of a tile
+    with `tile_rows` physical rows (default: rows, a full tile)."""
+    return _first_order(g_uS, r_wire_ohm, tile_rows)[0]
+
+
+def _first_order(g_uS: np.ndarray, r_wire_ohm: float, tile_rows: int | None = None) -> tuple[np.ndarray, float]:
     """(first_order matrix, its largest relative drop over cells with G > 0: the largest r (A + B))."""
+    extra = _extra_rows(g_uS, tile_rows)
     g = np.asarray(g_uS, dtype=np.float64)
     # A_kj = sum_{p<=j} S_kp with S_kp = sum_{q>=p} G_kq (suffix sums along the row)
     suffix = np.cumsum(g[:, ::-1], axis=1)[:, ::-1]
@@ -39,14 +55,18 @@ def _first_order(g_uS: np.ndarray, r_wire_ohm: float) -> tuple[np.ndarray, float
     # B_kj = sum_{p>=k} C_pj with C_pj = sum_{q<=p} G_qj (prefix sums down the column)
     prefix = np.cumsum(g, axis=0)
     b = np.cumsum(prefix[::-1], axis=0)[::-1]
+    if extra:  # the column current flows through the unused rows' wire segments too
+        b = b + extra * prefix[-1]
     drop = r_wire_ohm * US * (a + b)
     m = g * (1.0 - drop)
     on = g > 0
     return m.astype(np.float32), float(drop[on].max()) if on.any() else 0.0
 
 
-def exact(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
-    """Effective conductance matrix [rows, cols] (uS) by an exact nodal solve (scipy.sparse)."""
+def exact(g_uS: np.ndarray, r_wire_ohm: float, tile_rows: int | None = None) -> np.ndarray:
+    """Effective conductance matrix [rows, cols] (uS) by an exact nodal solve (scipy.sparse); the used
+    block of a tile with `tile_rows` physical rows (default: rows, a full tile)."""
+    extra = _extra_rows(g_uS, tile_rows)
     g = np.asarray(g_uS, dtype=np.float64) * US
     rows, cols = g.shape
     if r_wire_ohm == 0:
@@ -90,7 +110,8 @@ def exact(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
     # driver segment at each row's start, ground segment at each column's end
     drv = np.arange(rows) * cols
     gnd = n + (rows - 1) * cols + np.arange(cols)
-    a_list += [drv, gnd]; b_list += [drv, gnd]; v_list += [np.full(rows, gw), np.full(cols, gw)]
+    # (the unused rows' column segments are in series with the ground segment: no current leaves there)
+    a_list += [drv, gnd]; b_list += [drv, gnd]; v_list += [np.full(rows, gw), np.full(cols, gw / (1 + extra))]
     a_all = np.concatenate(a_list)
     b_all = np.concatenate(b_list)
     v_all = np.concatenate(v_list)
@@ -99,7 +120,7 @@ def exact(g_uS: np.ndarray, r_wire_ohm: float) -> np.ndarray:
     rhs[drv, np.arange(rows)] = gw  # unit voltage on row k through its driver segment
     lu = spla.splu(mat)
     volts = lu.solve(rhs)  # [2n, rows]
-    out = gw * volts[gnd, :]  # current into ground at each column end, per unit row voltage
+    out = gw / (1 + extra) * volts[gnd, :]  # current into ground at each column end, per unit row voltage
     return (out.T / US).astype(np.float32)  # [rows, cols] uS
 
 
@@ -118,14 +139,15 @@ def max_relative_drop(g_uS: np.ndarray, m_uS: np.ndarray) -> float:
     return float(np.max((g[on] - np.asarray(m_uS, dtype=np.float64)[on]) / g[on]))
 
 
-def apply(g_uS: np.ndarray, model: str, r_wire_ohm: float) -> tuple[np.ndarray, float]:
+def apply(g_uS: np.ndarray, model: str, r_wire_ohm: float, tile_rows: int | None = None
+          ) -> tuple[np.ndarray, float]:
     """(effective conductances [rows, cols] (uS), largest relative drop of a cell) for IR-drop `model`
-    ("none", "first_order", "exact")."""
+    ("none", "first_order", "exact") on the used block of a tile with `tile_rows` physical rows."""
     if model == "none" or r_wire_ohm == 0:
         return g_uS, 0.0
     if model == "first_order":
-        return _first_order(g_uS, r_wire_ohm)
+        return _first_order(g_uS, r_wire_ohm, tile_rows)
     if model == "exact":
-        m = exact(g_uS, r_wire_ohm)
+        m = exact(g_uS, r_wire_ohm, tile_rows)
         return m, max_relative_drop(g_uS, m)
     raise ValueError(f"unknown IR-drop model {model!r}")

@@ -574,7 +574,7 @@ class AnalogLayer:
                     b[...] = self._program_read(b, s, r, c, "w-")
             if self.ir:
                 for g in (a, b):
-                    m, drop = irdrop.apply(g.T, ir.model, ir.r_wire_ohm)
+                    m, drop = irdrop.apply(g.T, ir.model, ir.r_wire_ohm, self.card.tile.rows)
                     if drop >= 1.0:  # first order only: the exact solve never loses a whole current
                         raise BayesimError(
                             f"{self.card.path or 'crossbar card ' + self.card.name}: ir_drop.model {ir.model}: the "
