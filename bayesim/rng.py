@@ -21,6 +21,10 @@ import numba as nb
 import numpy as np
 from scipy.special import ndtri
 
+from bayesim import _numba_cache
+
+_numba_cache.install()  # every kernel module imports this one: damaged cache files recompile, not fail
+
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)

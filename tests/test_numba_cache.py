@@ -1,47 +1,60 @@
-"""A kernel gives the same numbers compiled fresh and loaded from numba's cache.
-
-numba compiled fastmath (reassociated) reductions inside a parallel loop differently on a fresh compile and
-from its cache: the fused MVM's products differed by an ulp between a first run and every later one, and
-so could cross an ADC step. This runs the fused MVM + ADC in two processes sharing an empty cache folder
-(the first compiles and writes it, the second loads it) and compares the results bit for bit.
-"""
+"""A damaged numba cache file of a bayesim kernel is recompiled with one warning, not an UnpicklingError."""
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
-import numpy as np
+import pytest
 
-_SCRIPT = r"""
-import sys
-import numpy as np
-from bayesim import rng
-from bayesim.crossbar import periphery
+KERNEL = textwrap.dedent("""
+    import numba as nb
 
-r = np.random.default_rng(3)
-n, k, out = 64, 300, 12
-xn = r.uniform(0, 1, (n, k)).astype(np.float32)
-w = r.normal(0, 0.3, (out, k)).astype(np.float32)
-starts = np.array([0, 128, 256, 300], np.int64)
-blocks = np.concatenate([w[:, a:b].ravel() for a, b in zip(starts[:-1], starts[1:])])
-u = np.empty((3, n, out), np.float32)
-ones = np.ones((3, out), np.float32)
-periphery.mvm_adc(xn, blocks, starts, u, 1, np.ones(n, np.float32), ones, ones, 0, 0.0, np.uint64(0),
-                  rng.NORMAL_TABLE, np.zeros(n, np.int64), True, u)
-np.save(sys.argv[1], u)
-print(periphery.mvm_adc.stats.cache_hits.total(), periphery.mvm_adc.stats.cache_misses.total())
-"""
+    @nb.njit(cache=True)
+    def plus_one(x):
+        return x + 1
+    """)
 
 
-def test_fused_mvm_same_fresh_and_cached(tmp_path):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba_cache"))
-    runs = []
-    for i in range(2):
-        out = tmp_path / f"u{i}.npy"
-        p = subprocess.run([sys.executable, "-c", _SCRIPT, str(out)], env=env, capture_output=True, text=True,
-                           timeout=600)
-        assert p.returncode == 0, p.stderr
-        hits, misses = (int(v) for v in p.stdout.split()[-2:])
-        runs.append((np.load(out), hits, misses))
-    (u0, h0, m0), (u1, h1, m1) = runs
-    assert (h0, m0) == (0, 1) and (h1, m1) == (1, 0)  # first compiled, second loaded from the cache
-    np.testing.assert_array_equal(u0, u1)
+def _run(folder: Path, install: bool) -> subprocess.CompletedProcess:
+    code = ("from bayesim import _numba_cache; _numba_cache.install(); " if install else "") + \
+        "import kern; print(kern.plus_one(41))"
+    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    return subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _damage(folder: Path, suffix: str) -> list[Path]:
+    files = sorted((folder / "__pycache__").glob(f"kern.plus_one-*{suffix}"))
+    assert files, f"no {suffix} cache file written"
+    for f in files:
+        f.write_bytes(b"\xe7 not a pickle")
+    return files
+
+
+@pytest.mark.parametrize("suffix", [".nbi", ".nbc"])
+def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, suffix):
+    folder = tmp_path / "bayesim_kernels"  # a cache folder named after bayesim counts as bayesim's
+    folder.mkdir()
+    (folder / "kern.py").write_text(KERNEL)
+    first = _run(folder, install=True)
+    assert first.returncode == 0 and first.stdout.strip() == "42", first.stderr
+    damaged = _damage(folder, suffix)
+    second = _run(folder, install=True)
+    assert second.returncode == 0 and second.stdout.strip() == "42", second.stderr
+    assert "is unreadable (UnpicklingError" in second.stderr and str(damaged[0]) in second.stderr
+    assert second.stderr.count("unreadable") == 1
+    third = _run(folder, install=True)  # the file was rewritten: no warning any more
+    assert third.returncode == 0 and third.stdout.strip() == "42" and "unreadable" not in third.stderr
+
+
+def test_damaged_cache_of_another_package_is_left_to_numba(tmp_path):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "kern.py").write_text(KERNEL)
+    assert _run(folder, install=True).returncode == 0
+    _damage(folder, ".nbc")
+    run = _run(folder, install=True)
+    assert run.returncode != 0 and "UnpicklingError" in run.stderr
