@@ -128,6 +128,27 @@ def test_load_from_folder_with_files(tmp_path):
         load_mnist("val", tmp_path)
 
 
+def test_content_other_than_the_official_file_warns(tmp_path, data_dir):
+    """Valid IDX files with other content load, with one warning each naming the file (synthetic data here;
+    the official Fashion-MNIST test files copied under mnist/ too); the official files load silently."""
+    fake_mnist_folder(tmp_path)
+    with pytest.warns(UserWarning, match=r"t10k-images-idx3-ubyte.gz is not the official mnist file") as rec:
+        load_mnist("test", tmp_path)
+    assert len(rec) == 2 and "t10k-labels-idx1-ubyte.gz" in str(rec[1].message)
+    swapped = tmp_path / "swapped"
+    for base in sources.file_names("test"):
+        src = sources.find_file("fashion", base, data_dir)
+        write(swapped / "mnist" / src.name, src.read_bytes(), gz=False)
+    with pytest.warns(UserWarning, match=r"swapped/mnist/t10k-images-idx3-ubyte.gz is not the official mnist"):
+        load_mnist("test", swapped)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_mnist("test", data_dir)
+        load_fashion("test", data_dir)
+
+
 def test_raw_uncompressed_files_accepted(tmp_path):
     x = np.full((3, 28, 28), 7, np.uint8)
     write(tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte", idx_bytes(x), False)

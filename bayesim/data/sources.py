@@ -155,9 +155,31 @@ def _short(e: Exception | None) -> str:
     return f"{type(e).__name__}: {reason if reason is not None else e}"
 
 
+def _content_md5(a: np.ndarray) -> str:
+    """MD5 of the uncompressed IDX file that decodes to the uint8 array `a` (header rebuilt from its shape)."""
+    magic = 0x0800 | a.ndim  # unsigned-byte data, a.ndim dimensions
+    h = hashlib.md5(np.array([magic, *a.shape], dtype=">u4").tobytes())
+    h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def _warn_if_not_official(dataset: str, path: Path, a: np.ndarray) -> None:
+    """A file with valid IDX structure but other content (a Fashion-MNIST file under mnist/, an edited or
+    synthetic set) still loads; its numbers are not the published data set's, so say so once."""
+    import warnings
+
+    base = path.name[:-3] if path.name.endswith(".gz") else path.name
+    want = MD5.get((dataset, base))
+    if want is not None and _content_md5(a) != want:
+        warnings.warn(f"{path} is not the official {DATASETS[dataset]} file (MD5 of its content differs from "
+                      f"{want}): results are not comparable with published numbers", UserWarning, stacklevel=4)
+
+
 @functools.lru_cache(maxsize=8)
-def _load_cached(images: Path, labels: Path, key: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _load_cached(dataset: str, images: Path, labels: Path, key: tuple) -> tuple[np.ndarray, np.ndarray]:
     x, y = read_pair(images, labels)
+    _warn_if_not_official(dataset, images, x)
+    _warn_if_not_official(dataset, labels, y)
     y64 = y.astype(np.int64)
     y64.flags.writeable = False
     return x, y64
@@ -168,7 +190,7 @@ def _load(dataset: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
     images, labels = images.resolve(), labels.resolve()
     st_i, st_l = images.stat(), labels.stat()
     key = (st_i.st_size, st_i.st_mtime_ns, st_l.st_size, st_l.st_mtime_ns)
-    return _load_cached(images, labels, key)
+    return _load_cached(dataset, images, labels, key)
 
 
 def load_mnist(split: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
