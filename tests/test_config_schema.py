@@ -148,3 +148,13 @@ def test_bare_on_off_in_yaml_mean_the_words_where_the_choices_are_words(tmp_path
     assert load_experiment(tmp_path / "c.yaml", overrides=["hardware.lumped=on"]).hardware.lumped == "on"
     with pytest.raises(ConfigError, match="adc.mode: True is not allowed; choose one of 'max', 'percentile'"):
         build(_Card, {"name": "x", "adc": {"mode": True}}, source="card.yaml")
+
+
+def test_float32_message_offers_zero_only_where_the_range_allows_it():
+    from bayesim.bnn.train import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        build(TrainConfig, {"lr": 1e-300}, source="t.yaml")
+    assert str(e.value).startswith("t.yaml: lr: 1e-300 is not representable in float32") and "0 or" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"allowed: 0 or a magnitude"):
+        build(_Card, {"name": "x", "gains": [1e-300]}, source="card.yaml")

@@ -249,8 +249,10 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
         if not math.isfinite(value):
             raise ConfigError(f"must be a finite number, got {value!r}", source, key)
         if value != 0.0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+            zero_ok = _in_range(0.0, md)
             raise ConfigError(f"{value!r} is not representable in float32 (the simulation's precision); "
-                              f"allowed: 0 or a magnitude in [{FLOAT32_TINY:.6g}, {FLOAT32_MAX:.6g}]", source, key)
+                              f"allowed: {'0 or ' if zero_ok else ''}a magnitude in "
+                              f"[{FLOAT32_TINY:.6g}, {FLOAT32_MAX:.6g}]", source, key)
         _check_range(value, md, source, key)
         return value
     if tp is str:
@@ -268,13 +270,17 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
     return value
 
 
+def _in_range(value, md) -> bool:
+    """Whether `value` lies in the field's [lo, hi] range (open ends as declared)."""
+    lo, hi = md.get("lo"), md.get("hi")
+    if lo is not None and (value < lo or (md.get("lo_open") and value == lo)):
+        return False
+    return not (hi is not None and (value > hi or (md.get("hi_open") and value == hi)))
+
+
 def _check_range(value, md, source, key):
     lo, hi = md.get("lo"), md.get("hi")
-    bad = False
-    if lo is not None and (value < lo or (md.get("lo_open") and value == lo)):
-        bad = True
-    if hi is not None and (value > hi or (md.get("hi_open") and value == hi)):
-        bad = True
+    bad = not _in_range(value, md)
     ch = md.get("choices")
     if ch and value not in ch:
         raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}", source, key)
