@@ -359,6 +359,11 @@ def test_import_config_paths_relative_to_the_config(tmp_path, capsys, monkeypatc
     assert main(["import-pyro", "--config", str(c)]) == 2
     assert _error(capsys).startswith(f"{c}: out: {tmp_path / 'cfg' / 'py'}: is a folder")
     assert not (tmp_path / "cfg" / "m2.safetensors").exists()
+    # a checkpoint found only relative to the current folder is used, as experiment configs' model.path
+    (tmp_path / "elsewhere" / "here.pt").symlink_to(shared_models_dir / "pfp_svi_mlp_e40.pt")
+    c.write_text("checkpoint: here.pt\narch: mlp\nout: m3.safetensors\n")
+    assert main(["import-pyro", "--config", str(c)]) == 0
+    assert (tmp_path / "cfg" / "m3.safetensors").is_file()
 
 
 @pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])

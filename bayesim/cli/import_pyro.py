@@ -2,7 +2,8 @@
 
 Also from a YAML config: `bayesim import-pyro --config X.yaml` with keys checkpoint, arch, out,
 normalization ("own": Fashion-MNIST normalised with its own statistics, the reference's convention);
-relative paths in it are relative to the config file's folder. The output path is checked before importing.
+relative paths in it are relative to the config file's folder (a checkpoint found only in the current folder
+is taken from there). The output path is checked before importing.
 """
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ def run(args) -> int:
 
 
 def _resolve_paths(cfg: ImportConfig, args) -> ImportConfig:
-    """Relative checkpoint and out paths in a config file are relative to that file's folder (as in
-    experiment configs); those given on the command line stay relative to the current folder."""
+    """Relative paths in a config file are relative to that file's folder: the checkpoint when it exists
+    there or nowhere else, else as written (the current folder), as `model.path` of experiment configs;
+    `out` always.
+    Paths given on the command line stay relative to the current folder."""
     import os
     from dataclasses import replace
 
@@ -74,5 +77,7 @@ def _resolve_paths(cfg: ImportConfig, args) -> ImportConfig:
     for k in ("checkpoint", "out"):
         v = getattr(cfg, k)
         if folder and getattr(args, k) is None and v.strip() and not os.path.isabs(v):
-            new[k] = os.path.join(folder, v)  # keeps a trailing '/': out must not name a folder
+            cand = os.path.join(folder, v)  # keeps a trailing '/': out must not name a folder
+            if k == "out" or os.path.exists(cand) or not os.path.exists(v):
+                new[k] = cand  # (a checkpoint found in neither place is reported at its config-relative path)
     return replace(cfg, **new)
