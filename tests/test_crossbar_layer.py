@@ -399,3 +399,81 @@ def test_pcm_fused_device_law_matches_generic_path_in_distribution(mapping):
     assert np.abs(m0 - m1).max() < 5 * se.max()
     assert abs(s0.mean() / s1.mean() - 1) < 0.1
     assert np.abs(m0 - m2).max() > 10 * se.max()  # drift at 1e6 s shifts the outputs far beyond the noise
+
+
+def _drifting_device(nu_std=0.0):
+    """Noise-free cells whose conductance drifts as G ((t + 1)/1)^-nu, nu = 0.1 (+ nu_std spread per cell)."""
+    from bayesim.devices.card import build_card
+    from bayesim.devices.composed import ComposedDevice
+
+    return ComposedDevice(build_card({"name": "drift", "model": "gaussian",
+                                      "range": {"g_min_uS": 0.0, "g_max_uS": 25.0, "log_min_uS": 0.5},
+                                      "programming": {"model": "none"}, "read": {"model": "none"},
+                                      "faults": {"stuck_at_gmin": 0.0, "stuck_at_gmax": 0.0},
+                                      "d2d": {"relative": 0.0, "absolute_uS": 0.0},
+                                      "drift": {"model": "power_law", "nu": 0.1, "nu_std": nu_std, "t0_s": 1.0}},
+                                     source="<test>"))
+
+
+def _stored_reads(layer, seed, n_in):
+    """(mu, sigma) [out, in] as a noise-free layer reads its stored arrays: the weights of two samples through
+    the ideal periphery (identity input, no bias), solved with the samples' known eps where they differ by > 1."""
+    w = [layer.forward(np.eye(n_in, dtype=np.float32), s).T.astype(np.float64) for s in (0, 1)]
+    e = [rng.normals(rng.derive_key(seed, "eps_w", s, layer.layer), w[0].shape).astype(np.float64) for s in (0, 1)]
+    use = np.abs(e[0] - e[1]) > 1.0
+    sg = (w[0] - w[1]) / np.where(use, e[0] - e[1], 1.0)
+    return w[0] - sg * e[0], sg, use
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_global_drift_compensation_undoes_a_uniform_drift(fused):
+    """Every cell drifts by the same factor f = (t + 1)^-0.1 (no noise): uncompensated, the stored mu reads
+    as f * mu and sigma decodes below its levels; global drift compensation measures the gain 1 / f in every
+    tile and reads back mu and sigma as stored (hand analysis). Fused kernel and generic path alike."""
+    dev = _drifting_device()
+    mu, sg, mb, _, _ = _layer_params(out=40, inn=300, seed=2)
+    q = LayerQuant("vpq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    mu = quantize_uniform(mu, q.mu_step, q.mu_bits)
+    sg = quantize_log(sg, q.sigma_max, q.sigma_bits)
+    op = BayesLinearOp(mu, sg, np.zeros_like(mb), np.zeros_like(mb), q)
+    t = 1e4
+    f = (t + 1.0) ** -0.1
+    d = dev if fused else _GenericOnly(dev)
+    reads = {}
+    for gdc in ("none", "global"):
+        layer = AnalogLayer(op, d, IDEAL_CARD, 0, 1, t_read=t, drift_compensation=gdc)
+        layer.program()
+        assert layer.fused_read == fused
+        if gdc == "global":
+            for k in ("mu", "sigma"):
+                assert layer.drift_gains[k].shape == (layer.n_rt, layer.n_ct) == (3, 2)
+                np.testing.assert_allclose(layer.drift_gains[k], 1 / f, rtol=1e-5)
+        else:
+            assert layer.drift_gains is None
+        reads[gdc] = _stored_reads(layer, 1, 300)
+    m, s, use = reads["none"]
+    np.testing.assert_allclose(m[use], f * mu[use], rtol=1e-4, atol=1e-6)
+    assert np.all(s[use] <= sg[use] + 1e-6) and np.mean(s[use] < 0.97 * sg[use]) > 0.5  # sigma decodes low
+    m, s, use = reads["global"]
+    assert use.mean() > 0.4
+    np.testing.assert_allclose(m[use], mu[use], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(s[use], sg[use], rtol=1e-4, atol=1e-6)
+
+
+def test_drift_compensation_is_one_without_drift_and_refuses_unknown_kinds():
+    """No drift (t = 0, or a Gaussian-read device): every gain is exactly 1 and the outputs are bit-identical
+    to the uncompensated ones."""
+    mu, sg, mb, sb, x = _layer_params(out=24, inn=60, seed=4)
+    q = LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    op = BayesLinearOp(quantize_uniform(mu, q.mu_step, q.mu_bits), quantize_log(sg, q.sigma_max, q.sigma_bits),
+                       mb, sb, q)
+    for dev, t in ((_drifting_device(nu_std=0.02), 0.0), (GaussianDevice(0.3, 0.2), 1e4)):
+        ys = []
+        for gdc in ("none", "global"):
+            layer = AnalogLayer(op, dev, IDEAL_CARD, 0, 5, t_read=t, drift_compensation=gdc)
+            ys.append(layer.forward(x, 3))
+            if gdc == "global":
+                assert all(np.all(g == 1.0) for g in layer.drift_gains.values())
+        np.testing.assert_array_equal(ys[0], ys[1])
+    with pytest.raises(BayesimError, match="drift_compensation must be one of 'none', 'global'"):
+        AnalogLayer(op, GaussianDevice(), IDEAL_CARD, 0, 0, drift_compensation="local")

@@ -197,3 +197,28 @@ def test_read_time_ages_the_stored_arrays_and_compute_delay_the_programmed_cells
     assert run("spq", compute_delay_s=1e6) != spq
     jq = run("jq")
     assert run("jq", read_time_s=1e6) != jq
+
+
+def test_drift_compensation_is_reported_and_recovers_the_drifted_run(checkpoint):
+    """JQ on PCM read 1e6 s after programming: global drift compensation reports its per-tile gains (> 1: the
+    cells lost conductance), prints them and changes the result (the test model is untrained: that the
+    compensation restores the stored values is tested on a layer in test_crossbar_layer.py); SPQ, which
+    stores nothing, warns that there is nothing to compensate."""
+    from bayesim.experiment import result_table
+
+    def run(strategy, **hw):
+        cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy=strategy,
+                                              bits={"mu": 4, "sigma": 4, "w": 4}, **hw))
+        return run_experiment(cfg, None, progress=False, log=None)
+    aged = run("jq", read_time_s=1e6)
+    comp = run("jq", read_time_s=1e6, drift_compensation="global")
+    assert aged["hardware"]["drift_compensation"] == "none"
+    assert all(layer["drift_gains"] is None for layer in aged["hardware"]["layers"])
+    assert comp["hardware"]["drift_compensation"] == "global"
+    for layer in comp["hardware"]["layers"]:
+        g = layer["drift_gains"]
+        assert 1.2 < g["mu"]["min"] <= g["mu"]["mean"] <= g["mu"]["max"] < 3 and 1.2 < g["sigma"]["min"] < 3
+    assert "drift compensation (global, per tile) at t = 1e+06 s: digital gains" in result_table(comp)
+    assert comp["mnist"]["nll"] != aged["mnist"]["nll"]
+    with pytest.warns(UserWarning, match="drift_compensation: global has nothing to compensate: strategy spq"):
+        run("spq", drift_compensation="global")

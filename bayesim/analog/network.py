@@ -111,11 +111,12 @@ class AnalogBNN:
     sampler: "digital" (Gaussian generator) or "device" (the cells' own spread is the random source);
     t_read_s: read time of the stored mu/sigma arrays after their programming, s; t_compute_s: time between
     programming a sample's cells and the MVM that reads them, s (None: t_read_s); lumped: use the lumped
-    output-noise path where exact.
+    output-noise path where exact; drift_compensation: "none" or "global" (GDC of the stored mu/sigma
+    arrays: one digital gain per tile, measured with an all-ones input; see AnalogLayer._drift_gains).
     """
 
     def __init__(self, ops, device, crossbar, seed: int, sampler: str = "digital", t_read_s: float = 1.0,
-                 lumped: bool = False, t_compute_s: float | None = None):
+                 lumped: bool = False, t_compute_s: float | None = None, drift_compensation: str = "none"):
         self.ops = list(ops)
         self.device, self.crossbar, self.seed = device, crossbar, int(seed)
         self.layers: dict[int, AnalogLayer] = {}
@@ -125,7 +126,7 @@ class AnalogBNN:
                 self.layers[i] = AnalogLayer(op, device, crossbar, layer_index=n_bayes, seed=self.seed,
                                              sampler=sampler, t_read=t_read_s,
                                              t_compute=t_read_s if t_compute_s is None else t_compute_s,
-                                             lumped=lumped)
+                                             lumped=lumped, drift_compensation=drift_compensation)
                 n_bayes += 1
             elif not isinstance(op, (ActivationOp, MaxPoolOp, FlattenOp)):
                 raise BayesimError(f"op {i}: {type(op).__name__} cannot run on the analog simulator")

@@ -98,7 +98,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 lvl, sd_prog, sd_read, g_lo, g_hi, g_base, g_span, offset, ref_sd_prog, ref_sd_read,
                 tile_keys, row_starts, tile_rows, tile_cols, out_kind, out_a, out_b,
                 stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_mean,
-                sigma_log, ladder, thresholds, sigma_values, sigma_slopes, sigma_max,
+                sigma_log, ladder, thresholds, sigma_values, sigma_slopes, sigma_max, sigma_gain,
                 cell_law, nu_a, nu_b, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, read_coeffs,
                 q_coeff, q_exp, q_max, inv_gmax):
     """Effective weights of one layer for one sample (see module docstring).
@@ -116,8 +116,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     stored (VPQ/JQ with a Gaussian-read device): mu and sigma are not taken from `mu`, `sigma` but read
       from the stored arrays (block layout, z from one hash per cell of read_keys[r, c]): each cell reads
       clip(held + sd*z) (uS); mu = mu_mean + (dG+ - dG-) * inv_mu_unit[g] (the linear decode of G+ - G-
-      around the decoded held value mu_mean, in mu units per uS); sigma is decoded from the log ladder
-      (piecewise linear in g between rungs, constant beyond the ends) or linearly (sigma_log False).
+      around the decoded held value mu_mean, in mu units per uS); the sigma cell's read, times the digital
+      drift-compensation gain of its tile sigma_gain[r, c] (float32 [row tiles, column tiles]; 1 without), is decoded from the log ladder
+      (piecewise linear in g between rungs, constant beyond the ends) or linearly (sigma_log False). (The
+      mu gain is folded into inv_mu_unit and mu_mean by the caller.)
     cell_law (a device with Gaussian programming whose read is drift + noise, `read_cell_law`): each
       programmed cell is read with the law of bayesim.devices.kernels.read_cell (drift exponent from the
       cell's fixed normal: nu_a / nu_b in block layout, from `cell_normals`; read noise from the cell's
@@ -171,6 +173,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 _gather3(dtable, i0, i1, i2, rows_r, y0, y1, y2)
                 _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r, inv_unit,
                              glo, ghi, wb, sb)
+                sgain = sigma_gain[r, c]
+                if sgain != one:
+                    for kl in range(rows_r):
+                        sb[kl] = sb[kl] * sgain
                 if sigma_log:
                     _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, seg)
                 else:

@@ -46,6 +46,7 @@ from bayesim.errors import BayesimError
 
 Z_MAX = float(np.abs(rng.NORMAL_TABLE).max())  # largest |eps| the 16-bit table can draw (4.33)
 STRATEGIES = ("fp", "vpq", "spq", "jq")
+DRIFT_COMPENSATIONS = ("none", "global")
 #: Layers with at most this many outputs run products + ADC in one fused kernel (periphery.mvm_adc):
 #: a BLAS call with so few columns is memory-bound on its [tiles, N, out] output. Wider layers use BLAS.
 FUSED_MVM_MAX_OUT = 128
@@ -104,9 +105,15 @@ class AnalogLayer:
 
     def __init__(self, op, device, crossbar: CrossbarCard, layer_index: int, seed: int,
                  sampler: str = "digital", t_read: float = 1.0, t_compute: float = 1.0,
-                 lumped: bool = False):
+                 lumped: bool = False, drift_compensation: str = "none"):
         if sampler not in ("digital", "device"):
             raise BayesimError(f"sampler must be 'digital' or 'device', got {sampler!r}")
+        if drift_compensation not in DRIFT_COMPENSATIONS:
+            raise BayesimError(f"drift_compensation must be one of {', '.join(map(repr, DRIFT_COMPENSATIONS))}, "
+                               f"got {drift_compensation!r}")
+        self.drift_compensation = drift_compensation
+        #: digital gains of global drift compensation per stored array and tile (None: none; see _drift_gains)
+        self.drift_gains: dict | None = None
         q = getattr(op, "quant", None)
         self.strategy = getattr(q, "strategy", "fp") if q is not None else "fp"
         if self.strategy not in STRATEGIES:
@@ -346,8 +353,64 @@ class AnalogLayer:
                         self._tile_view(sd, off, rows_r, c0, c1)[...] = s_
                     self.read_mean[name], self.read_sd[name] = mean, sd
             self._mu_mean = self._decode_mu_blocks(self.read_mean["mu+"], self.read_mean["mu-"])
+        if self.drift_compensation == "global":
+            self.drift_gains = self._drift_gains()
+        if self.fused_read:
             _, values, ladder = self._sigma_ladder()
             self._ladder = (ladder if ladder is not None else np.ones(2), values if values is not None else np.zeros(2))
+
+    def _drift_gains(self) -> dict:
+        """Global drift compensation (GDC) of the stored arrays, per tile, as on IBM's PCM chips and in aihwkit:
+        an all-ones input is applied right after programming and again at t_read, and each tile's digital gain
+        is sum_j |I_j(0)| / sum_j |I_j(t_read)| over its column currents I_j (for the mu pair, the differential
+        current of G+ - G-). It undoes the tile's mean drift, not the cell-to-cell spread of drift exponents.
+        The currents are the cells' expected reads (`read_moments`: the drifted conductances; a Gaussian-read
+        device: the held ones, so its gains are 1), or one measured read at each time for other devices.
+        Returns {"mu": gains, "sigma": gains}, float64 [row tiles, column tiles]."""
+        moments = getattr(self.device, "read_moments", None)
+
+        def tile_reads(name, t, r, c, off, rows_r, c0, c1):
+            h = self._tile_view(self.held[name], off, rows_r, c0, c1).astype(np.float64)
+            if self.table_noise:
+                return h
+            ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+            h32 = np.ascontiguousarray(h, np.float32)
+            if moments is not None:
+                return np.asarray(moments(h32, t, ck)[0], np.float64)
+            key = rng.derive_key(self.seed, "gdc", self.layer, r, c, name, "t0" if t == 0.0 else "t")
+            return np.asarray(self.device.read(h32, t, key, ck), np.float64)
+
+        gains = {k: np.ones((self.n_rt, self.n_ct)) for k in ("mu", "sigma")}
+        for r, c, off, rows_r, c0, c1 in self._tiles():
+            for which, names in (("mu", ("mu+", "mu-")), ("sigma", ("sigma",))):
+                ref, now = (float(np.abs(sum((-1) ** i * tile_reads(n, t, r, c, off, rows_r, c0, c1).sum(1)
+                                                 for i, n in enumerate(names))).sum())
+                            for t in (0.0, self.t_read))
+                if ref == 0.0:
+                    continue  # nothing stored in this tile (all-zero weights): nothing to compensate
+                if not now > 0.0 or not np.isfinite(ref / now):
+                    raise BayesimError(f"layer {self.layer}, tile {r},{c}: drift compensation: the stored {which} "
+                                       f"array reads no current at t = {self.t_read:g} s (it did right after "
+                                       f"programming)")
+                gains[which][r, c] = ref / now
+        return gains
+
+    def _group_gains(self, tile_gains: np.ndarray) -> np.ndarray:
+        """A per-tile gain [n_rt, n_ct] as a per-scale-group gain [n_groups] (every group lies in one tile)."""
+        out = np.ones(self.n_groups, np.float64)
+        cols = self.card.tile.cols
+        for r in range(self.n_rt):
+            out[self.grp[r]] = tile_gains[r, np.arange(self.out_features) // cols]
+        return out
+
+    def _scale_tiles(self, flat: np.ndarray, tile_gains: np.ndarray) -> np.ndarray:
+        """A block-layout float32 array with each tile's cells times its gain (a new array)."""
+        out = flat.copy()
+        for r, c, off, rows_r, c0, c1 in self._tiles():
+            if tile_gains[r, c] != 1.0:
+                v = self._tile_view(out, off, rows_r, c0, c1)
+                v *= np.float32(tile_gains[r, c])
+        return out
 
     def _sigma_ladder(self):
         """Log-level sigma array: code k (sigma_max * 2^-k, k = 0..n-1, code n = zero) sits on rung
@@ -395,12 +458,16 @@ class AnalogLayer:
                 self._tile_view(out, off, rows_r, c0, c1)[...] = self.device.read(h, self.t_read, key, ck)
             reads[name] = out
         mu_blocks = self._decode_mu_blocks(reads["mu+"], reads["mu-"])
+        sig_g = reads["sigma"]
+        if self.drift_gains is not None:  # GDC: each tile's digital gain on its decoded mu and its sigma reads
+            mu_blocks = self._scale_tiles(mu_blocks, self.drift_gains["mu"])
+            sig_g = self._scale_tiles(sig_g, self.drift_gains["sigma"])
         for r in range(self.n_rt):
             r0, r1 = self.row_starts[r], self.row_starts[r + 1]
             off, n = self.out_features * r0, self.out_features * (r1 - r0)
             shape = (self.out_features, r1 - r0)
             self._mu_read[:, r0:r1] = mu_blocks[off:off + n].reshape(shape)
-            self._sigma_read[:, r0:r1] = self._g_to_sigma(reads["sigma"][off:off + n]).reshape(shape)
+            self._sigma_read[:, r0:r1] = self._g_to_sigma(sig_g[off:off + n]).reshape(shape)
         self.stats.cell_reads += 3 * self.mu.size
         return self._mu_read, self._sigma_read
 
@@ -506,16 +573,21 @@ class AnalogLayer:
             hp, hm, hs = (self.read_mean[k] for k in ("mu+", "mu-", "sigma"))
             sp, sm, ss = (self.read_sd[k] for k in ("mu+", "mu-", "sigma"))
             inv_unit = (np.float64(np.float32(q.mu_step)) / self.mu_unit).astype(np.float32)  # mu per uS, per group
+            mu_mean, sigma_gain = self._mu_mean, np.ones((self.n_rt, self.n_ct), np.float32)
+            if self.drift_gains is not None:  # GDC: mu's gain folds into the linear decode, sigma's into the kernel
+                inv_unit = inv_unit * self._group_gains(self.drift_gains["mu"]).astype(np.float32)
+                mu_mean = self._scale_tiles(mu_mean, self.drift_gains["mu"])
+                sigma_gain = self.drift_gains["sigma"].astype(np.float32)
             ladder, values = self._ladder
             d = np.diff(ladder)
             slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
-            st = (True, hp, hm, hs, sp, sm, ss, inv_unit, self._mu_mean,
+            st = (True, hp, hm, hs, sp, sm, ss, inv_unit, mu_mean,
                   getattr(q, "sigma_kind", "log") == "log", ladder, kernels.ladder_thresholds(ladder), values, slopes,
-                  float(q.sigma_max))
+                  float(q.sigma_max), sigma_gain)
         else:
             z = np.zeros(1, np.float32)
             st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True, np.ones(2), np.ones(2, np.float32),
-                  np.zeros(2), np.zeros(2), 1.0)
+                  np.zeros(2), np.zeros(2), 1.0, np.ones((1, 1), np.float32))
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
         if noisy and self.cell_law:
             law = self.device.read_cell_law(self.t_compute)
@@ -764,4 +836,7 @@ class AnalogLayer:
                 "path": "lumped" if self.lumped else ("per-cell (level tables)" if self.quantized and self.table_noise
                                                       else "per-cell (fused device law)" if self.quantized and self.cell_law
                                                       else "per-cell"),
-                "lumped_fallback": self.lumped_reason, "sigma_shortfall": self.sigma_shortfall}
+                "lumped_fallback": self.lumped_reason, "sigma_shortfall": self.sigma_shortfall,
+                "drift_gains": None if self.drift_gains is None else
+                {k: {"min": float(g.min()), "mean": float(g.mean()), "max": float(g.max())}
+                 for k, g in self.drift_gains.items()}}

@@ -76,6 +76,9 @@ class HardwareSpec:
     compute_delay_s: float = spec(1.0, lo=0.0, hi=1e10,
                                   doc="time between programming a sample's cells (SPQ/JQ, the device sampler) "
                                       "and the MVM that reads them, s")
+    drift_compensation: Literal["none", "global"] = spec(
+        "none", doc="global drift compensation of the stored mu/sigma arrays (VPQ/JQ): one digital gain per "
+                    "tile, measured with an all-ones input right after programming and at read_time_s")
     lumped: Literal["auto", "on", "off"] = spec(
         "auto", doc="lumped output-noise fast path where exact (auto: not for fp, the software reference)")
 

@@ -224,7 +224,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
 
     t_hw = time.perf_counter()
     analog = AnalogBNN(qmodel.export_ops(), device, card, seed=cfg.seed, sampler=hw.sampler,
-                       t_read_s=hw.read_time_s, lumped=use_lumped(hw), t_compute_s=hw.compute_delay_s)
+                       t_read_s=hw.read_time_s, lumped=use_lumped(hw), t_compute_s=hw.compute_delay_s,
+                       drift_compensation=hw.drift_compensation)
+    if hw.drift_compensation != "none" and not any(layer.stored for layer in analog.layers.values()):
+        import warnings
+
+        warnings.warn(f"hardware.drift_compensation: {hw.drift_compensation} has nothing to compensate: strategy "
+                      f"{hw.strategy} with the {hw.sampler} sampler stores no mu/sigma arrays (it applies to vpq and "
+                      f"jq with sampler digital)", UserWarning, stacklevel=2)
     x_cal, cal_source = calibration_images(cfg.data.dir, cfg.data.normalization, splits)
     analog.calibrate(x_cal)
     hw_probs = _predict_splits(lambda x, bar: analog.predict_probs(x, S, cfg.batch_size, progress=bar),
@@ -260,6 +267,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "sampler": hw.sampler,
             "read_time_s": hw.read_time_s,
             "compute_delay_s": hw.compute_delay_s,
+            "drift_compensation": hw.drift_compensation,
             "tiles": summ["tiles"],
             "cells": summ["cells"],
             "cell_area_um2": card.cell_area_um2,
@@ -324,6 +332,12 @@ def result_table(result: dict) -> str:
                 f"ADC conversions/inference {hwd['adc_conversions_per_inference']:.3g} | "
                 f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
                 f"ADC saturation {hwd['adc_saturation_rate']:.2%} | DAC clipped {hwd['dac_clip_rate']:.2%}")
+    gains = [l["drift_gains"] for l in hwd.get("layers", []) if l.get("drift_gains")]
+    if gains:
+        lo = min(min(g["mu"]["min"], g["sigma"]["min"]) for g in gains)
+        hi = max(max(g["mu"]["max"], g["sigma"]["max"]) for g in gains)
+        rows.append(f"drift compensation (global, per tile) at t = {hwd['read_time_s']:g} s: digital gains "
+                    f"{lo:.4g}-{hi:.4g} on the stored mu/sigma arrays")
     if hwd.get("ir_drop_max") is not None:
         from bayesim.crossbar.irdrop import FIRST_ORDER_MAX_DROP
 
