@@ -1,10 +1,12 @@
 """Unreadable numba cache files of bayesim's kernels are recompiled, not fatal.
 
-numba caches each compiled kernel next to its module (`__pycache__/*.nbi` index, `*.nbc` data) and
-unpickles them on the next run; a damaged file (a full disk, a copy cut short, an edit from outside)
-raises an UnpicklingError from every call of that kernel until the folder is deleted. For caches of
-bayesim's own modules this module turns such a file into a cache miss: one warning naming the file,
-then the kernel is compiled again and the file rewritten. Other packages' caches are left to numba.
+numba caches each compiled kernel next to its module (`__pycache__/*.nbi` index, `*.nbc` data; or under
+NUMBA_CACHE_DIR / the user cache in a folder named after the module's folder) and unpickles them on the
+next run; a damaged file (a full disk, a copy cut short, an edit from outside) raises an UnpicklingError
+from every call of that kernel until the folder is deleted. For caches of bayesim's own modules this
+module turns such a file into a cache miss: one warning naming the file, then the kernel is compiled
+again and the file rewritten. A cache file that cannot be written (e.g. a folder in its place) leaves
+the kernel compiled but uncached, with one warning. Other packages' caches are left to numba.
 """
 from __future__ import annotations
 
@@ -15,29 +17,41 @@ from numba.core import caching
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _MARK = "_bayesim_tolerant"
-_warned: set[str] = set()  # numba reads an index again before saving: one warning per file
+_warned: set[tuple[str, str]] = set()  # numba reads an index again before saving: one warning per file
+
+
+def _package_subpaths() -> set[str]:
+    """The cache-folder names numba gives bayesim's source folders outside the tree (NUMBA_CACHE_DIR, the
+    user-wide cache): `<folder name>_<sha1 of the folder path>`, unique to each folder."""
+    out = set()
+    for folder, dirs, _ in os.walk(_PACKAGE):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        out.add(caching._CacheLocator.get_suitable_cache_subpath(os.path.join(folder, "x.py")))
+    return out
+
+
+_SUBPATHS = _package_subpaths()
 
 
 def _ours(cache_file) -> bool:
-    """A cache of a bayesim module: its folder is in the package, or (NUMBA_CACHE_DIR) named after it."""
+    """A cache of a bayesim module: in the package's own folders, or in numba's folder for one of them."""
     path = os.path.abspath(cache_file._cache_path)
-    return path.startswith(_PACKAGE) or "bayesim" in path
+    return path.startswith(_PACKAGE + os.sep) or os.path.basename(path) in _SUBPATHS
 
 
-def _warn(path: str, e: BaseException) -> None:
-    if path in _warned:
+def _warn(path: str, what: str, e: BaseException) -> None:
+    if (path, what) in _warned:
         return
-    _warned.add(path)
-    warnings.warn(f"numba cache file {path} is unreadable ({type(e).__name__}: {e}); recompiling the kernel "
-                  f"and rewriting it", RuntimeWarning, stacklevel=3)
+    _warned.add((path, what))
+    warnings.warn(f"numba cache file {path} {what} ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=3)
 
 
 def install() -> None:
-    """Wrap numba's cache-file readers once per process (idempotent)."""
+    """Wrap numba's cache-file readers and writers once per process (idempotent)."""
     cls = caching.IndexDataCacheFile
     if getattr(cls, _MARK, False):
         return
-    load_index, load_data = cls._load_index, cls._load_data
+    load_index, load_data, save = cls._load_index, cls._load_data, cls.save
 
     def _load_index(self):
         try:
@@ -45,7 +59,7 @@ def install() -> None:
         except Exception as e:  # noqa: BLE001 - any unpickling failure of a damaged file
             if not _ours(self):
                 raise
-            _warn(self._index_path, e)
+            _warn(self._index_path, "is unreadable; recompiling the kernel", e)
             return {}  # no entries: the kernel compiles, and the next save rewrites the index
 
     def _load_data(self, name):
@@ -56,8 +70,16 @@ def install() -> None:
         except Exception as e:  # noqa: BLE001
             if not _ours(self):
                 raise
-            _warn(self._data_path(name), e)
+            _warn(self._data_path(name), "is unreadable; recompiling the kernel", e)
             return None  # a miss: the kernel compiles, and the save overwrites this file
 
-    cls._load_index, cls._load_data = _load_index, _load_data
+    def _save(self, key, data):
+        try:
+            return save(self, key, data)
+        except OSError as e:
+            if not _ours(self):
+                raise
+            _warn(self._index_path, "or its data file cannot be written; the kernel runs uncached", e)
+
+    cls._load_index, cls._load_data, cls.save = _load_index, _load_data, _save
     setattr(cls, _MARK, True)

@@ -59,12 +59,12 @@ x, y = load_ambiguous(data_dir, "test")   # float32 [6000, 28, 28] in [0, 1], in
 
 **Scaling with `size`** (images per split): the networks see min(60000, max(6000, 10 x size)) MNIST
 train images (all of them for the full 6000-per-split set); on fewer images the networks train for
-more epochs so they take about as many steps as on the full set (VAE max(5, ceil(150000 / n)) epochs,
-LeNets max(2, ceil(36000 / n)), batch 64 below 30,000 images: 25 and 6 epochs on 6000). With the full
+more epochs (VAE max(5, ceil(150000 / n)) epochs, LeNets max(2, ceil(36000 / n)), batch 64 below 30,000
+images: 25 and 6 epochs on 6000, i.e. about half the full set's VAE steps and as many LeNet steps). With the full
 set's epochs a 6000-image subset gave ensembles that kept 0.7-31% of the candidates and put 66-91% of
 the labels on one class; now 25-33% and at most 21% (sizes 40-200, seeds 0-3). Candidates are drawn in chunks of
 min(8192, max(1024, 4 x size)) until {pool_factor} x 2 x size pass the filter (at most
-max(20 x chunk, 120 x size) candidates, then a `DataError`). `size=100` generates in ~30 s on 2 shared cores.
+max(20 x chunk, 120 x size) candidates, then a `DataError`). `size=100` generates in ~30-45 s on 2 shared cores.
 
 **Determinism**: same MNIST, seed and size give the same bytes on the same machine and library
 build: every draw comes from a seed derived with `bayesim.rng.derive_key(seed, "ambiguous-mnist", ...)`,

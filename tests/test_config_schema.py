@@ -158,3 +158,10 @@ def test_float32_message_offers_zero_only_where_the_range_allows_it():
     assert str(e.value).startswith("t.yaml: lr: 1e-300 is not representable in float32") and "0 or" not in str(e.value)
     with pytest.raises(ConfigError, match=r"allowed: 0 or a magnitude"):
         build(_Card, {"name": "x", "gains": [1e-300]}, source="card.yaml")
+    # a value outside the field's own range gets that range, not the float32 one
+    for mapping, key, value, allowed in (({"lr": -1e-300}, "lr", -1e-300, "(0.0, inf]"),
+                                         ({"model": {"prior_sigma": 1e-300}}, "model.prior_sigma", 1e-300,
+                                          "[0.0001, 10000.0]")):
+        with pytest.raises(ConfigError) as e:
+            build(TrainConfig, mapping, source="t.yaml")
+        assert str(e.value) == f"t.yaml: {key}: {value!r} is out of range; allowed {allowed}"

@@ -1,4 +1,5 @@
-"""A damaged numba cache file of a bayesim kernel is recompiled with one warning, not an UnpicklingError."""
+"""A damaged numba cache file of a bayesim kernel is recompiled with one warning, not an UnpicklingError;
+other packages' caches are left to numba."""
 import os
 import subprocess
 import sys
@@ -14,47 +15,62 @@ KERNEL = textwrap.dedent("""
     def plus_one(x):
         return x + 1
     """)
+BAYESIM_KERNEL = "import numpy as np; from bayesim import rng; print(rng.normals(np.uint64(7), 3).round(4).tolist())"
 
 
-def _run(folder: Path, install: bool) -> subprocess.CompletedProcess:
-    code = ("from bayesim import _numba_cache; _numba_cache.install(); " if install else "") + \
-        "import kern; print(kern.plus_one(41))"
-    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    env.pop("NUMBA_CACHE_DIR", None)
+def _run(code: str, cwd: Path, cache_dir: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{cwd}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("NUMBA_DISABLE_JIT", None)
-    return subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=folder, env=env,
+    env.pop("NUMBA_CACHE_DIR", None)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    return subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def _damage(folder: Path, suffix: str) -> list[Path]:
-    files = sorted((folder / "__pycache__").glob(f"kern.plus_one-*{suffix}"))
-    assert files, f"no {suffix} cache file written"
-    for f in files:
-        f.write_bytes(b"\xe7 not a pickle")
+def _cache_files(root: Path, pattern: str) -> list[Path]:
+    files = sorted(root.rglob(pattern))
+    assert files, f"no cache file {pattern} under {root}"
     return files
 
 
-@pytest.mark.parametrize("suffix", [".nbi", ".nbc"])
-def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, suffix):
-    folder = tmp_path / "bayesim_kernels"  # a cache folder named after bayesim counts as bayesim's
-    folder.mkdir()
-    (folder / "kern.py").write_text(KERNEL)
-    first = _run(folder, install=True)
-    assert first.returncode == 0 and first.stdout.strip() == "42", first.stderr
-    damaged = _damage(folder, suffix)
-    second = _run(folder, install=True)
-    assert second.returncode == 0 and second.stdout.strip() == "42", second.stderr
-    assert "is unreadable (UnpicklingError" in second.stderr and str(damaged[0]) in second.stderr
-    assert second.stderr.count("unreadable") == 1
-    third = _run(folder, install=True)  # the file was rewritten: no warning any more
-    assert third.returncode == 0 and third.stdout.strip() == "42" and "unreadable" not in third.stderr
+@pytest.mark.parametrize("damage", ["garbage index", "garbage data", "folder in place of the index"])
+def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
+    """A real bayesim kernel (rng._fill_normal) cached under NUMBA_CACHE_DIR, in numba's folder for bayesim/."""
+    cache = tmp_path / "numba"
+    first = _run(BAYESIM_KERNEL, tmp_path, cache)
+    assert first.returncode == 0, first.stderr
+    if damage == "garbage index":
+        damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
+        damaged[0].write_bytes(b"\xe7 not a pickle")
+    elif damage == "garbage data":
+        damaged = _cache_files(cache, "rng._fill_normal-*.nbc")
+        for f in damaged:
+            f.write_bytes(b"\xe7 not a pickle")
+    else:
+        damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
+        damaged[0].unlink()
+        damaged[0].mkdir()
+    second = _run(BAYESIM_KERNEL, tmp_path, cache)
+    assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+    assert str(damaged[0]) in second.stderr
+    if damage == "folder in place of the index":
+        assert "cannot be written; the kernel runs uncached" in second.stderr
+    else:
+        assert "is unreadable; recompiling the kernel (UnpicklingError" in second.stderr
+        assert second.stderr.count("unreadable") == 1
+        third = _run(BAYESIM_KERNEL, tmp_path, cache)  # the file was rewritten: no warning any more
+        assert third.returncode == 0 and third.stdout == first.stdout and "unreadable" not in third.stderr
 
 
 def test_damaged_cache_of_another_package_is_left_to_numba(tmp_path):
-    folder = tmp_path / "other"
+    """Even in a folder whose name contains 'bayesim': only bayesim's own source folders count."""
+    folder = tmp_path / "bayesim_like_plugin"
     folder.mkdir()
     (folder / "kern.py").write_text(KERNEL)
-    assert _run(folder, install=True).returncode == 0
-    _damage(folder, ".nbc")
-    run = _run(folder, install=True)
-    assert run.returncode != 0 and "UnpicklingError" in run.stderr
+    code = "import bayesim.rng, kern; print(kern.plus_one(41))"
+    assert _run(code, folder).returncode == 0
+    for f in _cache_files(folder / "__pycache__", "kern.plus_one-*.nbc"):
+        f.write_bytes(b"\xe7 not a pickle")
+    run = _run(code, folder)
+    assert run.returncode != 0 and "UnpicklingError" in run.stderr and "bayesim: " not in run.stderr

@@ -99,10 +99,21 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"bayesim: warning: {message}\n"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One warning line on stderr, on a line of its own even while a progress bar is drawn there."""
+    text = _one_line_warning(message, category, filename, lineno).rstrip("\n")
+    tq = sys.modules.get("tqdm")
+    if file is None and tq is not None and getattr(tq.tqdm, "_instances", None):
+        tq.tqdm.write(text, file=sys.stderr)  # clears the bars, writes the line, redraws them
+    else:
+        print(text, file=file or sys.stderr)
+
+
 def _run(argv: list[str] | None) -> int:
     import warnings
 
     warnings.formatwarning = _one_line_warning  # no source file and line of bayesim's own code
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -248,12 +248,13 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
             raise ConfigError(f"must be a finite number, got {value!r}", source, key) from None
         if not math.isfinite(value):
             raise ConfigError(f"must be a finite number, got {value!r}", source, key)
+        _check_range(value, md, source, key)  # first: the field's own range is the more precise message
         if value != 0.0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
             zero_ok = _in_range(0.0, md)
+            nonneg = md.get("lo") is not None and md["lo"] >= 0
             raise ConfigError(f"{value!r} is not representable in float32 (the simulation's precision); "
-                              f"allowed: {'0 or ' if zero_ok else ''}a magnitude in "
+                              f"allowed: {'0 or ' if zero_ok else ''}{'a value' if nonneg else 'a magnitude'} in "
                               f"[{FLOAT32_TINY:.6g}, {FLOAT32_MAX:.6g}]", source, key)
-        _check_range(value, md, source, key)
         return value
     if tp is str:
         if not isinstance(value, str):

@@ -91,9 +91,9 @@ def recipe_for(n_per_split: int, n_mnist: int) -> Recipe:
 
     Scaling: the networks see n_train = min(n_mnist, max(6000, 10 * n_per_split)) MNIST images (all
     60,000 for the full 6000-per-split set; 6000 for small test sets). On subsets the networks train
-    for more epochs, so they take about as many steps as on the full set: the VAE max(5, ceil(150000 /
-    n_train)) epochs (25 on 6000 images), the LeNets max(2, ceil(36000 / n_train)) (6 on 6000), with
-    batch 64 instead of 256 under 30,000 images. Trained for the full set's 5 and 2 epochs, a 6000-image
+    for more epochs: the VAE max(5, ceil(150000 / n_train)) epochs (25 on 6000 images: about half the full
+    set's steps), the LeNets max(2, ceil(36000 / n_train)) (6 on 6000: about as many steps), with batch
+    64 instead of 256 under 30,000 images. Trained for the full set's 5 and 2 epochs, a 6000-image
     subset gave an ensemble that kept 0.7-31% of the candidates depending on the seed (so some seeds
     failed at size 200) and put 66-91% of the labels on one class. Candidates are drawn in chunks of min(8192, max(1024, 4 * n_per_split)) until
     pool_factor x (2 x n_per_split) pass the filters, giving up (DataError) after

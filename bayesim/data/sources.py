@@ -172,7 +172,7 @@ def _warn_if_not_official(dataset: str, path: Path, a: np.ndarray) -> None:
     want = MD5.get((dataset, base))
     if want is not None and _content_md5(a) != want:
         warnings.warn(f"{path} is not the official {DATASETS[dataset]} file (MD5 of its content differs from "
-                      f"{want}): results are not comparable with published numbers", UserWarning, stacklevel=4)
+                      f"{want}): results are not comparable with published numbers", UserWarning, stacklevel=5)
 
 
 @functools.lru_cache(maxsize=8)
