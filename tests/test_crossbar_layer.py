@@ -467,7 +467,9 @@ def test_drift_compensation_is_one_without_drift_and_refuses_unknown_kinds():
     q = LayerQuant("jq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
     op = BayesLinearOp(quantize_uniform(mu, q.mu_step, q.mu_bits), quantize_log(sg, q.sigma_max, q.sigma_bits),
                        mb, sb, q)
-    for dev, t in ((_drifting_device(nu_std=0.02), 0.0), (GaussianDevice(0.3, 0.2), 1e4)):
+    # a plug-in without `read_moments` (generic path) is measured with one read at each time, same noise draw
+    for dev, t in ((_drifting_device(nu_std=0.02), 0.0), (GaussianDevice(0.3, 0.2), 1e4),
+                   (GaussianDevice(0.3, 0.2, tables=False), 1e4)):
         ys = []
         for gdc in ("none", "global"):
             layer = AnalogLayer(op, dev, IDEAL_CARD, 0, 5, t_read=t, drift_compensation=gdc)
@@ -477,3 +479,48 @@ def test_drift_compensation_is_one_without_drift_and_refuses_unknown_kinds():
         np.testing.assert_array_equal(ys[0], ys[1])
     with pytest.raises(BayesimError, match="drift_compensation must be one of 'none', 'global'"):
         AnalogLayer(op, GaussianDevice(), IDEAL_CARD, 0, 0, drift_compensation="local")
+
+
+def test_drift_compensation_measures_clipped_reads_and_cannot_cancel():
+    """Cells with g_min = 5 uS and clip: range drift below 5 uS and read as 5 uS: the gain is the ratio of the
+    clipped currents (hand: sum clip(f G) vs sum G), the same on the fused and the generic path. Columns whose
+    signed weights cancel (+w and -w in every column) still get the gain 1/f: G+ and G- are measured together."""
+    from bayesim.devices.card import build_card
+    from bayesim.devices.composed import ComposedDevice
+
+    def device(g_min):
+        return ComposedDevice(build_card({"name": "drift", "model": "gaussian",
+                                          "range": {"g_min_uS": g_min, "g_max_uS": 25.0, "clip": "range",
+                                                    "log_min_uS": max(g_min, 0.5)},
+                                          "programming": {"model": "none"}, "read": {"model": "none"},
+                                          "faults": {"stuck_at_gmin": 0.0, "stuck_at_gmax": 0.0},
+                                          "d2d": {"relative": 0.0, "absolute_uS": 0.0},
+                                          "drift": {"model": "power_law", "nu": 0.1, "nu_std": 0.0, "t0_s": 1.0}},
+                                         source="<test>"))
+    t = 1e4
+    f = (t + 1.0) ** -0.1
+    mu, sg, mb, _, _ = _layer_params(out=32, inn=128, seed=8)
+    q = LayerQuant("vpq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
+    card = crossbar_from_dict({"name": "c", "tile": {"rows": 128, "cols": 32}, "dac": {"bits": None},
+                               "adc": {"bits": None}})
+    op = BayesLinearOp(quantize_uniform(mu, q.mu_step, q.mu_bits), quantize_log(sg, q.sigma_max, q.sigma_bits),
+                       np.zeros_like(mb), np.zeros_like(mb), q)
+    gains = []
+    for d in (device(5.0), _GenericOnly(device(5.0))):
+        layer = AnalogLayer(op, d, card, 0, 1, t_read=t, drift_compensation="global")
+        layer.program()
+        gains.append(layer.drift_gains)
+        held = {k: v.astype(np.float64) for k, v in layer.held.items()}
+        for which, names in (("mu", ("mu+", "mu-")), ("sigma", ("sigma",))):
+            ref = sum(held[n].sum() for n in names)
+            now = sum(np.clip(f * held[n], 5.0, 25.0).sum() for n in names)
+            np.testing.assert_allclose(layer.drift_gains[which], ref / now, rtol=1e-6)
+            assert layer.drift_gains[which][0, 0] < 0.99 / f  # the clip at g_min holds part of the current
+    for k in ("mu", "sigma"):
+        np.testing.assert_allclose(gains[0][k], gains[1][k], rtol=1e-6)
+    # cancelling columns: +0.2 and -0.2 in every column
+    w = np.tile(np.float32([0.2, -0.2]), (32, 64))
+    op = BayesLinearOp(w, np.full_like(w, 0.05), np.zeros(32, np.float32), np.zeros(32, np.float32), q)
+    layer = AnalogLayer(op, device(0.0), card, 0, 1, t_read=t, drift_compensation="global")
+    layer.program()
+    np.testing.assert_allclose(layer.drift_gains["mu"], 1 / f, rtol=1e-6)

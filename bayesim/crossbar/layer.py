@@ -100,6 +100,22 @@ def _pair(v, name):
     return int(v)
 
 
+def _expected_clipped(mean, sd, lo: float, hi: float) -> np.ndarray:
+    """E[clip(mean + sd z, lo, hi)] for z ~ N(0, 1), elementwise (float64): the average read of a cell whose
+    read is Gaussian around `mean` and clipped to the device's range, as the crossbar reads it."""
+    from scipy.special import ndtr
+
+    m = np.asarray(mean, np.float64)
+    s = np.asarray(sd, np.float64)
+    safe = np.where(s > 0, s, 1.0)
+    a, b = (lo - m) / safe, (hi - m) / safe
+    pdf = lambda x: np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)  # noqa: E731
+    below = lo * ndtr(a) if np.isfinite(lo) else 0.0
+    above = hi * ndtr(-b) if np.isfinite(hi) else 0.0
+    e = below + above + m * (ndtr(b) - ndtr(a)) + s * (pdf(a) - pdf(b))
+    return np.where(s > 0, e, np.clip(m, lo, hi))
+
+
 class AnalogLayer:
     """A BayesLinearOp / BayesConvOp mapped onto crossbar tiles of `crossbar` with cells of `device`."""
 
@@ -362,32 +378,35 @@ class AnalogLayer:
     def _drift_gains(self) -> dict:
         """Global drift compensation (GDC) of the stored arrays, per tile, as on IBM's PCM chips and in aihwkit:
         an all-ones input is applied right after programming and again at t_read, and each tile's digital gain
-        is sum_j |I_j(0)| / sum_j |I_j(t_read)| over its column currents I_j (for the mu pair, the differential
-        current of G+ - G-). It undoes the tile's mean drift, not the cell-to-cell spread of drift exponents.
-        The currents are the cells' expected reads (`read_moments`: the drifted conductances; a Gaussian-read
-        device: the held ones, so its gains are 1), or one measured read at each time for other devices.
+        is sum_j |I_j(0)| / sum_j |I_j(t_read)| over its column currents I_j. The mu pair's G+ and G- columns
+        are measured together (I_j = the sum of both currents), so weights of opposite sign cannot cancel the
+        measurement. The gain undoes the tile's mean drift, not the cell-to-cell spread of drift exponents.
+        The currents are the cells' expected reads, clipped as the reads are (`read_moments`: drifted mean and
+        read-noise std; a Gaussian-read device: the held conductance and its read std), or, for other
+        devices, one read at each time with the same noise draw (a device without drift gets gains of 1).
         Returns {"mu": gains, "sigma": gains}, float64 [row tiles, column tiles]."""
         moments = getattr(self.device, "read_moments", None)
+        lo, hi = (float(v) for v in self.g_clip)
 
-        def tile_reads(name, t, r, c, off, rows_r, c0, c1):
-            h = self._tile_view(self.held[name], off, rows_r, c0, c1).astype(np.float64)
-            if self.table_noise:
-                return h
+        def current(name, t, r, c, off, rows_r, c0, c1):  # the column currents of one array of one tile
+            h = np.ascontiguousarray(self._tile_view(self.held[name], off, rows_r, c0, c1), np.float32)
             ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
-            h32 = np.ascontiguousarray(h, np.float32)
-            if moments is not None:
-                return np.asarray(moments(h32, t, ck)[0], np.float64)
-            key = rng.derive_key(self.seed, "gdc", self.layer, r, c, name, "t0" if t == 0.0 else "t")
-            return np.asarray(self.device.read(h32, t, key, ck), np.float64)
+            if self.table_noise:
+                g = _expected_clipped(h, np.asarray(self.device.read_sigma(h, t)), lo, hi)
+            elif moments is not None:
+                m_, s_ = moments(h, t, ck)
+                g = _expected_clipped(m_, s_, lo, hi)
+            else:
+                g = self.device.read(h, t, rng.derive_key(self.seed, "gdc", self.layer, r, c, name), ck)
+            return np.asarray(g, np.float64).sum(axis=1)
 
         gains = {k: np.ones((self.n_rt, self.n_ct)) for k in ("mu", "sigma")}
         for r, c, off, rows_r, c0, c1 in self._tiles():
             for which, names in (("mu", ("mu+", "mu-")), ("sigma", ("sigma",))):
-                ref, now = (float(np.abs(sum((-1) ** i * tile_reads(n, t, r, c, off, rows_r, c0, c1).sum(1)
-                                                 for i, n in enumerate(names))).sum())
+                ref, now = (float(np.abs(sum(current(n, t, r, c, off, rows_r, c0, c1) for n in names)).sum())
                             for t in (0.0, self.t_read))
                 if ref == 0.0:
-                    continue  # nothing stored in this tile (all-zero weights): nothing to compensate
+                    continue  # no current right after programming (all cells at 0 uS): nothing to compensate
                 if not now > 0.0 or not np.isfinite(ref / now):
                     raise BayesimError(f"layer {self.layer}, tile {r},{c}: drift compensation: the stored {which} "
                                        f"array reads no current at t = {self.t_read:g} s (it did right after "
