@@ -117,9 +117,9 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
       from the stored arrays (block layout, z from one hash per cell of read_keys[r, c]): each cell reads
       clip(held + sd*z) (uS); mu = mu_mean + (dG+ - dG-) * inv_mu_unit[g] (the linear decode of G+ - G-
       around the decoded held value mu_mean, in mu units per uS); the sigma cell's read, times the digital
-      drift-compensation gain of its tile sigma_gain[r, c] (float32 [row tiles, column tiles]; 1 without), is decoded from the log ladder
-      (piecewise linear in g between rungs, constant beyond the ends) or linearly (sigma_log False). (The
-      mu gain is folded into inv_mu_unit and mu_mean by the caller.)
+      drift-compensation gain of its tile sigma_gain[r, c] (float32 [row tiles, column tiles]; 1 without),
+      is decoded from the log ladder (piecewise linear in g between rungs, constant beyond the ends) or
+      linearly (sigma_log False). (The mu gain is folded into inv_mu_unit and mu_mean by the caller.)
     cell_law (a device with Gaussian programming whose read is drift + noise, `read_cell_law`): each
       programmed cell is read with the law of bayesim.devices.kernels.read_cell (drift exponent from the
       cell's fixed normal: nu_a / nu_b in block layout, from `cell_normals`; read noise from the cell's

@@ -28,6 +28,10 @@ Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + acc
 numba kernel (periphery.mvm_adc); wider layers one BLAS GEMM per row tile, then adc_accumulate. Conv
 inputs go through one fused im2col + DAC kernel (`prepare`, reusable across samples).
 
+Global drift compensation (`drift_compensation="global"`): one digital gain per tile and stored array,
+measured at programming (an all-ones input at t = 0 and at t_read), multiplies the decoded mu and the
+sigma cells' reads (`_drift_gains`); the per-sample cells are not compensated.
+
 Lumped fast path (`lumped=True`): for fp/vpq with the digital sampler and no IR drop, the noise of a
 tile output is exactly Gaussian with variance sum_k x_k^2 sigma_jk^2, drawn once per output (the local
 reparameterisation). Elsewhere (quantized weights, device sampler, IR drop) it falls back to per-cell

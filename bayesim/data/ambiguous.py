@@ -105,7 +105,8 @@ def recipe_for(n_per_split: int, n_mnist: int) -> Recipe:
     batch = 256 if n_train >= 30000 else 64  # small subsets: more, smaller LeNet steps
     chunk = int(min(8192, max(1024, 4 * n_per_split)))
     return Recipe(n_per_split=n_per_split, n_train_images=n_train, chunk=chunk, lenet_batch=batch,
-                  vae_epochs=max(5, math.ceil(150000 / n_train)), lenet_epochs=max(2, math.ceil(36000 / n_train)),
+                  vae_epochs=max(5, math.ceil(150000 / n_train)),
+                  lenet_epochs=max(2, math.ceil(36000 / n_train)),
                   max_candidates=int(max(20 * chunk, 60 * 2 * n_per_split)))
 
 
