@@ -95,9 +95,9 @@ def recipe_for(n_per_split: int, n_mnist: int) -> Recipe:
     set's steps), the LeNets max(2, ceil(36000 / n_train)) (6 on 6000: about as many steps), with batch
     64 instead of 256 under 30,000 images. Trained for the full set's 5 and 2 epochs, a 6000-image
     subset gave an ensemble that kept 0.7-31% of the candidates depending on the seed (so some seeds
-    failed at size 200) and put 66-91% of the labels on one class. Candidates are drawn in chunks of min(8192, max(1024, 4 * n_per_split)) until
-    pool_factor x (2 x n_per_split) pass the filters, giving up (DataError) after
-    max(20 chunks, 60 x 2 x n_per_split) candidates.
+    failed at size 200) and put 66-91% of the labels on one class. Candidates are drawn in chunks of
+    min(8192, max(1024, 4 * n_per_split)) until pool_factor x (2 x n_per_split) pass the filters, giving
+    up (DataError) after max(20 chunks, 60 x 2 x n_per_split) candidates.
     """
     if n_per_split < 1:
         raise DataError(f"Ambiguous-MNIST size must be >= 1 image per split, got {n_per_split}")
