@@ -1,5 +1,5 @@
 import sys
 
-from bayesim.cli import main
+from bayesim.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -420,3 +420,38 @@ def test_warnings_print_as_one_line(capsys, monkeypatch):
     assert warnings.formatwarning is _one_line_warning
     text = warnings.formatwarning("the cache is corrupt; regenerating", UserWarning, "dirty.py", 112)
     assert text == "bayesim: warning: the cache is corrupt; regenerating\n"
+
+
+@pytest.mark.parametrize("signal_after", ["SIGINT", "SIGTERM"])
+def test_interrupt_after_the_outputs_are_written_exits_0(tmp_path, monkeypatch, capsys, signal_after):
+    """A Ctrl-C or SIGTERM that lands after `wrote ...` (every output complete) no longer turns the exit code
+    into an interruption's; one that lands before still does. The console script then ignores Ctrl-C for the
+    interpreter's shutdown."""
+    import os
+    import signal
+    import time
+
+    import bayesim.cli as cli
+    import bayesim.cli.run as run_cmd
+
+    sig = getattr(signal, signal_after)
+
+    def fake_run(args, after):
+        if after:
+            (tmp_path / "metrics.json").write_text("{}")
+            cli.wrote(f"wrote {tmp_path / 'metrics.json'}")
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("not reached")
+
+    for after, code in ((True, 0), (False, 130 if signal_after == "SIGINT" else 143)):
+        monkeypatch.setattr(run_cmd, "run", lambda args: fake_run(args, after))
+        assert main(["run"]) == code
+        out = capsys.readouterr()
+        assert ("wrote " in out.out) == after and ("bayesim: " in out.err) != after
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.console_main(["devices"]) == 0
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

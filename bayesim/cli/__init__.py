@@ -57,6 +57,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console_main(argv: list[str] | None = None) -> int:
+    """The `bayesim` console script: `main`, then Ctrl-C is ignored while the interpreter shuts down. The
+    outputs are complete by then; a late Ctrl-C must neither print a traceback nor change the exit code."""
+    code = main(argv)
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread, or no SIGINT here
+        pass
+    return code
+
+
+_complete: list[bool] = [False]  # this command's outputs are all written (see `wrote`)
+
+
+def wrote(message: str) -> None:
+    """Print `message` (e.g. "wrote out/x/metrics.json") once every output of the command is written: a
+    Ctrl-C, SIGTERM or SIGHUP from then on no longer turns the exit code into an interruption's."""
+    _complete[0] = True
+    print(message)
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C, so that atomic writes clean up their
     temporary files (an unhandled SIGTERM would end the process without running any cleanup)."""
@@ -119,20 +142,23 @@ def _run(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    _complete[0] = False
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:  # (also _Terminated)
+        if _complete[0]:
+            return 0  # after `wrote`: the outputs are complete
+        if isinstance(e, _Terminated):
+            print("bayesim: terminated", file=sys.stderr)
+            return 128 + e.signum
+        print("bayesim: interrupted", file=sys.stderr)
+        return 130
     except BayesimError as e:
         if args.debug:  # the traceback for the developer, still exit 2: it is bad input
             traceback.print_exc()
         print(f"bayesim: error: {e}", file=sys.stderr)
         return 2
-    except _Terminated as e:
-        print("bayesim: terminated", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        print("bayesim: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from bayesim.cli import wrote
 from bayesim.errors import BayesimError
 
 STRATEGIES = ("fp", "vpq", "spq", "jq")
@@ -169,5 +170,5 @@ def run(args) -> int:
     out = Path(args.out)
     write_json_atomic(out / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     print(summary_table(metrics))
-    print(f"wrote {out / 'metrics.json'}")
+    wrote(f"wrote {out / 'metrics.json'}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bayesim.cli import wrote
 from bayesim.config.schema import spec
 
 
@@ -60,7 +61,7 @@ def run(args) -> int:
     check_out_file(cfg.out, "--out" if args.out is not None else f"{args.config}: out:")
     model = import_pyro(cfg.checkpoint, cfg.arch, normalization=cfg.normalization)
     path = save_model(model, cfg.out, source={"kind": "pyro", "checkpoint": str(cfg.checkpoint)})
-    print(f"wrote {path} ({cfg.arch}, {model.n_weights} Bayesian weights)")
+    wrote(f"wrote {path} ({cfg.arch}, {model.n_weights} Bayesian weights)")
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from bayesim._io import check_out_dir
+from bayesim.cli import wrote
 
 
 def register(sub) -> None:
@@ -42,5 +43,5 @@ def run(args) -> int:
             raise ConfigError(e.message, source=args.config or "<built-in quickstart>", key=e.key) from e
         raise
     print(result_table(result))
-    print(f"wrote {out / 'metrics.json'}")
+    wrote(f"wrote {out / 'metrics.json'}")
     return 0

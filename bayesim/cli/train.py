@@ -5,6 +5,8 @@ epochs, batch_size, lr, seed, kl_warmup_epochs, init_from, data: {data_dir, limi
 """
 from __future__ import annotations
 
+from bayesim.cli import wrote
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a Bayesian network (SVI; QAT with a strategy)",
@@ -40,5 +42,5 @@ def run(args) -> int:
     source = f"{args.config} (with {', '.join(flags)})" if flags else str(args.config)
     cfg = build(TrainConfig, raw, source=source)
     _, history, path = train_and_save(cfg, out=args.out, source=str(args.config))
-    print(f"wrote {path} (train acc {history[-1]['accuracy']:.4f}, loss {history[-1]['loss']:.4f})")
+    wrote(f"wrote {path} (train acc {history[-1]['accuracy']:.4f}, loss {history[-1]['loss']:.4f})")
     return 0
