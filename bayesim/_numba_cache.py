@@ -5,8 +5,10 @@ NUMBA_CACHE_DIR / the user cache in a folder named after the module's folder) an
 next run; a damaged file (a full disk, a copy cut short, an edit from outside) raises an UnpicklingError
 from every call of that kernel until the folder is deleted. For caches of bayesim's own modules this
 module turns such a file into a cache miss: one warning naming the file, then the kernel is compiled
-again and the file rewritten. A cache file that cannot be written (e.g. a folder in its place) leaves
-the kernel compiled but uncached, with one warning. Other packages' caches are left to numba.
+again and the file rewritten; so is a data file that unpickles but whose compiled code cannot be rebuilt.
+A cache file that cannot be written (e.g. a folder in its place) leaves the kernel compiled but uncached,
+with one warning. Other packages' caches are left to numba. Not caught: damage that still rebuilds into
+a wrong kernel (another kernel's file copied over it: a TypeError on the call) or crashes the process.
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def _warn(path: str, what: str, e: BaseException) -> None:
     if (path, what) in _warned:
         return
     _warned.add((path, what))
-    warnings.warn(f"numba cache file {path} {what} ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=3)
+    detail = " ".join(str(e).split())  # one line: LLVM errors span several
+    warnings.warn(f"numba cache file {path} {what} ({type(e).__name__}: {detail})", RuntimeWarning, stacklevel=3)
 
 
 def install() -> None:
@@ -59,7 +62,8 @@ def install() -> None:
         except Exception as e:  # noqa: BLE001 - any unpickling failure of a damaged file
             if not _ours(self):
                 raise
-            _warn(self._index_path, "is unreadable; recompiling the kernel", e)
+            if not isinstance(e, IsADirectoryError):  # (a folder: the failed save says so)
+                _warn(self._index_path, "is unreadable; recompiling the kernel", e)
             return {}  # no entries: the kernel compiles, and the next save rewrites the index
 
     def _load_data(self, name):
@@ -83,3 +87,19 @@ def install() -> None:
 
     cls._load_index, cls._load_data, cls.save = _load_index, _load_data, _save
     setattr(cls, _MARK, True)
+
+    # a data file that unpickles but whose compiled code cannot be rebuilt (e.g. a flipped byte in the
+    # LLVM bitcode) is a miss too
+    cache_cls = caching.Cache
+    load_overload = cache_cls.load_overload
+
+    def _load_overload(self, sig, target_context):
+        try:
+            return load_overload(self, sig, target_context)
+        except Exception as e:  # noqa: BLE001
+            if not _ours(self._cache_file):
+                raise
+            _warn(self._cache_file._index_path, "holds a kernel that cannot be rebuilt; recompiling it", e)
+            return None
+
+    cache_cls.load_overload = _load_overload

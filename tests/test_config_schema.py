@@ -33,7 +33,7 @@ def test_builds_nested_with_defaults():
     ({"name": "x", "adc": {"bits": "8"}}, "adc.bits: expected an integer"),
     ({"adc": {}}, "card.yaml: name: required key is missing"),
     ({"name": "x", "adc": {"mode": "maxx"}}, "did you mean 'max'?"),
-    ({"name": "x", "adc": {"range_v": 0}}, "adc.range_v: 0.0 is out of range; allowed (0, inf]"),
+    ({"name": "x", "adc": {"range_v": 0}}, "adc.range_v: 0.0 is out of range; allowed (0, inf)"),
     ({"name": "x", "gains": [1, "a"]}, "gains[1]: expected a number"),
     ({"name": "x", "adc": {"range_v": float("nan")}}, "finite"),
 ])
@@ -115,7 +115,8 @@ def test_floats_must_be_float32_normal(value):
         build(_Card, {"name": "x", "gains": [1.0, value]}, source="card.yaml")
     msg = str(e.value)
     assert msg.startswith("card.yaml: gains[1]: ")
-    assert ("not representable in float32" in msg and "1.17549e-38, 3.40282e+38" in msg) or "finite" in msg
+    assert ("not representable in float32" in msg and ("magnitude >= 1.1755e-38" in msg or "magnitude <= 3.4028e+38"
+                                                        in msg)) or "finite" in msg
 
 
 def test_float32_rule_keeps_zero_and_normal_values():
@@ -155,11 +156,14 @@ def test_float32_message_offers_zero_only_where_the_range_allows_it():
 
     with pytest.raises(ConfigError) as e:
         build(TrainConfig, {"lr": 1e-300}, source="t.yaml")
-    assert str(e.value).startswith("t.yaml: lr: 1e-300 is not representable in float32") and "0 or" not in str(e.value)
-    with pytest.raises(ConfigError, match=r"allowed: 0 or a magnitude"):
+    assert str(e.value) == ("t.yaml: lr: 1e-300 is not representable in float32 (the simulation's precision); "
+                            "allowed: a value in (0.0, inf) of magnitude >= 1.1755e-38")
+    with pytest.raises(ConfigError, match=r"allowed: 0 or a value in \(-inf, inf\) of magnitude >= 1.1755e-38$"):
         build(_Card, {"name": "x", "gains": [1e-300]}, source="card.yaml")
+    # the printed bounds are accepted: they are rounded inward
+    assert build(_Card, {"name": "x", "gains": [1.1755e-38, -3.4028e+38]}).gains == [1.1755e-38, -3.4028e+38]
     # a value outside the field's own range gets that range, not the float32 one
-    for mapping, key, value, allowed in (({"lr": -1e-300}, "lr", -1e-300, "(0.0, inf]"),
+    for mapping, key, value, allowed in (({"lr": -1e-300}, "lr", -1e-300, "(0.0, inf)"),
                                          ({"model": {"prior_sigma": 1e-300}}, "model.prior_sigma", 1e-300,
                                           "[0.0001, 10000.0]")):
         with pytest.raises(ConfigError) as e:

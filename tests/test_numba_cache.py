@@ -34,7 +34,8 @@ def _cache_files(root: Path, pattern: str) -> list[Path]:
     return files
 
 
-@pytest.mark.parametrize("damage", ["garbage index", "garbage data", "folder in place of the index"])
+@pytest.mark.parametrize("damage", ["garbage index", "garbage data", "a pickle that is not a kernel",
+                                    "folder in place of the index"])
 def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
     """A real bayesim kernel (rng._fill_normal) cached under NUMBA_CACHE_DIR, in numba's folder for bayesim/."""
     cache = tmp_path / "numba"
@@ -47,6 +48,12 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
         damaged = _cache_files(cache, "rng._fill_normal-*.nbc")
         for f in damaged:
             f.write_bytes(b"\xe7 not a pickle")
+    elif damage == "a pickle that is not a kernel":  # unpickles, then numba cannot rebuild it
+        import pickle
+
+        for f in _cache_files(cache, "rng._fill_normal-*.nbc"):
+            f.write_bytes(pickle.dumps(("not", "a", "kernel")))
+        damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
     else:
         damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
         damaged[0].unlink()
@@ -56,6 +63,11 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
     assert str(damaged[0]) in second.stderr
     if damage == "folder in place of the index":
         assert "cannot be written; the kernel runs uncached" in second.stderr
+        assert second.stderr.count("numba cache file") == 1
+    elif damage == "a pickle that is not a kernel":
+        assert "holds a kernel that cannot be rebuilt; recompiling it" in second.stderr
+        third = _run(BAYESIM_KERNEL, tmp_path, cache)
+        assert third.returncode == 0 and third.stdout == first.stdout and "numba cache file" not in third.stderr
     else:
         assert "is unreadable; recompiling the kernel (UnpicklingError" in second.stderr
         assert second.stderr.count("unreadable") == 1

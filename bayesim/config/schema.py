@@ -32,6 +32,7 @@ _MISSING = dataclasses.MISSING
 #: Every float the simulation uses is float32: a nonzero float must lie in its normal range.
 FLOAT32_TINY = 1.1754943508222875e-38   # numpy.finfo(numpy.float32).tiny
 FLOAT32_MAX = 3.4028234663852886e+38    # numpy.finfo(numpy.float32).max
+_TINY_TEXT, _MAX_TEXT = "1.1755e-38", "3.4028e+38"  # rounded inward, so the printed bounds are accepted
 INT64_MAX = 2**63 - 1
 
 
@@ -250,11 +251,10 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
             raise ConfigError(f"must be a finite number, got {value!r}", source, key)
         _check_range(value, md, source, key)  # first: the field's own range is the more precise message
         if value != 0.0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
-            zero_ok = _in_range(0.0, md)
-            nonneg = md.get("lo") is not None and md["lo"] >= 0
-            raise ConfigError(f"{value!r} is not representable in float32 (the simulation's precision); "
-                              f"allowed: {'0 or ' if zero_ok else ''}{'a value' if nonneg else 'a magnitude'} in "
-                              f"[{FLOAT32_TINY:.6g}, {FLOAT32_MAX:.6g}]", source, key)
+            limit = f">= {_TINY_TEXT}" if abs(value) < FLOAT32_TINY else f"<= {_MAX_TEXT}"
+            raise ConfigError(f"{value!r} is not representable in float32 (the simulation's precision); allowed: "
+                              f"{'0 or ' if _in_range(0.0, md) else ''}a value in {_range_text(md)} of magnitude "
+                              f"{limit}", source, key)
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -279,17 +279,21 @@ def _in_range(value, md) -> bool:
     return not (hi is not None and (value > hi or (md.get("hi_open") and value == hi)))
 
 
-def _check_range(value, md, source, key):
+def _range_text(md) -> str:
+    """The field's range as an interval, e.g. "(0.0, inf)" (an open end where the bound is excluded)."""
     lo, hi = md.get("lo"), md.get("hi")
+    lb = "(" if lo is None or md.get("lo_open") else "["
+    rb = ")" if hi is None or md.get("hi_open") else "]"
+    return f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+
+
+def _check_range(value, md, source, key):
     bad = not _in_range(value, md)
     ch = md.get("choices")
     if ch and value not in ch:
         raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}", source, key)
     if bad:
-        lb = "(" if md.get("lo_open") else "["
-        rb = ")" if md.get("hi_open") else "]"
-        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
-        raise ConfigError(f"{value!r} is out of range; allowed {rng}", source, key)
+        raise ConfigError(f"{value!r} is out of range; allowed {_range_text(md)}", source, key)
 
 
 def _suggest(word, candidates) -> str:
