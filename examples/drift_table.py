@@ -84,7 +84,7 @@ def write(rows, software, args, out: Path):
                      f"{r['ood']['mean_epistemic']:.4f} | {r['auroc']['ood_vs_in_mi']:.4f} | "
                      f"{r['auroc']['ood_vs_mnist_mi']:.4f} | {r['ambiguous']['mean_aleatoric']:.4f} | {_gains(r)} |")
     lines += ["", "Without compensation the stored conductances shrink with the PCM drift law "
-              "(G (t/t0)^-nu, nu about 0.05-0.1): the decoded means shrink toward zero and the decoded sigmas drop "
+              "(G ((t + t0)/t0)^-nu with t0 = 20 s, nu about 0.05-0.1): the decoded means shrink toward zero and the decoded sigmas drop "
               "down the log ladder, so accuracy and the epistemic signal that separates OOD inputs both fall. "
               "GDC undoes the mean drift of each tile; what it cannot undo is the spread of drift exponents "
               "between cells and the 1/f read noise that grows with log t.", ""]

@@ -64,7 +64,7 @@ images: 25 and 6 epochs on 6000, i.e. about half the full set's VAE steps and as
 set's epochs a 6000-image subset gave ensembles that kept 0.7-31% of the candidates and put 66-91% of
 the labels on one class; now 25-33% and at most 21% (sizes 40-200, seeds 0-3). Candidates are drawn in chunks of
 min(8192, max(1024, 4 x size)) until {pool_factor} x 2 x size pass the filter (at most
-max(20 x chunk, 120 x size) candidates, then a `DataError`). `size=100` generates in ~30-45 s on 2 shared cores.
+max(20 x chunk, 120 x size) candidates, then a `DataError`). `size=100` generates in ~25-45 s on 2 shared cores.
 
 **Determinism**: same MNIST, seed and size give the same bytes on the same machine and library
 build: every draw comes from a seed derived with `bayesim.rng.derive_key(seed, "ambiguous-mnist", ...)`,

@@ -449,9 +449,11 @@ def test_interrupt_after_the_outputs_are_written_exits_0(tmp_path, monkeypatch, 
         assert main(["run"]) == code
         out = capsys.readouterr()
         assert ("wrote " in out.out) == after and ("bayesim: " in out.err) != after
-    before = signal.getsignal(signal.SIGINT)
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    before = {n: signal.getsignal(getattr(signal, n)) for n in names}
     try:
         assert cli.console_main(["devices"]) == 0
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert all(signal.getsignal(getattr(signal, n)) == signal.SIG_IGN for n in names)
     finally:
-        signal.signal(signal.SIGINT, before)
+        for n, h in before.items():
+            signal.signal(getattr(signal, n), h)

@@ -110,13 +110,14 @@ class AnalogBNN:
     ops: `model.export_ops()`; device: a `DeviceModel`; crossbar: a `CrossbarCard`;
     sampler: "digital" (Gaussian generator) or "device" (the cells' own spread is the random source);
     t_read_s: read time of the stored mu/sigma arrays after their programming, s; t_compute_s: time between
-    programming a sample's cells and the MVM that reads them, s (None: t_read_s); lumped: use the lumped
+    programming a sample's cells and the MVM that reads them, s (default 1 s, as `hardware.compute_delay_s`;
+    None: t_read_s, every cell as old as the stored arrays); lumped: use the lumped
     output-noise path where exact; drift_compensation: "none" or "global" (GDC of the stored mu/sigma
     arrays: one digital gain per tile, measured with an all-ones input; see AnalogLayer._drift_gains).
     """
 
     def __init__(self, ops, device, crossbar, seed: int, sampler: str = "digital", t_read_s: float = 1.0,
-                 lumped: bool = False, t_compute_s: float | None = None, drift_compensation: str = "none"):
+                 lumped: bool = False, t_compute_s: float | None = 1.0, drift_compensation: str = "none"):
         self.ops = list(ops)
         self.device, self.crossbar, self.seed = device, crossbar, int(seed)
         self.layers: dict[int, AnalogLayer] = {}

@@ -58,15 +58,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main(argv: list[str] | None = None) -> int:
-    """The `bayesim` console script: `main`, then Ctrl-C is ignored while the interpreter shuts down. The
-    outputs are complete by then; a late Ctrl-C must neither print a traceback nor change the exit code."""
+    """The `bayesim` console script: `main`, then Ctrl-C, SIGTERM and SIGHUP are ignored while the interpreter
+    shuts down. The outputs are complete by then; a late signal must neither print a traceback nor change
+    the exit code."""
     code = main(argv)
     import signal
 
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except (ValueError, OSError):  # not the main thread, or no SIGINT here
-        pass
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        try:
+            if sig is not None:
+                signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):  # not the main thread
+            pass
     return code
 
 
