@@ -25,10 +25,13 @@ _warned: set[tuple[str, str]] = set()  # numba reads an index again before savin
 def _package_subpaths() -> set[str]:
     """The cache-folder names numba gives bayesim's source folders outside the tree (NUMBA_CACHE_DIR, the
     user-wide cache): `<folder name>_<sha1 of the folder path>`, unique to each folder."""
+    subpath = getattr(getattr(caching, "_CacheLocator", None), "get_suitable_cache_subpath", None)
+    if subpath is None:  # another numba: only the in-tree caches are recognised
+        return set()
     out = set()
     for folder, dirs, _ in os.walk(_PACKAGE):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
-        out.add(caching._CacheLocator.get_suitable_cache_subpath(os.path.join(folder, "x.py")))
+        out.add(subpath(os.path.join(folder, "x.py")))
     return out
 
 
@@ -49,8 +52,16 @@ def _warn(path: str, what: str, e: BaseException) -> None:
     warnings.warn(f"numba cache file {path} {what} ({type(e).__name__}: {detail})", RuntimeWarning, stacklevel=3)
 
 
+#: the numba internals wrapped here (as in numba 0.68); with another layout nothing is wrapped
+_NEEDED = {"IndexDataCacheFile": ("_load_index", "_load_data", "save", "_data_path"),
+           "Cache": ("load_overload",)}
+
+
 def install() -> None:
-    """Wrap numba's cache-file readers and writers once per process (idempotent)."""
+    """Wrap numba's cache-file readers and writers once per process (idempotent). A numba whose caching
+    internals differ is left as it is: damaged caches then fail as numba makes them fail."""
+    if not all(hasattr(getattr(caching, c, None), a) for c, attrs in _NEEDED.items() for a in attrs):
+        return
     cls = caching.IndexDataCacheFile
     if getattr(cls, _MARK, False):
         return

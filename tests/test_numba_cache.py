@@ -86,3 +86,16 @@ def test_damaged_cache_of_another_package_is_left_to_numba(tmp_path):
         f.write_bytes(b"\xe7 not a pickle")
     run = _run(code, folder)
     assert run.returncode != 0 and "UnpicklingError" in run.stderr and "bayesim: " not in run.stderr
+
+
+def test_install_leaves_a_numba_with_other_internals_alone(monkeypatch):
+    """With numba caching internals it does not know, install() wraps nothing and raises nothing."""
+    from numba.core import caching
+
+    from bayesim import _numba_cache
+
+    monkeypatch.setitem(_numba_cache._NEEDED, "Cache", ("load_overload", "no_such_method"))
+    monkeypatch.delattr(caching.IndexDataCacheFile, _numba_cache._MARK, raising=False)
+    before = caching.IndexDataCacheFile._load_index
+    _numba_cache.install()
+    assert caching.IndexDataCacheFile._load_index is before
