@@ -72,8 +72,9 @@ def write(rows, software, args, out: Path):
              f"{args.samples}, Dirty-MNIST test splits ({splits}). `read time` is `hardware.read_time_s`, the age of "
              "the stored mu/sigma arrays when they are read; a sample's own cells are read 1 s after programming "
              "(`compute_delay_s`). GDC (`hardware.drift_compensation: global`): each tile's decoded mu, and its "
-             "sigma cells' reads before the log decode, are scaled by a digital gain measured with an all-ones input right after programming and at "
-             "the read time (the range over layers, tiles and both arrays is shown).", "",
+             "sigma cells' reads before the log decode, are scaled by a digital gain measured with an all-ones "
+             "input right after programming and at the read time (the range over layers, tiles and both arrays "
+             "is shown).", "",
              "| read time | GDC | MNIST acc | mean MI (ood) | AUROC(MI) ood vs in | AUROC(MI) ood vs mnist | "
              "mean aleatoric (ambiguous) | GDC gains |", "|---|---|---|---|---|---|---|---|",
              f"| - | FP32 software | {software['mnist']['accuracy']:.4f} | {software['ood']['mean_epistemic']:.4f} | "
