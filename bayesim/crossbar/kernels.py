@@ -172,11 +172,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 _table_fields3(rk, jl, tile_cols, rows_r, i0, i1, i2)
                 _gather3(dtable, i0, i1, i2, rows_r, y0, y1, y2)
                 _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r, inv_unit,
-                             glo, ghi, wb, sb)
-                sgain = sigma_gain[r, c]
-                if sgain != one:
-                    for kl in range(rows_r):
-                        sb[kl] = sb[kl] * sgain
+                             sigma_gain[r, c], glo, ghi, wb, sb)
                 if sigma_log:
                     _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, seg)
                 else:
@@ -338,15 +334,16 @@ def _eps_indices(key, c0, n, idx):
 
 
 @nb.njit(inline="always", cache=True)
-def _read_stored(hp, hm, hs, sp, sm, ss, mu_mean, ub, z0, z1, z2, n, inv_unit, glo, ghi, wb, sb):
+def _read_stored(hp, hm, hs, sp, sm, ss, mu_mean, ub, z0, z1, z2, n, inv_unit, sigma_gain, glo, ghi, wb, sb):
     """Read the stored mu pair and sigma cell of each weight (cells ub .. ub + n - 1 of the stored arrays,
-    SIMD): each cell reads clip(held + sd*z); mu decodes linearly around mu_mean, sigma cell into sb (uS)."""
+    SIMD): each cell reads clip(held + sd*z); mu decodes linearly around mu_mean, the sigma cell's read times
+    the tile's drift-compensation gain (exactly itself at gain 1) into sb (uS)."""
     for kl in range(n):
         i = ub + np.uint64(kl)
         rp = min(max(hp[i] + sp[i] * z0[kl], glo), ghi)
         rm = min(max(hm[i] + sm[i] * z1[kl], glo), ghi)
         wb[kl] = mu_mean[i] + ((rp - hp[i]) - (rm - hm[i])) * inv_unit
-        sb[kl] = min(max(hs[i] + ss[i] * z2[kl], glo), ghi)
+        sb[kl] = min(max(hs[i] + ss[i] * z2[kl], glo), ghi) * sigma_gain
 
 
 @nb.njit(parallel=True, cache=True)

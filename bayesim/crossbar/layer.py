@@ -426,14 +426,12 @@ class AnalogLayer:
             out[self.grp[r]] = tile_gains[r, np.arange(self.out_features) // cols]
         return out
 
-    def _scale_tiles(self, flat: np.ndarray, tile_gains: np.ndarray) -> np.ndarray:
-        """A block-layout float32 array with each tile's cells times its gain (a new array)."""
-        out = flat.copy()
+    def _scale_tiles(self, flat: np.ndarray, tile_gains: np.ndarray) -> None:
+        """Multiply each tile's cells of a block-layout float32 array by the tile's gain, in place."""
         for r, c, off, rows_r, c0, c1 in self._tiles():
             if tile_gains[r, c] != 1.0:
-                v = self._tile_view(out, off, rows_r, c0, c1)
+                v = self._tile_view(flat, off, rows_r, c0, c1)
                 v *= np.float32(tile_gains[r, c])
-        return out
 
     def _sigma_ladder(self):
         """Log-level sigma array: code k (sigma_max * 2^-k, k = 0..n-1, code n = zero) sits on rung
@@ -483,8 +481,8 @@ class AnalogLayer:
         mu_blocks = self._decode_mu_blocks(reads["mu+"], reads["mu-"])
         sig_g = reads["sigma"]
         if self.drift_gains is not None:  # GDC: each tile's digital gain on its decoded mu and its sigma reads
-            mu_blocks = self._scale_tiles(mu_blocks, self.drift_gains["mu"])
-            sig_g = self._scale_tiles(sig_g, self.drift_gains["sigma"])
+            self._scale_tiles(mu_blocks, self.drift_gains["mu"])  # (both arrays are this sample's own)
+            self._scale_tiles(sig_g, self.drift_gains["sigma"])
         for r in range(self.n_rt):
             r0, r1 = self.row_starts[r], self.row_starts[r + 1]
             off, n = self.out_features * r0, self.out_features * (r1 - r0)
@@ -599,7 +597,8 @@ class AnalogLayer:
             mu_mean, sigma_gain = self._mu_mean, np.ones((self.n_rt, self.n_ct), np.float32)
             if self.drift_gains is not None:  # GDC: mu's gain folds into the linear decode, sigma's into the kernel
                 inv_unit = inv_unit * self._group_gains(self.drift_gains["mu"]).astype(np.float32)
-                mu_mean = self._scale_tiles(mu_mean, self.drift_gains["mu"])
+                mu_mean = mu_mean.copy()
+                self._scale_tiles(mu_mean, self.drift_gains["mu"])
                 sigma_gain = self.drift_gains["sigma"].astype(np.float32)
             ladder, values = self._ladder
             d = np.diff(ladder)
