@@ -342,6 +342,41 @@ def test_offset_mapping_and_per_tile_scale_match_software(strategy, device):
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
 
 
+def test_offset_mapping_noise_matches_analytic_with_a_shared_reference_column():
+    """SPQ, weights on the grid, offset mapping: each weight is one cell at g_mid + w/wscale_j * span/2 against
+    the reference cell of its row in its tile (at g_mid), both with programming noise sd_p. So
+    w_eff = w + (n_jk - n_ref,k) * wscale_j / (span/2): Var[y_j] = sum_k x_k^2 * 2 sd_p^2 (wscale_j / (span/2))^2,
+    and two outputs of the same column tile share the reference noise (correlation 1/2 when their scales
+    are equal), outputs of different column tiles do not (hand analysis)."""
+    r = np.random.default_rng(3)
+    out, inn, n_samples, sd_p = 64, 200, 400, 0.6
+    k = r.integers(-7, 8, (out, inn))
+    k[:, 0] = 7  # every column uses the full grid -> wscale_j = 7 * step
+    step = 0.1
+    w = (k * step).astype(np.float32)
+    q = LayerQuant("spq", 8, step, 8, 0.1, "log", 4, step)
+    op = BayesLinearOp(w, np.zeros_like(w), np.zeros(out, np.float32), np.zeros(out, np.float32), q)
+    dev = GaussianDevice(sd_p, 0.0)
+    card = crossbar_from_dict({"name": "off", "tile": {"rows": 128, "cols": 32}, "dac": {"bits": None},
+                               "adc": {"bits": None}, "mapping": {"kind": "offset", "scale": "per_column"}})
+    layer = AnalogLayer(op, dev, card, 0, 5)
+    x = r.uniform(0, 1, (1, inn)).astype(np.float32)
+    ys = np.stack([layer.forward(x, s)[0] for s in range(n_samples)]).astype(np.float64)
+    half = (dev.g_max - dev.g_min) / 2
+    var = (x[0].astype(np.float64) ** 2).sum() * 2 * sd_p ** 2 * (7 * step / half) ** 2
+    z = (ys.mean(0) - (x @ w.T)[0]) / np.sqrt(var / n_samples)
+    assert np.abs(z).max() < 4.5
+    # The columns of a tile share half their noise, so the pooled estimates scatter as those of a few columns:
+    # sd ~0.04 for the variance ratio and ~0.03 for the mean correlations. The tolerances stay 4 sd inside
+    # the wrong models: no reference noise (ratio 0.5), a reference per output or none (correlation 0).
+    assert abs(ys.var(0, ddof=1).mean() / var - 1) < 0.15
+    c = np.corrcoef(ys.T)
+    off_diag = ~np.eye(out, dtype=bool)
+    same = np.kron(np.eye(2), np.ones((32, 32))).astype(bool) & off_diag
+    assert abs(c[same].mean() - 0.5) < 0.12
+    assert abs(c[~same & off_diag].mean()) < 0.12
+
+
 def test_vpq_lumped_runs_on_read_values():
     mu, sg, mb, sb, x = _layer_params(out=16, inn=60, seed=9)
     q = LayerQuant("vpq", 4, 0.05, 3, 0.1, "log", 4, 0.1)
