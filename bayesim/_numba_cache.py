@@ -1,18 +1,27 @@
-"""Unreadable numba cache files of bayesim's kernels are recompiled, not fatal.
+"""Damaged numba cache files of bayesim's kernels are recompiled, not fatal.
 
 numba caches each compiled kernel next to its module (`__pycache__/*.nbi` index, `*.nbc` data; or under
 NUMBA_CACHE_DIR / the user cache in a folder named after the module's folder) and unpickles them on the
 next run; a damaged file (a full disk, a copy cut short, an edit from outside) raises an UnpicklingError
-from every call of that kernel until the folder is deleted. For caches of bayesim's own modules this
-module turns such a file into a cache miss: one warning naming the file, then the kernel is compiled
-again and the file rewritten; so is a data file that unpickles but whose compiled code cannot be rebuilt.
-A cache file that cannot be written (e.g. a folder in its place) leaves the kernel compiled but uncached,
-with one warning. Other packages' caches are left to numba. Not caught: damage that still rebuilds into
-a wrong kernel (another kernel's file copied over it: a TypeError on the call) or crashes the process.
+from every call of that kernel until the folder is deleted, and a few damaged bytes inside the compiled
+code can crash the process (a segfault or an LLVM abort when numba rebuilds it). For caches of bayesim's
+own modules this module turns such a file into a cache miss: one warning naming the file, then the kernel
+is compiled again and the file rewritten.
+- Each data file is written with a SHA-256 of its name and content in front (`_FRAME`) and used only when
+  both match: damage anywhere in it, or another kernel's file copied over it, is caught before numba
+  rebuilds anything. A data file without the frame is never used: an older bayesim's (a pickle) is
+  recompiled silently, anything else with the warning.
+- An index that cannot be unpickled is a miss too; so is a data file that passes but whose compiled code
+  cannot be rebuilt.
+- A cache file that cannot be written (e.g. a folder in its place) leaves the kernel compiled but uncached,
+  with one warning.
+Other packages' caches are left to numba.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import warnings
 
 from numba.core import caching
@@ -44,17 +53,44 @@ def _ours(cache_file) -> bool:
     return path.startswith(_PACKAGE + os.sep) or os.path.basename(path) in _SUBPATHS
 
 
-def _warn(path: str, what: str, e: BaseException) -> None:
+def _warn(path: str, what: str, e: BaseException | None = None) -> None:
     if (path, what) in _warned:
         return
     _warned.add((path, what))
-    detail = " ".join(str(e).split())  # one line: LLVM errors span several
-    warnings.warn(f"numba cache file {path} {what} ({type(e).__name__}: {detail})", RuntimeWarning, stacklevel=3)
+    # the exception on one line: LLVM errors span several
+    detail = "" if e is None else f" ({type(e).__name__}: {' '.join(str(e).split())})"
+    warnings.warn(f"numba cache file {path} {what}{detail}", RuntimeWarning, stacklevel=3)
 
 
 #: the numba internals wrapped here (as in numba 0.68); with another layout nothing is wrapped
-_NEEDED = {"IndexDataCacheFile": ("_load_index", "_load_data", "save", "_data_path"),
+_NEEDED = {"IndexDataCacheFile": ("_load_index", "_load_data", "_save_data", "save", "_data_path", "_dump",
+                                  "_open_for_write"),
            "Cache": ("load_overload",)}
+_FRAME = b"bayesim numba cache, sha256:"  # then 32 bytes of SHA-256(data file name, payload), then the payload
+
+
+def _digest(name: str, payload: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\0" + payload).digest()
+
+
+def _read_framed(self, name):
+    """The unpickled content of bayesim's data file `name`, or None (a miss) when it is unframed or damaged."""
+    path = self._data_path(name)
+    with open(path, "rb") as f:  # an OSError goes to numba's own handling (a file removed meanwhile)
+        raw = f.read()
+    if not raw.startswith(_FRAME):
+        # an older bayesim's file (a pickle, recompiled silently) or one damaged at its start; never used
+        try:
+            pickle.loads(raw)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure of a damaged file
+            _warn(path, "is unreadable; recompiling the kernel", e)
+        return None
+    head = len(_FRAME) + 32
+    payload = raw[head:]
+    if raw[len(_FRAME):head] != _digest(name, payload):
+        _warn(path, "is damaged (its SHA-256 does not match its content); recompiling the kernel")
+        return None
+    return pickle.loads(payload)
 
 
 def install() -> None:
@@ -65,7 +101,7 @@ def install() -> None:
     cls = caching.IndexDataCacheFile
     if getattr(cls, _MARK, False):
         return
-    load_index, load_data, save = cls._load_index, cls._load_data, cls.save
+    load_index, load_data, save_data, save = cls._load_index, cls._load_data, cls._save_data, cls.save
 
     def _load_index(self):
         try:
@@ -78,8 +114,10 @@ def install() -> None:
             return {}  # no entries: the kernel compiles, and the next save rewrites the index
 
     def _load_data(self, name):
-        try:
+        if not _ours(self):
             return load_data(self, name)
+        try:
+            return _read_framed(self, name)
         except OSError:
             raise  # numba's own handling: a data file removed while the index still names it
         except Exception as e:  # noqa: BLE001
@@ -87,6 +125,13 @@ def install() -> None:
                 raise
             _warn(self._data_path(name), "is unreadable; recompiling the kernel", e)
             return None  # a miss: the kernel compiles, and the save overwrites this file
+
+    def _save_data(self, name, data):
+        if not _ours(self):
+            return save_data(self, name, data)
+        payload = self._dump(data)
+        with self._open_for_write(self._data_path(name)) as f:
+            f.write(_FRAME + _digest(name, payload) + payload)
 
     def _save(self, key, data):
         try:
@@ -96,7 +141,7 @@ def install() -> None:
                 raise
             _warn(self._index_path, "or its data file cannot be written; the kernel runs uncached", e)
 
-    cls._load_index, cls._load_data, cls.save = _load_index, _load_data, _save
+    cls._load_index, cls._load_data, cls._save_data, cls.save = _load_index, _load_data, _save_data, _save
     setattr(cls, _MARK, True)
 
     # a data file that unpickles but whose compiled code cannot be rebuilt (e.g. a flipped byte in the

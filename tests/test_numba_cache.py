@@ -1,5 +1,5 @@
-"""A damaged numba cache file of a bayesim kernel is recompiled with one warning, not an UnpicklingError;
-other packages' caches are left to numba."""
+"""A damaged numba cache file of a bayesim kernel is recompiled with one warning, not an UnpicklingError or
+a crash; other packages' caches are left to numba."""
 import os
 import subprocess
 import sys
@@ -48,11 +48,14 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
         damaged = _cache_files(cache, "rng._fill_normal-*.nbc")
         for f in damaged:
             f.write_bytes(b"\xe7 not a pickle")
-    elif damage == "a pickle that is not a kernel":  # unpickles, then numba cannot rebuild it
+    elif damage == "a pickle that is not a kernel":  # framed with a valid SHA-256, then numba cannot rebuild it
         import pickle
 
+        from bayesim._numba_cache import _FRAME, _digest
+
         for f in _cache_files(cache, "rng._fill_normal-*.nbc"):
-            f.write_bytes(pickle.dumps(("not", "a", "kernel")))
+            payload = pickle.dumps(("not", "a", "kernel"))
+            f.write_bytes(_FRAME + _digest(f.name, payload) + payload)
         damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
     else:
         damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
@@ -73,6 +76,50 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
         assert second.stderr.count("unreadable") == 1
         third = _run(BAYESIM_KERNEL, tmp_path, cache)  # the file was rewritten: no warning any more
         assert third.returncode == 0 and third.stdout == first.stdout and "unreadable" not in third.stderr
+
+
+TWO_KERNELS = BAYESIM_KERNEL + "; from bayesim.crossbar.kernels import normals_serial; " \
+    "print(normals_serial(np.uint64(3), 2, rng.NORMAL_TABLE).round(4).tolist())"
+
+
+@pytest.mark.parametrize("damage", ["512 zero bytes", "another kernel's file", "an older bayesim's file"])
+def test_data_file_is_used_only_when_its_checksum_matches(tmp_path, damage):
+    """512 zeroed bytes 30% into the data file made numba segfault while rebuilding the kernel (exit 139, with
+    these very bytes, before the checksum); another kernel's data file copied over it would be rebuilt as
+    the wrong kernel. Both are misses with one warning. An unframed pickle (an older bayesim) recompiles
+    silently. Every run prints the same numbers."""
+    import pickle
+
+    cache = tmp_path / "numba"
+    first = _run(TWO_KERNELS, tmp_path, cache)
+    assert first.returncode == 0, first.stderr
+    (target,) = _cache_files(cache, "rng._fill_normal-*.nbc")
+    raw = target.read_bytes()
+    if damage == "512 zero bytes":
+        k = int(0.3 * len(raw))
+        target.write_bytes(raw[:k] + bytes(512) + raw[k + 512:])
+    elif damage == "another kernel's file":
+        (other,) = _cache_files(cache, "kernels.normals_serial-*.nbc")
+        target.write_bytes(other.read_bytes())
+    else:
+        from bayesim._numba_cache import _FRAME
+
+        assert raw.startswith(_FRAME)
+        target.write_bytes(pickle.dumps(pickle.loads(raw[len(_FRAME) + 32:])))
+    second = _run(TWO_KERNELS, tmp_path, cache)
+    assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+    if damage == "an older bayesim's file":
+        assert "numba cache file" not in second.stderr
+    else:
+        assert f"{target} is damaged (its SHA-256 does not match its content)" in second.stderr
+        assert second.stderr.count("numba cache file") == 1
+    third = _run(TWO_KERNELS, tmp_path, cache)  # rewritten, framed: used without a word
+    assert third.returncode == 0 and third.stdout == first.stdout and "numba cache file" not in third.stderr
+    from bayesim._numba_cache import _FRAME, _digest
+
+    new = target.read_bytes()
+    head = len(_FRAME) + 32
+    assert new.startswith(_FRAME) and new[len(_FRAME):head] == _digest(target.name, new[head:])
 
 
 def test_damaged_cache_of_another_package_is_left_to_numba(tmp_path):
