@@ -12,10 +12,10 @@ is compiled again and the file rewritten.
   rebuilds anything. A data file without the frame is never used: an older bayesim's (a pickle) is
   recompiled silently, anything else with the warning.
 - An index that cannot be unpickled is a miss too; so is a data file that passes but whose compiled code
-  cannot be rebuilt.
+  cannot be rebuilt, or is the code of another signature than the one the index filed it under.
 - A cache file that cannot be written (e.g. a folder in its place) leaves the kernel compiled but uncached,
   with one warning.
-Other packages' caches are left to numba.
+Other packages' caches are left to numba, also under a NUMBA_CACHE_DIR inside the package.
 """
 from __future__ import annotations
 
@@ -24,33 +24,40 @@ import os
 import pickle
 import warnings
 
-from numba.core import caching
+from numba.core import caching, sigutils
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _MARK = "_bayesim_tolerant"
 _warned: set[tuple[str, str]] = set()  # numba reads an index again before saving: one warning per file
 
 
-def _package_subpaths() -> set[str]:
+def _package_folders() -> list[str]:
+    out = []
+    for folder, dirs, _ in os.walk(_PACKAGE):
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+        out.append(folder)
+    return out
+
+
+def _package_subpaths(folders) -> set[str]:
     """The cache-folder names numba gives bayesim's source folders outside the tree (NUMBA_CACHE_DIR, the
     user-wide cache): `<folder name>_<sha1 of the folder path>`, unique to each folder."""
     subpath = getattr(getattr(caching, "_CacheLocator", None), "get_suitable_cache_subpath", None)
     if subpath is None:  # another numba: only the in-tree caches are recognised
         return set()
-    out = set()
-    for folder, dirs, _ in os.walk(_PACKAGE):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        out.add(subpath(os.path.join(folder, "x.py")))
-    return out
+    return {subpath(os.path.join(folder, "x.py")) for folder in folders}
 
 
-_SUBPATHS = _package_subpaths()
+_FOLDERS = _package_folders()
+_IN_TREE = {os.path.join(folder, "__pycache__") for folder in _FOLDERS}
+_SUBPATHS = _package_subpaths(_FOLDERS)
 
 
 def _ours(cache_file) -> bool:
-    """A cache of a bayesim module: in the package's own folders, or in numba's folder for one of them."""
+    """A cache of a bayesim module: the `__pycache__` of one of the package's folders, or numba's folder for
+    one of them (another package's cache under a NUMBA_CACHE_DIR inside the package is not ours)."""
     path = os.path.abspath(cache_file._cache_path)
-    return path.startswith(_PACKAGE + os.sep) or os.path.basename(path) in _SUBPATHS
+    return path in _IN_TREE or os.path.basename(path) in _SUBPATHS
 
 
 def _warn(path: str, what: str, e: BaseException | None = None) -> None:
@@ -66,7 +73,10 @@ def _warn(path: str, what: str, e: BaseException | None = None) -> None:
 _NEEDED = {"IndexDataCacheFile": ("_load_index", "_load_data", "_save_data", "save", "_data_path", "_dump",
                                   "_open_for_write"),
            "Cache": ("load_overload",)}
-_FRAME = b"bayesim numba cache, sha256:"  # then 32 bytes of SHA-256(data file name, payload), then the payload
+#: the frame's head, then 32 bytes of SHA-256(data file name, payload), then the payload. It starts with a
+#: whole pickle of None, so a reader without this module (an older bayesim in the same checkout) unpickles
+#: None: a silent cache miss, not an error
+_FRAME = b"\x80\x05N.bayesim numba cache, sha256:"
 
 
 def _digest(name: str, payload: bytes) -> bytes:
@@ -151,11 +161,20 @@ def install() -> None:
 
     def _load_overload(self, sig, target_context):
         try:
-            return load_overload(self, sig, target_context)
+            cres = load_overload(self, sig, target_context)
         except Exception as e:  # noqa: BLE001
             if not _ours(self._cache_file):
                 raise
             _warn(self._cache_file._index_path, "holds a kernel that cannot be rebuilt; recompiling it", e)
             return None
+        # an index that still loads but sends this signature to another signature's data file (a damaged
+        # byte, or two processes saving at once): that kernel would fail on every call
+        if cres is not None and _ours(self._cache_file):
+            args = tuple(sigutils.normalize_signature(sig)[0])
+            if tuple(cres.signature.args) != args:
+                _warn(self._cache_file._index_path, "sends a kernel signature to another signature's compiled "
+                      "code; recompiling it", TypeError(f"{cres.signature.args} for {args}"))
+                return None
+        return cres
 
     cache_cls.load_overload = _load_overload

@@ -132,7 +132,88 @@ def test_damaged_cache_of_another_package_is_left_to_numba(tmp_path):
     for f in _cache_files(folder / "__pycache__", "kern.plus_one-*.nbc"):
         f.write_bytes(b"\xe7 not a pickle")
     run = _run(code, folder)
-    assert run.returncode != 0 and "UnpicklingError" in run.stderr and "bayesim: " not in run.stderr
+    assert run.returncode != 0 and "UnpicklingError" in run.stderr and "numba cache file" not in run.stderr
+
+
+def test_another_packages_cache_under_a_cache_dir_inside_bayesim_is_not_framed(tmp_path):
+    """A NUMBA_CACHE_DIR inside the package folder: a foreign kernel's files there stay plain numba's."""
+    import bayesim
+
+    (tmp_path / "kern.py").write_text(KERNEL)
+    cache = Path(bayesim.__file__).parent / f".numba_test_{os.getpid()}"
+    try:
+        assert _run("import bayesim.rng, kern; print(kern.plus_one(41))", tmp_path, cache).returncode == 0
+        from bayesim._numba_cache import _FRAME
+
+        files = _cache_files(cache, "kern.plus_one-*.nbc")
+        assert not any(f.read_bytes().startswith(_FRAME) for f in files)
+    finally:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_an_older_reader_sees_a_framed_file_as_a_miss():
+    """numba without this module unpickles a framed data file as None (a cache miss), not an error."""
+    import pickle
+
+    from bayesim._numba_cache import _FRAME, _digest
+
+    payload = pickle.dumps(("some", "kernel"))
+    assert pickle.loads(_FRAME + _digest("x.nbc", payload) + payload) is None
+
+
+def _swap_index_entries(index: Path) -> None:
+    """Swap the data files of the index's two entries (what a damaged byte or a save race can leave)."""
+    import pickle
+
+    with open(index, "rb") as f:
+        version = pickle.load(f)
+        stamp, overloads = pickle.loads(f.read())
+    (k0, v0), (k1, v1) = overloads.items()
+    overloads[k0], overloads[k1] = v1, v0
+    with open(index, "wb") as f:
+        pickle.dump(version, f, protocol=-1)
+        f.write(pickle.dumps((stamp, overloads)))
+
+
+def test_an_index_that_files_a_signature_under_another_ones_code_recompiles(tmp_path):
+    """Two signatures of rng._fill_normal (1-d and 2-d output) with their data files swapped in the index:
+    every call failed (incompatible shape) before; now one warning, the right numbers, then silence."""
+    code = ("import numpy as np; from bayesim import rng; print(rng.normals(np.uint64(7), 3).round(4).tolist()); "
+            "print(rng.normals(np.uint64(7), (2, 2)).round(4).tolist())")
+    cache = tmp_path / "numba"
+    first = _run(code, tmp_path, cache)
+    assert first.returncode == 0, first.stderr
+    (index,) = _cache_files(cache, "rng._fill_normal-*.nbi")
+    _swap_index_entries(index)
+    second = _run(code, tmp_path, cache)
+    assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+    assert f"{index} sends a kernel signature to another signature's compiled code" in second.stderr
+    third = _run(code, tmp_path, cache)
+    assert third.returncode == 0 and third.stdout == first.stdout and "numba cache file" not in third.stderr
+
+
+def test_in_tree_cache_of_a_bayesim_kernel_is_framed_and_checked(tmp_path):
+    """Without NUMBA_CACHE_DIR the cache lives in the package's own __pycache__ (a copy of the package here)."""
+    import shutil
+
+    import bayesim
+
+    shutil.copytree(Path(bayesim.__file__).parent, tmp_path / "bayesim",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.safetensors", "*.npz"))
+    first = _run(BAYESIM_KERNEL, tmp_path)
+    assert first.returncode == 0, first.stderr
+    (data,) = _cache_files(tmp_path / "bayesim" / "__pycache__", "rng._fill_normal-*.nbc")
+    from bayesim._numba_cache import _FRAME
+
+    raw = data.read_bytes()
+    assert raw.startswith(_FRAME)
+    k = int(0.3 * len(raw))
+    data.write_bytes(raw[:k] + bytes(512) + raw[k + 512:])
+    second = _run(BAYESIM_KERNEL, tmp_path)
+    assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+    assert f"{data} is damaged" in second.stderr
 
 
 def test_install_leaves_a_numba_with_other_internals_alone(monkeypatch):
