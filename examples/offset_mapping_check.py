@@ -12,8 +12,9 @@ plus one Gaussian law per cell. Each (mapping, seed) runs twice on the embedded 
   mapped onto conductances by hand (scale per column of each 256-row tile, as the crossbar card says),
   each cell programmed as max(G + sd(G) z, 0) with the card's polynomial sd(G), and the software forward
   pass run on the resulting weights.
-The two cannot share a random stream, so they are compared over seeds (mean, sd, Welch t). Writes
-offset_mapping.md and offset_mapping.json into --out.
+Both draw the same Bayesian eps (the software rule's streams) but their own device noise, so they are
+compared over seeds: means and sds, and the mean paired difference per seed with its t (n seeds - 1
+degrees of freedom). Writes offset_mapping.md and offset_mapping.json into --out (default docs/results).
 """
 from __future__ import annotations
 

@@ -89,3 +89,16 @@ def test_evaluate_empty_split_is_refused(model_path, tmp_path, monkeypatch, caps
     assert main(["evaluate", "--model", str(path), "--out", str(out)]) == 2
     assert "'ambiguous' is empty" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_summary_table_says_units_subset_and_leaves_ood_labels_out():
+    from bayesim.bnn.evaluate import summary_table
+
+    m = {s: {"accuracy": 0.5, "nll": 1.0, "ece": 0.1, "mean_total_entropy": 0.7, "mean_aleatoric": 0.4,
+             "mean_epistemic": 0.3, "subset": s != "ambiguous"} for s in ("mnist", "ambiguous", "ood")}
+    rows = summary_table(m).splitlines()
+    assert rows[1].split() == ["mnist", "0.5000", "1.0000", "0.1000", "0.7000", "0.4000", "0.3000"]
+    assert rows[3].split() == ["ood", "0.7000", "0.4000", "0.3000"]
+    assert "(nll and entropies in nats)" in rows and "[EMBEDDED SUBSET of the test splits: mnist, ood]" in rows
+    m["mnist"]["subset"] = m["ood"]["subset"] = False
+    assert "EMBEDDED" not in summary_table(m)

@@ -49,6 +49,10 @@ def test_bench_report_names_every_number(monkeypatch):
                  "16-bit inverse-CDF table", "12-bit table",
                  "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5"):
         assert line in text
+    cpus = r["machine"]["cpus"]
+    for load, busy in ((1.0 * cpus, False), (1.6 * cpus, True), (None, False)):
+        r["machine"]["load_average_1min"] = load
+        assert ("NOTE: the machine was busy" in bench.format_report(r)) == busy
 
 
 def test_bench_floor_adds_up_and_names_its_parts():

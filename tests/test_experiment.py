@@ -175,9 +175,17 @@ def test_ir_drop_is_reported_and_first_order_out_of_range_warns(checkpoint, tmp_
     cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar=str(tmp_path / "broken.yaml"),
                                           strategy="fp"))
     with pytest.raises(BayesimError, match=r"broken.yaml: ir_drop.model first_order: the first-order drop "
-                                           r"of a cell is \d+% of its current .* use ir_drop.model: exact"):
+                                           r"of a cell is \d+% of its current .* use tiles of at most 16384 cells "
+                                           r"with ir_drop.model: exact, smaller tiles or a smaller"):
         run_experiment(cfg, tmp_path / "out", progress=False, log=None)
     assert not (tmp_path / "out" / "metrics.json").exists()
+    # a tile the exact solve takes: the message offers it as it is
+    (tmp_path / "small.yaml").write_text("name: small\ntile: {rows: 128, cols: 128}\n"
+                                         "ir_drop: {model: first_order, r_wire_ohm: 200.0}\n")
+    cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar=str(tmp_path / "small.yaml"),
+                                          strategy="fp"))
+    with pytest.raises(BayesimError, match=r"small.yaml: .* use ir_drop.model: exact, smaller tiles or a smaller"):
+        run_experiment(cfg, None, progress=False, log=None)
     r = run_experiment(load_experiment(None, base=_cfg(checkpoint)), None, progress=False, log=None)
     assert r["hardware"]["ir_drop_max"] is None and "IR drop" not in result_table(r)
 
@@ -222,3 +230,50 @@ def test_drift_compensation_is_reported_and_recovers_the_drifted_run(checkpoint)
     assert comp["mnist"]["nll"] != aged["mnist"]["nll"]
     with pytest.warns(UserWarning, match="drift_compensation: global has nothing to compensate: strategy spq"):
         run("spq", drift_compensation="global")
+
+
+def test_lumped_on_warns_where_it_falls_back_and_auto_is_gone(checkpoint, tmp_path):
+    """`lumped: on` is exact for fp/vpq only: with jq the run warns that it draws per cell. The default is off
+    (the lumped path pays a second GEMM per sample); the old value 'auto' is refused with the choices."""
+    cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="jq",
+                                          bits={"mu": 4, "sigma": 4, "w": 4}, lumped="on"))
+    with pytest.warns(UserWarning, match="hardware.lumped: on falls back to per-cell draws where the lumped noise "
+                                         "is not exact: sampled weights are quantized"):
+        r = run_experiment(cfg, None, progress=False, log=None)
+    assert all(layer["path"] != "lumped" for layer in r["hardware"]["layers"])
+    assert load_experiment(None, base=_cfg(checkpoint)).hardware.lumped == "off"
+    with pytest.raises(ConfigError, match="hardware.lumped: 'auto' is not allowed; choose one of 'off', 'on'"):
+        load_experiment(None, base=_cfg(checkpoint, lumped="auto"))
+
+
+def test_a_named_data_folder_must_exist_even_with_the_embedded_subsets(checkpoint, tmp_path):
+    base = _cfg(checkpoint)
+    base["data"]["dir"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"data.dir: .*nowhere: folder not found; expected the data folder"):
+        load_experiment(None, base=base)
+    (tmp_path / "file").write_text("x")
+    base["data"]["dir"] = str(tmp_path / "file")
+    with pytest.raises(ConfigError, match=r"data.dir: .*file: not a folder"):
+        load_experiment(None, base=base)
+
+
+def test_table_warns_about_adc_saturation_sigma_shortfall_and_calibration_on_test_images(checkpoint):
+    """The printed table states what would otherwise hide in metrics.json: an ADC saturating on more than 1% of
+    its conversions, a device sampler realising far less sigma than trained, ADC ranges fitted on evaluated
+    images. The ood split (no digit labels) shows only its uncertainties, in nats."""
+    from bayesim.experiment import result_table
+
+    cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="vpq",
+                                          bits={"mu": 4, "sigma": 4, "w": 4}, sampler="device"))
+    r = run_experiment(cfg, None, progress=False, log=None)
+    text = result_table(r)
+    short = [l["sigma_shortfall"]["mean_relative_shortfall"] for l in r["hardware"]["layers"]]
+    assert max(short) > 0.1 and "WARNING: the device's own spread falls short of the trained sigma" in text
+    assert "WARNING: the ADC saturated" not in text and "NOTE: the ADC ranges" not in text
+    assert "ood        epistemic MI (nats)" in text and "ood        accuracy" not in text
+    assert "mnist      accuracy" in text
+    r["hardware"]["adc_saturation_rate"] = 0.0548
+    r["hardware"]["adc_calibration"] = "first 256 images of split 'mnist' (no MNIST training files in /x)"
+    text = result_table(r)
+    assert "WARNING: the ADC saturated on 5.5% of its conversions" in text
+    assert "NOTE: the ADC ranges were calibrated on the first 256 images of split 'mnist'" in text

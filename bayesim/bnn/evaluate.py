@@ -63,13 +63,19 @@ def evaluate_model(model, splits: dict, samples: int, seed: int, model_info: dic
 
 
 def summary_table(metrics: dict) -> str:
-    """A short human-readable table of the main numbers."""
+    """A short human-readable table of the main numbers (entropies and NLL in nats; the ood split has no digit
+    labels, so only its entropies are shown)."""
     rows = [f"{'split':<10} {'acc':>7} {'nll':>7} {'ece':>7} {'H_tot':>7} {'alea':>7} {'MI':>7}"]
     for s in ("mnist", "ambiguous", "ood"):
         if s in metrics:
             m = metrics[s]
-            rows.append(f"{s:<10} {m['accuracy']:7.4f} {m['nll']:7.4f} {m['ece']:7.4f} "
+            labelled = "" if s == "ood" else f"{m['accuracy']:7.4f} {m['nll']:7.4f} {m['ece']:7.4f}"
+            rows.append(f"{s:<10} {labelled:>23} "
                         f"{m['mean_total_entropy']:7.4f} {m['mean_aleatoric']:7.4f} {m['mean_epistemic']:7.4f}")
+    rows.append("(nll and entropies in nats)")
+    subset = [s for s in ("mnist", "ambiguous", "ood") if metrics.get(s, {}).get("subset")]
+    if subset:
+        rows.append(f"[EMBEDDED SUBSET of the test splits: {', '.join(subset)}]")
     for k, v in metrics.get("auroc", {}).items():
         rows.append(f"AUROC {k}: {v:.4f}")
     mem = metrics.get("memory")

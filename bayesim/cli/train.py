@@ -42,5 +42,6 @@ def run(args) -> int:
     source = f"{args.config} (with {', '.join(flags)})" if flags else str(args.config)
     cfg = build(TrainConfig, raw, source=source)
     _, history, path = train_and_save(cfg, out=args.out, source=str(args.config))
-    wrote(f"wrote {path} (train acc {history[-1]['accuracy']:.4f}, loss {history[-1]['loss']:.4f})")
+    wrote(f"wrote {path} (last epoch: train acc {history[-1]['accuracy']:.4f}, loss {history[-1]['loss']:.4f} "
+          f"nats per image = cross-entropy + beta KL / N_train, the negative ELBO per image at beta = 1)")
     return 0

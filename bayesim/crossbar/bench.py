@@ -222,6 +222,11 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
     }
 
 
+#: a 1-minute load average above this many per CPU means other work ran beside the bench (its own 2 threads
+#: alone bring a 2-CPU machine to ~1-2)
+BUSY_LOAD_PER_CPU = 1.5
+
+
 def _fmt_load(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
@@ -246,6 +251,10 @@ def format_report(r: dict) -> str:
         f"  machine: {r['machine']['cpus']} CPUs, {r['machine']['numba_threads']} numba threads, "
         f"load average {_fmt_load(r['machine']['load_average_1min'])} (ratios are medians of {len(r['rounds'])} interleaved rounds)",
     ]
+    load, cpus = r["machine"]["load_average_1min"], r["machine"]["cpus"]
+    if load is not None and cpus and load > BUSY_LOAD_PER_CPU * cpus:
+        lines.append(f"  NOTE: the machine was busy (load average {load:.2f} on {cpus} CPUs, the bench's own threads "
+                     f"included): other work shared the cores, so these times and ratios are not this code's")
     return "\n".join(lines)
 
 

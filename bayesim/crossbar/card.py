@@ -16,6 +16,9 @@ from bayesim.config.schema import build, load_yaml, spec, to_dict, with_path
 from bayesim.errors import ConfigError
 
 
+#: the largest tile (rows x cols) the exact nodal IR-drop solve takes
+EXACT_IR_MAX_CELLS = 128 * 128
+
 @dataclass(frozen=True)
 class Tile:
     """Physical array size: weights of one tile occupy rows x cols cells (x2 for a differential pair)."""
@@ -98,8 +101,8 @@ class CrossbarCard:
     path: Optional[str] = field(default=None, init=False, compare=False)  # the card file, set by load_crossbar
 
     def validate(self):
-        if self.ir_drop.model == "exact" and self.tile.rows * self.tile.cols > 128 * 128:
-            _fail(f"the exact nodal IR-drop solve is for small tiles (rows*cols <= 16384), "
+        if self.ir_drop.model == "exact" and self.tile.rows * self.tile.cols > EXACT_IR_MAX_CELLS:
+            _fail(f"the exact nodal IR-drop solve is for small tiles (rows*cols <= {EXACT_IR_MAX_CELLS}), "
                   f"got {self.tile.rows}x{self.tile.cols}; use first_order", "ir_drop.model")
         if self.ir_drop.model != "none" and self.mapping.kind == "offset":
             _fail("IR drop is modelled for the differential mapping only; "

@@ -79,8 +79,10 @@ class HardwareSpec:
     drift_compensation: Literal["none", "global"] = spec(
         "none", doc="global drift compensation of the stored mu/sigma arrays (VPQ/JQ): one digital gain per "
                     "tile, measured with an all-ones input right after programming and at read_time_s")
-    lumped: Literal["auto", "on", "off"] = spec(
-        "auto", doc="lumped output-noise fast path where exact (auto: not for fp, the software reference)")
+    lumped: Literal["off", "on"] = spec(
+        "off", doc="on: draw each output's noise once from its exact Gaussian (the local reparameterisation) "
+                   "where that is exact (fp/vpq, digital sampler, no IR drop); a second GEMM per sample, so "
+                   "slower than the per-cell draws for batches of more than a few rows")
 
 
 #: An experiment name is the folder out/<name>: one plain path component, never hidden, never "..".
@@ -156,6 +158,11 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
     xb = cfg.hardware.crossbar
     if xb.endswith((".yaml", ".yml")) or Path(xb).exists():
         check(Path(xb), "hardware.crossbar", "a crossbar card file (.yaml) or a card name")
+    if cfg.data.dir is not None:  # named: it must exist, also where the embedded subsets make it unused
+        d = Path(cfg.data.dir).expanduser()
+        if not d.is_dir():
+            fail(f"{d}: {'not a folder' if d.exists() else 'folder not found'}; expected the data folder "
+                 f"(mnist/ and fashion-mnist/ IDX files), or null for $BAYESIM_DATA / the user cache", "data.dir")
     if cfg.model.source != "default" and cfg.model.path:
         what = "a bayesim checkpoint (.safetensors)" if cfg.model.source == "checkpoint" \
             else "a Pyro parameter-store file"

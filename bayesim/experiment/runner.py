@@ -181,9 +181,10 @@ def resolve_crossbar(cfg: ExperimentConfig):
 
 
 def use_lumped(hw) -> bool:
-    """Lumped output noise is exact in distribution but draws other random numbers than the per-weight
-    software path, so "auto" keeps strategy fp (the software reference) on the per-weight draws."""
-    return hw.lumped == "on" or (hw.lumped == "auto" and hw.strategy != "fp")
+    """Lumped output noise (`hardware.lumped: on`): exact in distribution, other random numbers than the
+    per-weight path, and a second GEMM (x^2 @ sigma^2) per sample: 3x slower than per-cell draws on the
+    quick start's VPQ run, so it is never chosen by default."""
+    return hw.lumped == "on"
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -226,8 +227,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     analog = AnalogBNN(qmodel.export_ops(), device, card, seed=cfg.seed, sampler=hw.sampler,
                        t_read_s=hw.read_time_s, lumped=use_lumped(hw), t_compute_s=hw.compute_delay_s,
                        drift_compensation=hw.drift_compensation)
+    import warnings
+
+    fallback = sorted({layer.lumped_reason for layer in analog.layers.values() if layer.lumped_reason})
+    if fallback:
+        warnings.warn(f"hardware.lumped: on falls back to per-cell draws where the lumped noise is not exact: "
+                      f"{'; '.join(fallback)}", UserWarning, stacklevel=2)
     if hw.drift_compensation != "none" and not any(layer.stored for layer in analog.layers.values()):
-        import warnings
 
         warnings.warn(f"hardware.drift_compensation: {hw.drift_compensation} has nothing to compensate: strategy "
                       f"{hw.strategy} with the {hw.sampler} sampler stores no mu/sigma arrays (it applies to vpq and "
@@ -305,6 +311,8 @@ def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
 #: Above this fraction of clipped DAC conversions the printed table warns: the inputs the hardware saw
 #: differ from the network's, whatever the device.
 DAC_CLIP_WARN = 0.01
+ADC_SATURATION_WARN = 0.01
+SIGMA_SHORTFALL_WARN = 0.1  # mean relative shortfall of the device sampler's realised sigma
 
 
 def result_table(result: dict) -> str:
@@ -314,10 +322,15 @@ def result_table(result: dict) -> str:
     for split in ("mnist", "ambiguous", "ood"):
         if split not in result:
             continue
-        for k in ("accuracy", "nll", "ece", "mean_aleatoric", "mean_epistemic"):
+        # ood (Fashion-MNIST) has no digit labels: only its uncertainties mean something
+        keys = ("mean_aleatoric", "mean_epistemic") if split == "ood" else ("accuracy", "nll", "ece",
+                                                                           "mean_aleatoric", "mean_epistemic")
+        for k in keys:
             h = result[split][k]
             s = sw.get(split, {}).get(k)
-            rows.append(f"{split:<10} {k:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
+            label = {"nll": "nll (nats)", "mean_aleatoric": "aleatoric (nats)",
+                     "mean_epistemic": "epistemic MI (nats)"}.get(k, k)
+            rows.append(f"{split:<10} {label:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
     for k, h in result.get("auroc", {}).items():
         s = sw.get("auroc", {}).get(k)
         rows.append(f"{'auroc':<10} {k:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
@@ -336,17 +349,34 @@ def result_table(result: dict) -> str:
     if gains:
         lo = min(min(g["mu"]["min"], g["sigma"]["min"]) for g in gains)
         hi = max(max(g["mu"]["max"], g["sigma"]["max"]) for g in gains)
+        span = f"{lo:.4g}-{hi:.4g}" if (lo, hi) != (1.0, 1.0) else "1 (the cells did not drift)"
         rows.append(f"drift compensation (global, per tile) at t = {hwd['read_time_s']:g} s: digital gains "
-                    f"{lo:.4g}-{hi:.4g} on the stored mu/sigma arrays")
+                    f"{span} on the stored mu/sigma arrays")
     if hwd.get("ir_drop_max") is not None:
+        from bayesim.crossbar.card import EXACT_IR_MAX_CELLS
         from bayesim.crossbar.irdrop import FIRST_ORDER_MAX_DROP
 
         rows.append(f"IR drop: a cell loses up to {hwd['ir_drop_max']:.1%} of its ideal current")
         if hwd.get("ir_drop_model") == "first_order" and hwd["ir_drop_max"] > FIRST_ORDER_MAX_DROP:
             rows.append(f"WARNING: the first-order IR-drop model is outside its range above a "
                         f"{FIRST_ORDER_MAX_DROP:.0%} drop (its error grows as the square of the drop); use "
-                        f"ir_drop.model: exact on tiles of at most 16384 cells (rows x cols), or a lower r_wire_ohm, in crossbar "
+                        f"ir_drop.model: exact on tiles of at most {EXACT_IR_MAX_CELLS} cells (rows x cols), or a lower "
+                        f"r_wire_ohm, in crossbar "
                         f"card {hwd['crossbar_card']}")
+    if hwd["adc_saturation_rate"] > ADC_SATURATION_WARN:
+        rows.append(f"WARNING: the ADC saturated on {hwd['adc_saturation_rate']:.1%} of its conversions: column "
+                    f"currents beyond its range are clipped; see adc.range and adc.percentile in crossbar card "
+                    f"{hwd['crossbar_card']}")
+    short = [(l["layer"], l["sigma_shortfall"]) for l in hwd.get("layers", []) if l.get("sigma_shortfall")]
+    short = [(i, s) for i, s in short if s["mean_relative_shortfall"] > SIGMA_SHORTFALL_WARN]
+    if short:
+        rows.append("WARNING: the device's own spread falls short of the trained sigma (sampler device): "
+                    + "; ".join(f"layer {i}: {s['fraction_short']:.0%} of weights short, by "
+                                f"{s['mean_relative_shortfall']:.0%} on average" for i, s in short)
+                    + "; the epistemic uncertainty is then the device's, not the model's")
+    if str(hwd.get("adc_calibration", "")).startswith(f"first {ADC_CALIBRATION_IMAGES} images of split"):
+        rows.append(f"NOTE: the ADC ranges were calibrated on the {hwd['adc_calibration']}: on images that are "
+                    f"also evaluated (put the MNIST training files in the data folder to calibrate on those)")
     if hwd["dac_clip_rate"] > DAC_CLIP_WARN:
         rows.append(f"WARNING: the DAC clipped {hwd['dac_clip_rate']:.1%} of the inputs it converted: the inputs "
                     f"fall outside its range (an unsigned DAC applies no negative input); see dac.signed, "
