@@ -126,17 +126,22 @@ def test_conv_im2col_matches_torch():
     np.testing.assert_allclose(y, ref, atol=2e-5)
 
 
+def _grid_layer(r, out, inn, step):
+    """SPQ weights on the 8-bit grid with sigma = 0 (so every sample programs the same levels), every column
+    using its full range (|k| up to 7: wscale_j = 7 * step). -> (w, op)"""
+    k = r.integers(-7, 8, (out, inn))
+    k[:, 0] = 7
+    w = (k * step).astype(np.float32)
+    q = LayerQuant("spq", 8, step, 8, 0.1, "log", 4, step)
+    return w, BayesLinearOp(w, np.zeros_like(w), np.zeros(out, np.float32), np.zeros(out, np.float32), q)
+
+
 def test_programming_noise_mean_and_variance_match_analytic():
     """SPQ, weights on the grid (sigma = 0), Gaussian programming noise sd_p on each of the pair's cells:
     w_eff = w + (n+ - n-) * wscale / span, so E[y] = x @ w.T and Var[y_j] = sum_k x_k^2 * 2 sd_p^2 (wscale_j/span)^2."""
     r = np.random.default_rng(2)
-    out, inn, n_samples, sd_p = 64, 200, 200, 0.6
-    k = r.integers(-7, 8, (out, inn))
-    k[:, 0] = 7  # every column uses the full grid -> wscale_j = 7 * step
-    step = 0.1
-    w = (k * step).astype(np.float32)
-    q = LayerQuant("spq", 8, step, 8, 0.1, "log", 4, step)
-    op = BayesLinearOp(w, np.zeros_like(w), np.zeros(out, np.float32), np.zeros(out, np.float32), q)
+    out, inn, n_samples, sd_p, step = 64, 200, 200, 0.6, 0.1
+    w, op = _grid_layer(r, out, inn, step)
     dev = GaussianDevice(sd_p, 0.0)
     layer = AnalogLayer(op, dev, IDEAL_CARD, 0, 5)
     x = r.uniform(0, 1, (1, inn)).astype(np.float32)
@@ -349,13 +354,8 @@ def test_offset_mapping_noise_matches_analytic_with_a_shared_reference_column():
     and two outputs of the same column tile share the reference noise (correlation 1/2 when their scales
     are equal), outputs of different column tiles do not (hand analysis)."""
     r = np.random.default_rng(3)
-    out, inn, n_samples, sd_p = 64, 200, 400, 0.6
-    k = r.integers(-7, 8, (out, inn))
-    k[:, 0] = 7  # every column uses the full grid -> wscale_j = 7 * step
-    step = 0.1
-    w = (k * step).astype(np.float32)
-    q = LayerQuant("spq", 8, step, 8, 0.1, "log", 4, step)
-    op = BayesLinearOp(w, np.zeros_like(w), np.zeros(out, np.float32), np.zeros(out, np.float32), q)
+    out, inn, n_samples, sd_p, step = 64, 200, 400, 0.6, 0.1
+    w, op = _grid_layer(r, out, inn, step)
     dev = GaussianDevice(sd_p, 0.0)
     card = crossbar_from_dict({"name": "off", "tile": {"rows": 128, "cols": 32}, "dac": {"bits": None},
                                "adc": {"bits": None}, "mapping": {"kind": "offset", "scale": "per_column"}})
