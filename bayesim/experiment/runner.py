@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -227,14 +228,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     analog = AnalogBNN(qmodel.export_ops(), device, card, seed=cfg.seed, sampler=hw.sampler,
                        t_read_s=hw.read_time_s, lumped=use_lumped(hw), t_compute_s=hw.compute_delay_s,
                        drift_compensation=hw.drift_compensation)
-    import warnings
-
     fallback = sorted({layer.lumped_reason for layer in analog.layers.values() if layer.lumped_reason})
     if fallback:
         warnings.warn(f"hardware.lumped: on falls back to per-cell draws where the lumped noise is not exact: "
                       f"{'; '.join(fallback)}", UserWarning, stacklevel=2)
     if hw.drift_compensation != "none" and not any(layer.stored for layer in analog.layers.values()):
-
         warnings.warn(f"hardware.drift_compensation: {hw.drift_compensation} has nothing to compensate: strategy "
                       f"{hw.strategy} with the {hw.sampler} sampler stores no mu/sigma arrays (it applies to vpq and "
                       f"jq with sampler digital)", UserWarning, stacklevel=2)
@@ -365,7 +363,7 @@ def result_table(result: dict) -> str:
                         f"card {hwd['crossbar_card']}")
     if hwd["adc_saturation_rate"] > ADC_SATURATION_WARN:
         rows.append(f"WARNING: the ADC saturated on {hwd['adc_saturation_rate']:.1%} of its conversions: column "
-                    f"currents beyond its range are clipped; see adc.range and adc.percentile in crossbar card "
+                    f"currents beyond its range are clipped; see adc.range, adc.percentile and adc.full_scale in crossbar card "
                     f"{hwd['crossbar_card']}")
     short = [(l["layer"], l["sigma_shortfall"]) for l in hwd.get("layers", []) if l.get("sigma_shortfall")]
     short = [(i, s) for i, s in short if s["mean_relative_shortfall"] > SIGMA_SHORTFALL_WARN]
