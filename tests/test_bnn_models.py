@@ -11,7 +11,7 @@ from bayesim import rng
 from bayesim.bnn import (ActivationConfig, ModelConfig, QuantConfig, build_model, load_model, memory_report,
                          predict_probs, save_model)
 from bayesim.bnn import quant as Q
-from bayesim.bnn.layers import BayesConv2d, BayesLinear, kl_normal
+from bayesim.bnn.layers import BayesLinear, kl_normal
 from bayesim.bnn.ops import ActivationOp, BayesConvOp, BayesLinearOp, FlattenOp, MaxPoolOp
 from bayesim.errors import BayesimError, ConfigError
 
