@@ -312,6 +312,19 @@ def test_evaluate_out_checked_before_evaluating(tmp_path, capsys, no_work):
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
+def test_a_named_data_dir_must_be_a_folder(tmp_path, capsys, no_work):
+    """evaluate (also with --embedded, which leaves it unused) and train refuse a --data-dir that is no folder."""
+    (tmp_path / "file").write_text("x")
+    for d, why in ((tmp_path / "nowhere", "folder not found"), (tmp_path / "file", "not a folder")):
+        assert main(["evaluate", "--model", LENET, "--embedded", "--data-dir", str(d), "--out",
+                     str(tmp_path / "o")]) == 2
+        assert _error(capsys).startswith(f"--data-dir {d}: {why}; expected the data folder")
+        assert main(["train", str(REPO / "configs" / "train_mlp.yaml"), "--data-dir", str(d), "--out",
+                     str(tmp_path / "m.safetensors")]) == 2
+        assert _error(capsys).startswith(f"--data-dir {d}: {why}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 @pytest.mark.parametrize("args, expect", [
     (["--batch-size", "0"], "--batch-size 0 is out of range; allowed 1 to 1000000"),
     (["--batch-size", "-1"], "--batch-size -1 is out of range; allowed 1 to 1000000"),

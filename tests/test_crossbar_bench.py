@@ -49,10 +49,20 @@ def test_bench_report_names_every_number(monkeypatch):
                  "16-bit inverse-CDF table", "12-bit table",
                  "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5"):
         assert line in text
-    cpus = r["machine"]["cpus"]
-    for load, busy in ((1.0 * cpus, False), (1.6 * cpus, True), (None, False)):
-        r["machine"]["load_average_1min"] = load
-        assert ("NOTE: the machine was busy" in bench.format_report(r)) == busy
+    assert 0 <= r["machine"]["other_processes_cpu_fraction"] <= 1
+    for other, busy in ((0.05, False), (0.3, True), (None, False)):
+        r["machine"]["other_processes_cpu_fraction"] = other
+        assert ("NOTE: other processes used 30% of the machine's CPU time" in bench.format_report(r)) == busy
+
+
+def test_bench_counts_other_processes_cpu_time(monkeypatch):
+    """Other processes' share = (machine busy CPU s - this process's CPU s) / (wall s x CPUs), clipped to [0, 1]."""
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert bench._other_cpu_fraction((0.0, 100.0, 5.0), (2.0, 103.0, 6.0)) == pytest.approx(0.5)  # 3 - 1 of 4
+    assert bench._other_cpu_fraction((0.0, 100.0, 5.0), (2.0, 101.0, 6.5)) == 0.0  # this process's own time
+    assert bench._other_cpu_fraction((0.0, None, 5.0), (2.0, 101.0, 6.0)) is None  # no /proc/stat
+    wall, busy, own = bench._cpu_seconds()
+    assert wall > 0 and own > 0 and (busy is None or busy >= own)
 
 
 def test_bench_floor_adds_up_and_names_its_parts():

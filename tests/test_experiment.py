@@ -141,8 +141,12 @@ def test_adc_calibration_source(data_dir, tmp_path):
     empty = tmp_path / "no_train"
     (empty / "mnist").mkdir(parents=True)
     x, source = calibration_images(empty, "mnist", splits)
-    assert source.startswith("first 256 images of split 'mnist' (no MNIST training files in")
+    assert source.startswith("first 256 images of split 'mnist', images that are also evaluated (no MNIST training "
+                             "files in")
     np.testing.assert_array_equal(x, splits["mnist"].x[:256])
+    small = load_test_splits(data_dir, embedded=True, limit=40, progress=False)
+    x, source = calibration_images(empty, "mnist", small)
+    assert x.shape[0] == 40 and source.startswith("first 40 images of split 'mnist'")
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(data_dir / "mnist", corrupt / "mnist")
@@ -175,8 +179,8 @@ def test_ir_drop_is_reported_and_first_order_out_of_range_warns(checkpoint, tmp_
     cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar=str(tmp_path / "broken.yaml"),
                                           strategy="fp"))
     with pytest.raises(BayesimError, match=r"broken.yaml: ir_drop.model first_order: the first-order drop "
-                                           r"of a cell is \d+% of its current .* use tiles of at most 16384 cells "
-                                           r"with ir_drop.model: exact, smaller tiles or a smaller"):
+                                           r"of a cell is \d+% of its current .* use smaller tiles \(at most 16384 "
+                                           r"cells also allow ir_drop.model: exact\) or a smaller"):
         run_experiment(cfg, tmp_path / "out", progress=False, log=None)
     assert not (tmp_path / "out" / "metrics.json").exists()
     # a tile the exact solve takes: the message offers it as it is
@@ -237,8 +241,9 @@ def test_lumped_on_warns_where_it_falls_back_and_auto_is_gone(checkpoint, tmp_pa
     (the lumped path pays a second GEMM per sample); the old value 'auto' is refused with the choices."""
     cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="jq",
                                           bits={"mu": 4, "sigma": 4, "w": 4}, lumped="on"))
-    with pytest.warns(UserWarning, match="hardware.lumped: on falls back to per-cell draws where the lumped noise "
-                                         "is not exact: sampled weights are quantized"):
+    with pytest.warns(UserWarning, match=r"hardware.lumped: on falls back to per-cell draws where the lumped noise "
+                                         r"is not exact \(strategy jq, sampler digital\): sampled weights are "
+                                         r"quantized"):
         r = run_experiment(cfg, None, progress=False, log=None)
     assert all(layer["path"] != "lumped" for layer in r["hardware"]["layers"])
     assert load_experiment(None, base=_cfg(checkpoint)).hardware.lumped == "off"
@@ -266,6 +271,7 @@ def test_table_warns_about_adc_saturation_sigma_shortfall_and_calibration_on_tes
     cfg = load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="vpq",
                                           bits={"mu": 4, "sigma": 4, "w": 4}, sampler="device"))
     r = run_experiment(cfg, None, progress=False, log=None)
+    r["hardware"]["adc_calibration"] = "first 256 MNIST training images"  # as with the data folder's files
     text = result_table(r)
     short = [l["sigma_shortfall"]["mean_relative_shortfall"] for l in r["hardware"]["layers"]]
     assert max(short) > 0.1 and "WARNING: the device's own spread falls short of the trained sigma" in text
@@ -273,7 +279,19 @@ def test_table_warns_about_adc_saturation_sigma_shortfall_and_calibration_on_tes
     assert "ood        epistemic MI (nats)" in text and "ood        accuracy" not in text
     assert "mnist      accuracy" in text
     r["hardware"]["adc_saturation_rate"] = 0.0548
-    r["hardware"]["adc_calibration"] = "first 256 images of split 'mnist' (no MNIST training files in /x)"
+    r["hardware"]["adc_calibration"] = ("first 40 images of split 'mnist', images that are also evaluated (no MNIST "
+                                        "training files in /x)")
     text = result_table(r)
     assert "WARNING: the ADC saturated on 5.5% of its conversions" in text
-    assert "NOTE: the ADC ranges were calibrated on the first 256 images of split 'mnist'" in text
+    assert "NOTE: the ADC ranges were calibrated on the first 40 images of split 'mnist', images that are also " \
+           "evaluated" in text
+
+
+def test_a_relative_data_dir_is_relative_to_the_config_file(checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "cfgs" / "dd").mkdir(parents=True)
+    (tmp_path / "cfgs" / "c.yaml").write_text("name: q\ndata: {dir: dd}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment(tmp_path / "cfgs" / "c.yaml").data.dir == str(tmp_path / "cfgs" / "dd")
+    (tmp_path / "cfgs" / "c.yaml").write_text("name: q\ndata: {dir: here}\n")  # else the current folder
+    (tmp_path / "here").mkdir()
+    assert load_experiment(tmp_path / "cfgs" / "c.yaml").data.dir == "here"

@@ -84,6 +84,19 @@ def wrote(message: str) -> None:
     print(message)
 
 
+def check_data_dir(value) -> None:
+    """A --data-dir the user named must be a folder (also where the embedded subsets would leave it unused)."""
+    if value is None:
+        return
+    from pathlib import Path
+
+    d = Path(value).expanduser()
+    if not d.is_dir():
+        raise BayesimError(f"--data-dir {value}: {'not a folder' if d.exists() else 'folder not found'}; expected "
+                           f"the data folder (mnist/ and fashion-mnist/ IDX files), or leave it out for "
+                           f"$BAYESIM_DATA / the user cache")
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C, so that atomic writes clean up their
     temporary files (an unhandled SIGTERM would end the process without running any cleanup)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from bayesim.cli import wrote
+from bayesim.cli import check_data_dir, wrote
 from bayesim.errors import BayesimError
 
 STRATEGIES = ("fp", "vpq", "spq", "jq")
@@ -78,6 +78,7 @@ def prepare_model(args):
     bits = {k: _bits(f"--{k.replace('_', '-')}", getattr(args, k)) for k in ("bits", "mu_bits", "sigma_bits",
                                                                            "w_bits", "act_bits")}
     check_limits(args)
+    check_data_dir(args.data_dir)
     if args.pyro:
         if args.arch not in ("mlp", "lenet5"):
             raise BayesimError("--pyro needs --arch mlp or --arch lenet5")

@@ -5,7 +5,7 @@ epochs, batch_size, lr, seed, kl_warmup_epochs, init_from, data: {data_dir, limi
 """
 from __future__ import annotations
 
-from bayesim.cli import wrote
+from bayesim.cli import check_data_dir, wrote
 
 
 def register(sub) -> None:
@@ -25,6 +25,7 @@ def run(args) -> int:
     from bayesim.bnn.train import TrainConfig, train_and_save
     from bayesim.config.schema import build, load_yaml
 
+    check_data_dir(args.data_dir)
     raw = load_yaml(args.config)
     over = {"epochs": args.epochs, "device": args.device}
     raw.update({k: v for k, v in over.items() if v is not None})

@@ -181,6 +181,7 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
             layer._forward_prepared(prepared, s + 1)
 
     rounds = []
+    cpu0 = _cpu_seconds()
     for _ in range(repeat):
         ta = _timed(analog) / samples
         tb = _timed(blas) / samples
@@ -188,6 +189,7 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
         tw = _timed(build) / samples
         tp = _timed(products) / samples
         rounds.append((ta, tb, tn, tw, tp))
+    other_cpu = _other_cpu_fraction(cpu0, _cpu_seconds())
     ta, tb, tn, tw, tp = (float(np.median([r[i] for r in rounds])) for i in range(5))
     ratio_blas = float(np.median([r[1] / r[0] for r in rounds]))
     ratio_numpy = float(np.median([r[2] / r[0] for r in rounds]))
@@ -218,13 +220,36 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
         "targets": {"throughput_vs_blas": 0.5, "speedup_vs_numpy": 4.0},
         "machine": {"cpus": os.cpu_count(), "numba_threads": numba.get_num_threads(),
                     "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                    "other_processes_cpu_fraction": other_cpu,
                     "python": platform.python_version(), "numpy": np.__version__},
     }
 
 
-#: a 1-minute load average above this many per CPU means other work ran beside the bench (its own 2 threads
-#: alone bring a 2-CPU machine to ~1-2)
-BUSY_LOAD_PER_CPU = 1.5
+#: above this share of the machine's CPU time taken by other processes while the bench ran, its times are
+#: not this code's alone
+BUSY_OTHER_CPU_FRACTION = 0.1
+
+
+def _cpu_seconds():
+    """(wall s, CPU s busy on the whole machine, CPU s of this process) now; the machine's from /proc/stat
+    (Linux), None elsewhere."""
+    t = os.times()
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait (guests are in user)
+    except (OSError, ValueError, IndexError):
+        busy = None
+    return time.perf_counter(), busy, t.user + t.system
+
+
+def _other_cpu_fraction(a, b) -> float | None:
+    """Share of the machine's CPU time (wall x CPUs) that other processes used between two _cpu_seconds()."""
+    if a[1] is None or b[1] is None:
+        return None
+    wall = b[0] - a[0]
+    other = (b[1] - a[1]) - (b[2] - a[2])
+    return float(min(max(other / (wall * (os.cpu_count() or 1)), 0.0), 1.0)) if wall > 0 else None
 
 
 def _fmt_load(v) -> str:
@@ -251,10 +276,10 @@ def format_report(r: dict) -> str:
         f"  machine: {r['machine']['cpus']} CPUs, {r['machine']['numba_threads']} numba threads, "
         f"load average {_fmt_load(r['machine']['load_average_1min'])} (ratios are medians of {len(r['rounds'])} interleaved rounds)",
     ]
-    load, cpus = r["machine"]["load_average_1min"], r["machine"]["cpus"]
-    if load is not None and cpus and load > BUSY_LOAD_PER_CPU * cpus:
-        lines.append(f"  NOTE: the machine was busy (load average {load:.2f} on {cpus} CPUs, the bench's own threads "
-                     f"included): other work shared the cores, so these times and ratios are not this code's")
+    other = r["machine"].get("other_processes_cpu_fraction")
+    if other is not None and other > BUSY_OTHER_CPU_FRACTION:
+        lines.append(f"  NOTE: other processes used {other:.0%} of the machine's CPU time while the bench ran: these "
+                     f"times and ratios are not this code's alone; rerun on a quiet machine")
     return "\n".join(lines)
 
 

@@ -671,14 +671,14 @@ class AnalogLayer:
                     m, drop = irdrop.apply(g.T, ir.model, ir.r_wire_ohm, self.card.tile.rows)
                     if drop >= 1.0:  # first order only: the exact solve never loses a whole current
                         t = self.card.tile
-                        exact = ("ir_drop.model: exact, " if t.rows * t.cols <= EXACT_IR_MAX_CELLS else
-                                 f"tiles of at most {EXACT_IR_MAX_CELLS} cells with ir_drop.model: exact, ")
+                        exact = ("ir_drop.model: exact, smaller tiles" if t.rows * t.cols <= EXACT_IR_MAX_CELLS else
+                                 f"smaller tiles (at most {EXACT_IR_MAX_CELLS} cells also allow ir_drop.model: exact)")
                         raise BayesimError(
                             f"{self.card.path or 'crossbar card ' + self.card.name}: ir_drop.model {ir.model}: the "
                             f"first-order drop of a cell "
                             f"is {drop:.0%} of its current (layer {self.layer}, tile {r},{c}), so its effective "
-                            f"conductance would be negative: the model does not hold here; use {exact}"
-                            f"smaller tiles or a smaller ir_drop.r_wire_ohm ({ir.r_wire_ohm:g} ohm)")
+                            f"conductance would be negative: the model does not hold here; use {exact} "
+                            f"or a smaller ir_drop.r_wire_ohm ({ir.r_wire_ohm:g} ohm)")
                     self.stats.ir_drop_max = max(self.stats.ir_drop_max, drop)
                     g[...] = m.T
             self._tile_view(self._wn, off, rows_r, c0, c1)[...] = (a - b) / np.float32(half)

@@ -137,8 +137,8 @@ def ensure_all(pairs, data_dir: str | os.PathLike | None = None) -> dict[tuple[s
     if still:
         raise DataError(
             f"data files missing in {folder}: {', '.join(still)}; download failed ({_short(error)}); "
-            f"put them into {folder}/ with those sub-folder names, or pass --data-dir / set BAYESIM_DATA to a folder "
-            f"holding mnist/ and fashion-mnist/")
+            f"put them into {folder}/ with those sub-folder names, or name a folder holding mnist/ and "
+            f"fashion-mnist/: --data-dir (train, evaluate, data), data.dir (a run config) or BAYESIM_DATA")
     return found  # type: ignore[return-value]
 
 

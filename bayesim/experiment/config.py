@@ -119,12 +119,17 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         if e.key and e.source == source and _from_set(e.key, overrides):
             raise ConfigError(e.message, f"{source} (--set)", e.key) from None
         raise
-    # Relative paths in a config file are relative to that file.
+    # Relative paths in a config file are relative to that file (else to the current folder).
+    from dataclasses import replace
+
     if path is not None and cfg.model.path and not Path(cfg.model.path).is_absolute():
         cand = Path(path).parent / cfg.model.path
         if cand.exists():
-            from dataclasses import replace
             cfg = replace(cfg, model=replace(cfg.model, path=str(cand)))
+    if path is not None and cfg.data.dir and not Path(cfg.data.dir).expanduser().is_absolute():
+        cand = Path(path).parent / cfg.data.dir
+        if cand.is_dir():
+            cfg = replace(cfg, data=replace(cfg.data, dir=str(cand)))
     check_files(cfg, source, overrides)
     return cfg
 

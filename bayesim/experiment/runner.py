@@ -128,8 +128,9 @@ def calibration_images(data_dir, normalization: str, splits: dict) -> tuple[np.n
         return ((x - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)).astype(np.float32), \
             f"first {ADC_CALIBRATION_IMAGES} MNIST training images"
     sp = splits.get("mnist") or next(iter(splits.values()))
-    return sp.x[:ADC_CALIBRATION_IMAGES], (f"first {ADC_CALIBRATION_IMAGES} images of split {sp.name!r} "
-                                           f"(no MNIST training files in {resolve_data_dir(data_dir)})")
+    x = sp.x[:ADC_CALIBRATION_IMAGES]
+    return x, (f"first {len(x)} images of split {sp.name!r}{CALIBRATED_ON_EVALUATED} "
+               f"(no MNIST training files in {resolve_data_dir(data_dir)})")
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -183,7 +184,7 @@ def resolve_crossbar(cfg: ExperimentConfig):
 
 def use_lumped(hw) -> bool:
     """Lumped output noise (`hardware.lumped: on`): exact in distribution, other random numbers than the
-    per-weight path, and a second GEMM (x^2 @ sigma^2) per sample: 3x slower than per-cell draws on the
+    per-weight path, and a second GEMM (x^2 @ sigma^2) per sample: 2.5x slower than per-cell draws on the
     quick start's VPQ run, so it is never chosen by default."""
     return hw.lumped == "on"
 
@@ -230,8 +231,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
                        drift_compensation=hw.drift_compensation)
     fallback = sorted({layer.lumped_reason for layer in analog.layers.values() if layer.lumped_reason})
     if fallback:
-        warnings.warn(f"hardware.lumped: on falls back to per-cell draws where the lumped noise is not exact: "
-                      f"{'; '.join(fallback)}", UserWarning, stacklevel=2)
+        warnings.warn(f"hardware.lumped: on falls back to per-cell draws where the lumped noise is not exact "
+                      f"(strategy {hw.strategy}, sampler {hw.sampler}): {'; '.join(fallback)}", UserWarning,
+                      stacklevel=2)
     if hw.drift_compensation != "none" and not any(layer.stored for layer in analog.layers.values()):
         warnings.warn(f"hardware.drift_compensation: {hw.drift_compensation} has nothing to compensate: strategy "
                       f"{hw.strategy} with the {hw.sampler} sampler stores no mu/sigma arrays (it applies to vpq and "
@@ -310,6 +312,8 @@ def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
 #: differ from the network's, whatever the device.
 DAC_CLIP_WARN = 0.01
 ADC_SATURATION_WARN = 0.01
+#: in `adc_calibration` when the ADC ranges were fitted on a test split (no MNIST training files)
+CALIBRATED_ON_EVALUATED = ", images that are also evaluated"
 SIGMA_SHORTFALL_WARN = 0.1  # mean relative shortfall of the device sampler's realised sigma
 
 
@@ -347,7 +351,8 @@ def result_table(result: dict) -> str:
     if gains:
         lo = min(min(g["mu"]["min"], g["sigma"]["min"]) for g in gains)
         hi = max(max(g["mu"]["max"], g["sigma"]["max"]) for g in gains)
-        span = f"{lo:.4g}-{hi:.4g}" if (lo, hi) != (1.0, 1.0) else "1 (the cells did not drift)"
+        span = ("1 (the cells did not drift)" if lo == hi == 1.0 else f"{lo:.4g}" if f"{lo:.4g}" == f"{hi:.4g}"
+                else f"{lo:.4g}-{hi:.4g}")
         rows.append(f"drift compensation (global, per tile) at t = {hwd['read_time_s']:g} s: digital gains "
                     f"{span} on the stored mu/sigma arrays")
     if hwd.get("ir_drop_max") is not None:
@@ -369,12 +374,13 @@ def result_table(result: dict) -> str:
     short = [(i, s) for i, s in short if s["mean_relative_shortfall"] > SIGMA_SHORTFALL_WARN]
     if short:
         rows.append("WARNING: the device's own spread falls short of the trained sigma (sampler device): "
-                    + "; ".join(f"layer {i}: {s['fraction_short']:.0%} of weights short, by "
-                                f"{s['mean_relative_shortfall']:.0%} on average" for i, s in short)
+                    + "; ".join(f"layer {i}: {s['fraction_short']:.0%} of weights short, those by "
+                                f"{s['mean_relative_shortfall'] / s['fraction_short']:.0%} on average"
+                                for i, s in short)
                     + "; the epistemic uncertainty is then the device's, not the model's")
-    if str(hwd.get("adc_calibration", "")).startswith(f"first {ADC_CALIBRATION_IMAGES} images of split"):
-        rows.append(f"NOTE: the ADC ranges were calibrated on the {hwd['adc_calibration']}: on images that are "
-                    f"also evaluated (put the MNIST training files in the data folder to calibrate on those)")
+    if CALIBRATED_ON_EVALUATED in str(hwd.get("adc_calibration", "")):
+        rows.append(f"NOTE: the ADC ranges were calibrated on the {hwd['adc_calibration']} (put the MNIST "
+                    f"training files in the data folder to calibrate on those)")
     if hwd["dac_clip_rate"] > DAC_CLIP_WARN:
         rows.append(f"WARNING: the DAC clipped {hwd['dac_clip_rate']:.1%} of the inputs it converted: the inputs "
                     f"fall outside its range (an unsigned DAC applies no negative input); see dac.signed, "
