@@ -131,8 +131,6 @@ def install() -> None:
         except OSError:
             raise  # numba's own handling: a data file removed while the index still names it
         except Exception as e:  # noqa: BLE001
-            if not _ours(self):
-                raise
             _warn(self._data_path(name), "is unreadable; recompiling the kernel", e)
             return None  # a miss: the kernel compiles, and the save overwrites this file
 

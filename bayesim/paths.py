@@ -31,6 +31,16 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     return cache_dir() / "data"
 
 
+def named_data_dir_problem(value: str | os.PathLike) -> str | None:
+    """Why a data folder the user named (a flag or a config key) cannot be used, or None. It must exist even
+    where the embedded subsets would leave it unused: a mistyped path must not pass unnoticed."""
+    d = Path(value).expanduser()
+    if d.is_dir():
+        return None
+    return (f"{'not a folder' if d.exists() else 'folder not found'}; expected the data folder (mnist/ and "
+            f"fashion-mnist/ IDX files)")
+
+
 def _no_nul(p: Path, what: str) -> Path:
     if "\0" in str(p):
         from bayesim.errors import DataError

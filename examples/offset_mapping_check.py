@@ -123,17 +123,17 @@ def main(argv=None):
                 "samples": args.samples, "software_reference": False,
                 "hardware": {"strategy": "spq", "bits": {"mu": args.bits, "sigma": args.bits, "w": args.bits},
                              "device": str(dev)}}
+        # the network and the images of the independent model: those every bayesim run below uses
+        cfg = load_experiment(None, base={**base, "name": "offset_check"})
+        model, _ = apply_strategy(load_network(cfg.model, cfg.data.normalization, cfg.hardware)[0], cfg.hardware)
+        split = load_test_splits(cfg.data.dir, normalization=cfg.data.normalization, embedded=True,
+                                 names=("mnist",), progress=False)["mnist"]
         for mapping, xbar in xbars.items():
             rows = {"bayesim": [], "independent": [], "rms_error_full_scale": []}
             for seed in range(args.seeds):
                 base["hardware"]["crossbar"] = str(xbar)
                 cfg = load_experiment(None, base={**base, "name": f"offset_check_{mapping}_{seed}", "seed": seed})
                 rows["bayesim"].append(run_experiment(cfg, progress=False, log=lambda *a: None)["mnist"]["accuracy"])
-                if seed == 0:
-                    model, _ = apply_strategy(load_network(cfg.model, cfg.data.normalization, cfg.hardware)[0],
-                                              cfg.hardware)
-                    split = load_test_splits(cfg.data.dir, normalization=cfg.data.normalization, embedded=True,
-                                             names=("mnist",), progress=False)["mnist"]
                 acc, rms = _independent(model, split, pcm, mapping, args.samples, seed)
                 rows["independent"].append(acc)
                 rows["rms_error_full_scale"].append(rms)

@@ -85,16 +85,12 @@ def wrote(message: str) -> None:
 
 
 def check_data_dir(value) -> None:
-    """A --data-dir the user named must be a folder (also where the embedded subsets would leave it unused)."""
-    if value is None:
-        return
-    from pathlib import Path
+    """A --data-dir the user named must be a folder (`bayesim.paths.named_data_dir_problem`)."""
+    from bayesim.paths import named_data_dir_problem
 
-    d = Path(value).expanduser()
-    if not d.is_dir():
-        raise BayesimError(f"--data-dir {value}: {'not a folder' if d.exists() else 'folder not found'}; expected "
-                           f"the data folder (mnist/ and fashion-mnist/ IDX files), or leave it out for "
-                           f"$BAYESIM_DATA / the user cache")
+    why = None if value is None else named_data_dir_problem(value)
+    if why:
+        raise BayesimError(f"--data-dir {value}: {why}, or leave it out for $BAYESIM_DATA / the user cache")
 
 
 class _Terminated(KeyboardInterrupt):

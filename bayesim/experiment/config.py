@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from bayesim.config import apply_overrides, build, load_yaml, spec
 from bayesim.errors import ConfigError
+from bayesim.paths import named_data_dir_problem
 
 SPLITS = ("mnist", "ambiguous", "ood")
 
@@ -163,11 +164,10 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
     xb = cfg.hardware.crossbar
     if xb.endswith((".yaml", ".yml")) or Path(xb).exists():
         check(Path(xb), "hardware.crossbar", "a crossbar card file (.yaml) or a card name")
-    if cfg.data.dir is not None:  # named: it must exist, also where the embedded subsets make it unused
-        d = Path(cfg.data.dir).expanduser()
-        if not d.is_dir():
-            fail(f"{d}: {'not a folder' if d.exists() else 'folder not found'}; expected the data folder "
-                 f"(mnist/ and fashion-mnist/ IDX files), or null for $BAYESIM_DATA / the user cache", "data.dir")
+    if cfg.data.dir is not None:
+        why = named_data_dir_problem(cfg.data.dir)
+        if why:
+            fail(f"{Path(cfg.data.dir).expanduser()}: {why}, or null for $BAYESIM_DATA / the user cache", "data.dir")
     if cfg.model.source != "default" and cfg.model.path:
         what = "a bayesim checkpoint (.safetensors)" if cfg.model.source == "checkpoint" \
             else "a Pyro parameter-store file"

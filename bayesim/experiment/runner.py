@@ -315,6 +315,7 @@ ADC_SATURATION_WARN = 0.01
 #: in `adc_calibration` when the ADC ranges were fitted on a test split (no MNIST training files)
 CALIBRATED_ON_EVALUATED = ", images that are also evaluated"
 SIGMA_SHORTFALL_WARN = 0.1  # mean relative shortfall of the device sampler's realised sigma
+_TABLE_LABELS = {"nll": "nll (nats)", "mean_aleatoric": "aleatoric (nats)", "mean_epistemic": "epistemic MI (nats)"}
 
 
 def result_table(result: dict) -> str:
@@ -330,8 +331,7 @@ def result_table(result: dict) -> str:
         for k in keys:
             h = result[split][k]
             s = sw.get(split, {}).get(k)
-            label = {"nll": "nll (nats)", "mean_aleatoric": "aleatoric (nats)",
-                     "mean_epistemic": "epistemic MI (nats)"}.get(k, k)
+            label = _TABLE_LABELS.get(k, k)
             rows.append(f"{split:<10} {label:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
     for k, h in result.get("auroc", {}).items():
         s = sw.get("auroc", {}).get(k)
