@@ -392,7 +392,13 @@ class AnalogLayer:
         moments = getattr(self.device, "read_moments", None)
         lo, hi = (float(v) for v in self.g_clip)
 
+        # the drifted moments at t_read, as program() computed them for the fused read (float32, as moments gives)
+        fused_now = self.fused_read and not self.table_noise and moments is not None
+
         def current(name, t, r, c, off, rows_r, c0, c1):  # the column currents of one array of one tile
+            if fused_now and t == self.t_read:
+                m_, s_ = (self._tile_view(a[name], off, rows_r, c0, c1) for a in (self.read_mean, self.read_sd))
+                return _expected_clipped(m_, s_, lo, hi).sum(axis=1)
             h = np.ascontiguousarray(self._tile_view(self.held[name], off, rows_r, c0, c1), np.float32)
             ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
             if self.table_noise:
