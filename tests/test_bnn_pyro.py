@@ -146,6 +146,41 @@ def test_code_in_the_pickle_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+class _EvilMagic:
+    """Runs code, then returns torch's legacy magic number, so the rest of the file loads as usual."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (f"__import__('pathlib').Path({self.marker!r}).touch() or 0x1950a86a20f9469cfc6c",))
+
+
+@pytest.mark.parametrize("where", ["magic", "sys_info"])
+def test_code_in_a_legacy_format_header_pickle_is_refused(tmp_path, monkeypatch, where):
+    """torch's legacy (non-zip) format reads its header pickles with pickle_module.load, not its Unpickler:
+    a valid checkpoint whose first header pickle runs code must be refused before the code runs."""
+    import io
+    import pickle
+
+    ok = tmp_path / "ok.pt"
+    torch.save({"params": _lenet_params()}, ok, _use_new_zipfile_serialization=False)
+    assert read_pyro_params(ok)  # the legacy format itself loads
+    f = io.BytesIO(ok.read_bytes())
+    header = [pickle.load(f) for _ in range(3)]  # magic number, protocol version, sys info
+    rest = f.read()
+    marker = tmp_path / "PWNED"
+    evil = _EvilMagic(str(marker)) if where == "magic" else {"little_endian": True, "x": _EvilMagic(str(marker))}
+    parts = [evil if where == "magic" else header[0], header[1], header[2] if where == "magic" else evil]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in parts) + rest)
+    with pytest.raises(BayesimError, match=r"bad\.pt: refused to load: the pickle references "):
+        read_pyro_params(bad)
+    assert not marker.exists()
+    assert main(["import-pyro", str(bad), "--arch", "lenet5", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert not marker.exists() and not (tmp_path / "x.safetensors").exists()
+
+
 def test_import_config_file(tmp_path, monkeypatch):
     ck = _save_pyro_like(tmp_path / "l.pt", _lenet_params(), monkeypatch)
     cfg = tmp_path / "imp.yaml"

@@ -14,6 +14,7 @@ architecture's Bayesian layers in forward order:
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
 import re
@@ -79,8 +80,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _pickle_module(source: str):
+    """A stand-in for the `pickle` module whose every entry point unpickles with _RestrictedUnpickler: torch's
+    legacy (non-zip) format reads its header pickles with `pickle_module.load` directly, not the Unpickler."""
     cls = type("_Unpickler", (_RestrictedUnpickler,), {"source": source})
-    return types.SimpleNamespace(Unpickler=cls, load=pickle.load, loads=pickle.loads, __name__="bayesim_restricted")
+
+    def load(f, **kw):
+        return cls(f, **kw).load()
+
+    def loads(data, **kw):
+        return cls(io.BytesIO(data), **kw).load()
+
+    return types.SimpleNamespace(Unpickler=cls, load=load, loads=loads, __name__="bayesim_restricted")
 
 
 def read_pyro_params(path: str | os.PathLike) -> dict:
