@@ -9,8 +9,9 @@ own modules this module turns such a file into a cache miss: one warning naming 
 is compiled again and the file rewritten.
 - Each data file is written with a SHA-256 of its name and content in front (`_FRAME`) and used only when
   both match: damage anywhere in it, or another kernel's file copied over it, is caught before numba
-  rebuilds anything. A data file without the frame is never used: an older bayesim's (a pickle) is
-  recompiled silently, anything else with the warning.
+  rebuilds anything. A data file without the frame is never used nor unpickled: an older bayesim's (a
+  pickle) is recompiled silently, anything else with the warning. (numba's index files are pickles numba
+  itself unpickles; whoever can write a cache folder can run code, as with any numba cache.)
 - An index that cannot be unpickled is a miss too; so is a data file that passes but whose compiled code
   cannot be rebuilt, or is the code of another signature than the one the index filed it under.
 - A cache file that cannot be written (e.g. a folder in its place) leaves the kernel compiled but uncached,
@@ -77,6 +78,7 @@ _NEEDED = {"IndexDataCacheFile": ("_load_index", "_load_data", "_save_data", "sa
 #: whole pickle of None, so a reader without this module (an older bayesim in the same checkout) unpickles
 #: None: a silent cache miss, not an error
 _FRAME = b"\x80\x05N.bayesim numba cache, sha256:"
+_PICKLE_HEAD = b"\x80"  # the PROTO opcode every pickle numba writes (protocol >= 2) starts with
 
 
 def _digest(name: str, payload: bytes) -> bytes:
@@ -89,11 +91,10 @@ def _read_framed(self, name):
     with open(path, "rb") as f:  # an OSError goes to numba's own handling (a file removed meanwhile)
         raw = f.read()
     if not raw.startswith(_FRAME):
-        # an older bayesim's file (a pickle, recompiled silently) or one damaged at its start; never used
-        try:
-            pickle.loads(raw)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure of a damaged file
-            _warn(path, "is unreadable; recompiling the kernel", e)
+        # an older bayesim's file (numba's plain pickle: recompiled silently) or one damaged at its start; never
+        # used, and never unpickled (its content is not checked)
+        if not raw.startswith(_PICKLE_HEAD):
+            _warn(path, "is unreadable (not a numba cache data file); recompiling the kernel")
         return None
     head = len(_FRAME) + 32
     payload = raw[head:]

@@ -34,8 +34,22 @@ def _cache_files(root: Path, pattern: str) -> list[Path]:
     return files
 
 
+class _Code:
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return (eval, (self.code,))
+
+
+def _code_pickle(code: str) -> bytes:
+    import pickle
+
+    return pickle.dumps(_Code(code))
+
+
 @pytest.mark.parametrize("damage", ["garbage index", "garbage data", "a pickle that is not a kernel",
-                                    "folder in place of the index"])
+                                    "folder in place of the index", "an unframed pickle that runs code"])
 def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
     """A real bayesim kernel (rng._fill_normal) cached under NUMBA_CACHE_DIR, in numba's folder for bayesim/."""
     cache = tmp_path / "numba"
@@ -57,12 +71,21 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
             payload = pickle.dumps(("not", "a", "kernel"))
             f.write_bytes(_FRAME + _digest(f.name, payload) + payload)
         damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
+    elif damage == "an unframed pickle that runs code":  # an older bayesim's format is never unpickled
+        code = f"__import__('pathlib').Path({str(tmp_path / 'PWNED')!r}).touch()"
+        damaged = _cache_files(cache, "rng._fill_normal-*.nbc")
+        for f in damaged:
+            f.write_bytes(_code_pickle(code))
     else:
         damaged = _cache_files(cache, "rng._fill_normal-*.nbi")
         damaged[0].unlink()
         damaged[0].mkdir()
     second = _run(BAYESIM_KERNEL, tmp_path, cache)
     assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+    if damage == "an unframed pickle that runs code":
+        assert not (tmp_path / "PWNED").exists()
+        assert "numba cache file" not in second.stderr  # an older bayesim's data file: a silent recompile
+        return
     assert str(damaged[0]) in second.stderr
     if damage == "folder in place of the index":
         assert "cannot be written; the kernel runs uncached" in second.stderr
@@ -72,7 +95,9 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
         third = _run(BAYESIM_KERNEL, tmp_path, cache)
         assert third.returncode == 0 and third.stdout == first.stdout and "numba cache file" not in third.stderr
     else:
-        assert "is unreadable; recompiling the kernel (UnpicklingError" in second.stderr
+        msg = "is unreadable; recompiling the kernel (UnpicklingError" if damage == "garbage index" else \
+            "is unreadable (not a numba cache data file); recompiling the kernel"
+        assert msg in second.stderr
         assert second.stderr.count("unreadable") == 1
         third = _run(BAYESIM_KERNEL, tmp_path, cache)  # the file was rewritten: no warning any more
         assert third.returncode == 0 and third.stdout == first.stdout and "unreadable" not in third.stderr
