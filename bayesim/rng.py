@@ -108,10 +108,10 @@ def generator(key: int) -> np.random.Generator:
 
 
 @nb.njit(parallel=True, cache=True)
-def _fill_normal(out, key, table):
+def _fill_normal(out, key, start, table):
     flat = out.reshape(-1)
     for i in nb.prange(flat.size):
-        flat[i] = normal(key, i, table)
+        flat[i] = normal(key, start + i, table)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -121,10 +121,11 @@ def _fill_uniform(out, key):
         flat[i] = uniform(key, i)
 
 
-def normals(key: int, shape) -> np.ndarray:
-    """float32 array of standard normals from stream `key` (16-bit table precision)."""
+def normals(key: int, shape, start: int = 0) -> np.ndarray:
+    """float32 array of standard normals from stream `key` at counters start, start + 1, ... in C order
+    (16-bit table precision)."""
     out = np.empty(shape, dtype=np.float32)
-    _fill_normal(out, np.uint64(key), NORMAL_TABLE)
+    _fill_normal(out, np.uint64(key), np.uint64(start), NORMAL_TABLE)
     return out
 
 

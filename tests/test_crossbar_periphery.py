@@ -34,7 +34,7 @@ def test_adc_hand_case_with_saturation():
     sat = np.zeros(1, np.int64)
     # range 2, 3 bits (q = 3): rint([3.75, 1.5, -0.6, -4.5]) -> [4 -> 3, 2, -1, -4 -> -3] -> t * 2/3
     periphery.adc_accumulate(u, y, np.array([2.0], np.float32), np.array([[1, 1, 0.5, 1]], np.float32),
-                             np.full((1, 4), 2.0, np.float32), 3, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat)
+                             np.full((1, 4), 2.0, np.float32), 3, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, sat)
     np.testing.assert_allclose(y[0], np.array([2.0, 4 / 3, -2 / 3 * 0.5, -2.0]) * 2.0, rtol=1e-6)
     assert sat[0] == 2
 
@@ -45,7 +45,7 @@ def test_adc_accumulates_row_tiles_digitally():
     sat = np.zeros(1, np.int64)
     # ideal ADC (qmax 0): y += (0.3*2 + 0.5*3, -0.2*2 + 0.4*3) * x_scale 0.5
     periphery.adc_accumulate(u, y, np.array([0.5], np.float32), np.array([[2, 2], [3, 3]], np.float32),
-                             np.ones((2, 2), np.float32), 0, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat)
+                             np.ones((2, 2), np.float32), 0, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, sat)
     np.testing.assert_allclose(y[0], [1 + 1.05, 1 + 0.4], rtol=1e-6)
     assert sat[0] == 0
 
@@ -99,10 +99,11 @@ def test_fused_mvm_adc_matches_blas_then_adc():
     rg = (np.abs(u).max(axis=1) * 0.8).astype(np.float32)  # some saturate
     y_ref = np.zeros((n, out), np.float32)
     sat_ref = np.zeros(n, np.int64)
-    periphery.adc_accumulate(u, y_ref, xs, ws, rg, 7, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat_ref)
+    periphery.adc_accumulate(u, y_ref, xs, ws, rg, 7, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, sat_ref)
     y = np.empty((n, out, 1), np.float32)
     sat = np.zeros(n, np.int64)
-    periphery.mvm_adc(xn, blocks, starts, y, 1, xs, ws, rg, 7, 0.0, np.uint64(0), rng.NORMAL_TABLE, sat, False, y)
+    periphery.mvm_adc(xn, blocks, starts, y, 1, xs, ws, rg, 7, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, sat, False,
+                      y)
     np.testing.assert_allclose(y[:, :, 0], y_ref, rtol=1e-5, atol=1e-6)
     assert sat.sum() == sat_ref.sum() > 0
 
@@ -119,13 +120,13 @@ def test_gemm_adc_products_and_conversion():
     u = np.full((3, n, out), np.nan, np.float32)
     tasks = -(-out // periphery.GEMM_COLUMNS)
     with kernels.blas_single_thread():
-        periphery.gemm_adc(xn, blocks, starts, xs, ws, ws, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE,
+        periphery.gemm_adc(xn, blocks, starts, xs, ws, ws, 0, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE,
                            np.zeros((tasks, n), np.int64), True, u, u[0])
     np.testing.assert_allclose(u, u_np, rtol=1e-5, atol=1e-5)
     rg = (np.abs(u).max(axis=1) * 0.8).astype(np.float32)  # some saturate
     y_ref = np.zeros((n, out), np.float32)
     sat_ref = np.zeros(n, np.int64)
-    periphery.adc_accumulate(u, y_ref, xs, ws, rg, 7, 0.05, np.uint64(9), rng.NORMAL_TABLE, sat_ref)
+    periphery.adc_accumulate(u, y_ref, xs, ws, rg, 7, 0.05, np.uint64(9), 0, rng.NORMAL_TABLE, sat_ref)
     before = numba.get_num_threads()
     results = []
     try:
@@ -134,7 +135,7 @@ def test_gemm_adc_products_and_conversion():
             y = np.zeros((n, out), np.float32)
             sat = np.zeros((tasks, n), np.int64)
             with kernels.blas_single_thread():
-                periphery.gemm_adc(xn, blocks, starts, xs, ws, rg, 7, 0.05, np.uint64(9), rng.NORMAL_TABLE, sat,
+                periphery.gemm_adc(xn, blocks, starts, xs, ws, rg, 7, 0.05, np.uint64(9), 0, rng.NORMAL_TABLE, sat,
                                    False, np.empty((1, 1, 1), np.float32), y)
             results.append((y, sat.sum(axis=0)))
     finally:
@@ -151,5 +152,50 @@ def test_gemm_adc_refuses_strided_operands():
     xn, starts, blocks, xs, ws, u = _tiled_case(3, 8, 40, 6, [0, 40])
     y = np.zeros((8, 6), np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
-        periphery.gemm_adc(np.asfortranarray(xn), blocks, starts, xs, ws, ws, 0, 0.0, np.uint64(0),
+        periphery.gemm_adc(np.asfortranarray(xn), blocks, starts, xs, ws, ws, 0, 0.0, np.uint64(0), 0,
                            rng.NORMAL_TABLE, np.zeros((1, 8), np.int64), False, np.empty((1, 1, 1), np.float32), y)
+
+
+def test_output_noise_is_a_function_of_the_row_not_of_the_batch():
+    """Output noise of row i is drawn at ((row0 + i)*tiles + r)*out + j: converting rows 0..n in one call equals
+    converting them in two batches with row0 = 0 and row0 = k (bit for bit but for BLAS's rounding); two
+    batches of the same inputs at different row0 get different noise (a batch does not reuse the noise
+    of the batch before it), with the spread the noise std gives."""
+    from bayesim.crossbar import kernels
+
+    n, out, k = 40, 150, 17
+    xn, starts, blocks, xs, ws, u = _tiled_case(4, n, 300, out, [0, 128, 256, 300])
+    sd, key = 0.05, np.uint64(11)
+
+    def acc(a, b, row0):
+        y = np.zeros((b - a, out), np.float32)
+        periphery.adc_accumulate(np.ascontiguousarray(u[:, a:b]), y, xs[a:b], ws, ws, 0, sd, key, row0,
+                                 rng.NORMAL_TABLE, np.zeros(b - a, np.int64))
+        return y
+
+    def gemm(a, b, row0):
+        y = np.zeros((b - a, out), np.float32)
+        with kernels.blas_single_thread():
+            periphery.gemm_adc(np.ascontiguousarray(xn[a:b]), blocks, starts, xs[a:b], ws, ws, 0, sd, key, row0,
+                               rng.NORMAL_TABLE, np.zeros((3, b - a), np.int64), False,
+                               np.empty((1, 1, 1), np.float32), y)
+        return y
+
+    def fused(a, b, row0):
+        y = np.empty((b - a, out, 1), np.float32)
+        periphery.mvm_adc(np.ascontiguousarray(xn[a:b]), blocks, starts, y, 1, xs[a:b], ws, ws, 0, sd, key, row0,
+                          rng.NORMAL_TABLE, np.zeros(b - a, np.int64), False, y)
+        return y[:, :, 0]
+
+    whole = [f(0, n, 0) for f in (acc, gemm, fused)]
+    for y in whole[1:]:  # the same noise stream on every path (products summed in other orders than numpy's)
+        np.testing.assert_allclose(y, whole[0], rtol=1e-5, atol=1e-4)
+    for f, ref in zip((acc, gemm, fused), whole):
+        batched = np.concatenate([f(0, k, 0), f(k, n, k)])
+        if f is gemm:  # BLAS may round a product differently with another number of rows; the noise is the same
+            np.testing.assert_allclose(batched, ref, rtol=1e-5, atol=1e-4)
+        else:
+            np.testing.assert_array_equal(batched, ref)
+        # the first k rows again, as if they were a later batch: fresh noise, of std sd per tile (3 tiles)
+        d = (f(0, k, n) - ref[:k]) / (xs[:k, None] * np.sqrt(np.square(ws).sum(axis=0))[None, :])
+        assert abs(d.std() / (np.sqrt(2) * sd) - 1) < 0.05  # k*out = 2550 differences

@@ -138,8 +138,10 @@ class AnalogBNN:
         self.calibrated = False
 
     # ------------------------------------------------------------------ execution
-    def _run(self, x: np.ndarray, sample: int, calibrate_with=None, start: int = 0, prepared=None) -> np.ndarray:
-        """Ops start.. on x; `prepared` (from AnalogLayer.prepare) replaces the input of op `start`."""
+    def _run(self, x: np.ndarray, sample: int, calibrate_with=None, start: int = 0, prepared=None,
+             first_row: int = 0) -> np.ndarray:
+        """Ops start.. on x; `prepared` (from AnalogLayer.prepare) replaces the input of op `start`; first_row:
+        the index of the batch's first input among all inputs (its output noise, see AnalogLayer.forward)."""
         h = x
         for i in range(start, len(self.ops)):
             op = self.ops[i]
@@ -148,9 +150,9 @@ class AnalogBNN:
                 if calibrate_with is not None:
                     layer.calibrate_adc(h, calibrate_with)
                 if prepared is not None and i == start:
-                    h = layer.forward_prepared(prepared, sample)
+                    h = layer.forward_prepared(prepared, sample, first_row)
                 else:
-                    h = layer.forward(h, sample)
+                    h = layer.forward(h, sample, first_row)
             else:
                 h = _digital(op, h)
         return h
@@ -187,7 +189,7 @@ class AnalogBNN:
                     h = _digital(self.ops[k], h)
                 prepared = self.layers[first].prepare(h)
                 for s in range(samples):
-                    p = _softmax(self._run(None, s, start=first, prepared=prepared))
+                    p = _softmax(self._run(None, s, start=first, prepared=prepared, first_row=i))
                     if out is None:
                         out = np.empty((samples, x.shape[0], p.shape[1]), np.float32)
                     out[s, i:i + batch_size] = p
@@ -205,7 +207,7 @@ class AnalogBNN:
         out = None
         for s in range(samples):
             for i in range(0, x.shape[0], batch_size):
-                p = _softmax(self._run(x[i:i + batch_size], s))
+                p = _softmax(self._run(x[i:i + batch_size], s, first_row=i))
                 if out is None:
                     out = np.empty((samples, x.shape[0], p.shape[1]), np.float32)
                 out[s, i:i + batch_size] = p

@@ -728,19 +728,21 @@ class AnalogLayer:
         n, ho, wo = geo
         return np.ascontiguousarray(y.reshape(n, ho, wo, self.out_features).transpose(0, 3, 1, 2))
 
-    def _tile_outputs(self, xn, s):
-        """Normalised column currents u [row tiles, N, out] of sample s: one GEMM per row tile."""
+    def _tile_outputs(self, xn, s, row0=0):
+        """Normalised column currents u [row tiles, N, out] of sample s: one GEMM per row tile (lumped: plus
+        the output noise of the cells, drawn for GEMM rows row0, row0 + 1, ...: see _forward_prepared)."""
         out = self.out_features
         n = xn.shape[0]
         u = np.empty((self.n_rt, n, out), np.float32)
         if self._fused_mvm:  # the products of the fused forward kernel, bit for bit
             periphery.mvm_adc(xn, self._wn, self.row_starts, u, 1, np.ones(n, np.float32), self.w_scale,
-                              self.w_scale, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE, np.zeros(n, np.int64), True, u)
+                              self.w_scale, 0, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, np.zeros(n, np.int64), True,
+                              u)
             return u
         if not self.lumped:  # BLAS inside the numba tasks, products written straight into u
             with kernels.blas_single_thread():
                 periphery.gemm_adc(xn, self._wn, self.row_starts, np.ones(n, np.float32), self.w_scale,
-                                   self.w_scale, 0, 0.0, np.uint64(0), rng.NORMAL_TABLE,
+                                   self.w_scale, 0, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE,
                                    np.zeros((1, n), np.int64), True, u, u[0])
             return u
         with kernels.blas_single_thread():  # see blas_single_thread: no BLAS threads racing numba's
@@ -751,7 +753,8 @@ class AnalogLayer:
                 np.matmul(xr, w.T, out=u[r])
                 if self.lumped:
                     var = np.square(xr) @ self._sn[out * r0: out * r1].reshape(out, r1 - r0).T
-                    z = rng.normals(rng.derive_key(self.seed, "lumped", s, self.layer, r), var.shape)
+                    z = rng.normals(rng.derive_key(self.seed, "lumped", s, self.layer, r), var.shape,
+                                    start=row0 * out)
                     u[r] += np.sqrt(var) * z
         return u
 
@@ -783,20 +786,27 @@ class AnalogLayer:
             geo = (n, (h + 2 * pd - kh) // st + 1, (w + 2 * pd - kw) // st + 1)
         return xn, xs, clipped, geo
 
-    def forward(self, x: np.ndarray, sample: int) -> np.ndarray:
-        """Output of Monte-Carlo sample `sample` for inputs x ([N, in] or [N, C, H, W]); float32."""
+    def forward(self, x: np.ndarray, sample: int, first_row: int = 0) -> np.ndarray:
+        """Output of Monte-Carlo sample `sample` for inputs x ([N, in] or [N, C, H, W]); float32.
+
+        first_row: the index of x[0] among all the inputs of the sample when they come in batches. The
+        output noise of input i is drawn for input first_row + i, so every input has noise of its own and
+        the outputs do not depend on the batching (all the rest already is a function of the input alone)."""
         with kernels.serial_if_small(np.size(x) * max(1, self.kh * self.kw if self.is_conv else 1)):
             prepared = self.prepare(x)
-        return self.forward_prepared(prepared, sample)
+        return self.forward_prepared(prepared, sample, first_row)
 
-    def forward_prepared(self, prepared, sample: int) -> np.ndarray:
+    def forward_prepared(self, prepared, sample: int, first_row: int = 0) -> np.ndarray:
         """`forward` on the output of `prepare` (reusable across samples)."""
+        if first_row < 0:
+            raise BayesimError(f"first_row must be >= 0, got {first_row}")
         self._build(int(sample))
         with kernels.serial_if_small(prepared[0].size * self.out_features // 64):
-            return self._forward_prepared(prepared, sample)
+            return self._forward_prepared(prepared, sample, int(first_row))
 
-    def _forward_prepared(self, prepared, sample: int) -> np.ndarray:
+    def _forward_prepared(self, prepared, sample: int, first_row: int = 0) -> np.ndarray:
         xn, xs, clipped, geo = prepared
+        row0 = first_row * (geo[1] * geo[2] if geo is not None else 1)  # GEMM rows: one per output pixel
         card = self.card
         n = xn.shape[0]
         qmax = 0 if card.adc.bits is None else (1 << (card.adc.bits - 1)) - 1
@@ -811,7 +821,7 @@ class AnalogLayer:
             n_img, per = (geo[0], geo[1] * geo[2]) if geo is not None else (n, 1)
             y = np.empty((n_img, self.out_features, per), np.float32)
             periphery.mvm_adc(xn, self._wn, self.row_starts, y, per, xs, self.w_scale,
-                              self.adc_range if qmax else self.w_scale, qmax, float(card.output_noise), nkey,
+                              self.adc_range if qmax else self.w_scale, qmax, float(card.output_noise), nkey, row0,
                               rng.NORMAL_TABLE, sat, False, y)
             if b is not None:
                 y += b[:, None]
@@ -821,14 +831,14 @@ class AnalogLayer:
             y = np.zeros((n, self.out_features), np.float32)
             col_range = self.adc_range if qmax else self.w_scale
             if self.lumped:
-                u = self._tile_outputs(xn, sample)
+                u = self._tile_outputs(xn, sample, row0)
                 periphery.adc_accumulate(u, y, xs, self.w_scale, col_range, qmax, float(card.output_noise), nkey,
-                                         rng.NORMAL_TABLE, sat)
+                                         row0, rng.NORMAL_TABLE, sat)
             else:  # products, ADC and accumulation in one parallel pass, BLAS in each task
                 tasks = np.zeros((-(-self.out_features // periphery.GEMM_COLUMNS), n), np.int64)
                 with kernels.blas_single_thread():
                     periphery.gemm_adc(xn, self._wn, self.row_starts, xs, self.w_scale, col_range, qmax,
-                                       float(card.output_noise), nkey, rng.NORMAL_TABLE, tasks, False,
+                                       float(card.output_noise), nkey, row0, rng.NORMAL_TABLE, tasks, False,
                                        np.empty((1, 1, 1), np.float32), y)
                 sat = tasks.sum(axis=0)
             if b is not None:

@@ -178,33 +178,36 @@ def _adc_code(v, rg, q):
 
 
 @nb.njit(parallel=True, cache=True)
-def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table, sat_rows):
+def adc_accumulate(u, y, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, row0, table, sat_rows):
     """y[n, j] += sum_r ADC(u[r, n, j] + noise) * x_scale[n] * w_scale[r, j]: digital accumulation of the
     row tiles' ADC outputs; saturations (|u + noise| > range) counted per input row n.
 
     u: [row tiles, N, out] normalised column currents; col_range, w_scale: [row tiles, out].
     qmax = 0 means an ideal ADC (no clipping, no quantization). Output noise (std `noise_sd`, normalised
-    current units) is drawn from stream `noise_key` at counter (r*N + n)*out + j.
+    current units) is drawn from stream `noise_key` at counter ((row0 + n)*tiles + r)*out + j, row0 being
+    the index of row 0 among all the rows the caller converts with this key (its batches), so that every
+    row draws its own noise and the result does not depend on how the rows are batched.
     """
     n_tiles, n_rows, n_cols = u.shape
     q = np.float32(qmax)
     for n in nb.prange(n_rows):
         acc = np.empty(n_cols, np.float32)
-        sat_rows[n] += _convert_row(u, n, 0, n_cols, n_rows, n_cols, x_scale[n], w_scale, col_range, q,
+        sat_rows[n] += _convert_row(u, n, 0, n_cols, row0, n_cols, x_scale[n], w_scale, col_range, q,
                                     noise_sd, noise_key, table, acc, y)
 
 
 @nb.njit(inline="always", cache=True)
-def _convert_row(u, i, j0, cw, n_rows, n_out, x_s, w_scale, col_range, q, noise_sd, noise_key, table, acc, y):
+def _convert_row(u, i, j0, cw, row0, n_out, x_s, w_scale, col_range, q, noise_sd, noise_key, table, acc, y):
     """ADC and digital accumulation of input row i for output columns j0:j0+cw, whose column currents
     are u[r, i, :cw]: y[i, j] += x_s * sum_r ADC(u + noise) * w_scale[r, j], r outer and j inner
-    (the same order of the sum, and the noise counter (r*n_rows + i)*n_out + j, wherever it runs).
+    (the same order of the sum, and the noise counter ((row0 + i)*tiles + r)*n_out + j, wherever it runs).
     acc: scratch of >= cw floats. Returns the number of saturated conversions."""
     acc[:cw] = 0.0
     hits = 0
     ju0 = np.uint64(j0)  # unsigned column indices: no negative-index wraparound, so contiguous SIMD loads
-    for r in range(u.shape[0]):
-        c0 = (r * n_rows + i) * n_out + j0
+    n_tiles = u.shape[0]
+    for r in range(n_tiles):
+        c0 = ((row0 + i) * n_tiles + r) * n_out + j0
         for jj in range(cw):
             j = ju0 + np.uint64(jj)
             v, hit = _adc(u[r, i, jj], noise_sd, noise_key, c0 + jj, table, col_range[r, j], q)
@@ -221,7 +224,7 @@ GEMM_COLUMNS = 64
 
 
 @nb.njit(parallel=True, cache=True)
-def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table, sat,
+def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, row0, table, sat,
              raw, u, y):
     """The row tiles' products through BLAS, then ADC and digital accumulation, in one parallel pass.
 
@@ -259,7 +262,7 @@ def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_
             continue
         acc = np.empty(cw, np.float32)
         for i in range(n):
-            sat[t, i] = _convert_row(ub, i, j0, cw, n, n_out, x_scale[i], w_scale, col_range, q, noise_sd,
+            sat[t, i] = _convert_row(ub, i, j0, cw, row0, n_out, x_scale[i], w_scale, col_range, q, noise_sd,
                                      noise_key, table, acc, y)
 
 
@@ -281,7 +284,7 @@ MVM_ROWS = 64
 
 
 @nb.njit(parallel=True, cache=True)
-def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, table,
+def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax, noise_sd, noise_key, row0, table,
             sat_rows, raw, u):
     """The row tiles' products, ADC and digital accumulation in one pass (no [tiles, N, out] buffer), for
     layers with few outputs where a GEMM call does not pay: y[n // per, j, n % per] = sum_r
@@ -334,10 +337,11 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
                     for j in range(n_cols):
                         u[r, n0 + i, j] = v[i * n_cols + j]
                 continue
-            c0 = (r * n_rows + n0) * n_cols
             if noisy:
-                for e in range(m):
-                    v[e] += nsd * normal(noise_key, c0 + e, table)
+                for i in range(nr):
+                    c0 = ((row0 + n0 + i) * n_tiles + r) * n_cols
+                    for j in range(n_cols):
+                        v[i * n_cols + j] += nsd * normal(noise_key, c0 + j, table)
             rg_r = rg_t[r]
             st_r = step_t[r]
             ws_r = ws_t[r]
