@@ -274,6 +274,28 @@ def test_checkpoint_bad_inputs(tmp_path):
         load_model(tmp_path / "junk.safetensors")
 
 
+def test_checkpoint_tensors_of_other_dtypes_and_deep_metadata_are_refused(tmp_path):
+    """A complex tensor used to be cast to real with a warning, a bool one read as 0/1; deeply nested JSON
+    metadata raised a RecursionError."""
+    from safetensors.torch import load_file, save_file
+
+    good = save_model(build_model(ModelConfig(arch="mlp", widths=[8])), tmp_path / "good.safetensors")
+    for dtype in (torch.complex64, torch.bool, torch.int32, torch.float8_e4m3fn):
+        def retype(t, d=dtype):
+            t["layers.1.rho_w"] = t["layers.1.rho_w"].to(d)
+
+        name = str(dtype).replace("torch.", "")
+        with pytest.raises(BayesimError, match=rf"{name}\.safetensors: tensor 'layers\.1\.rho_w' has dtype {name}; "
+                                               r"allowed: float32, float64, float16, bfloat16"):
+            load_model(_rewrite(good, tmp_path / f"{name}.safetensors", retype))
+    load_model(_rewrite(good, tmp_path / "f16.safetensors", lambda t: t.update(
+        {"layers.1.rho_w": t["layers.1.rho_w"].to(torch.float16)})))  # a float dtype loads
+    deep = tmp_path / "deep.safetensors"
+    save_file(load_file(str(good)), str(deep), metadata={"bayesim": "[" * 100000 + "]" * 100000})
+    with pytest.raises(BayesimError, match=r"deep\.safetensors: metadata JSON is nested too deeply"):
+        load_model(deep)
+
+
 def test_checkpoint_metadata_cannot_ask_for_a_huge_model(tmp_path, monkeypatch):
     good = save_model(build_model(ModelConfig(arch="mlp", widths=[8])), tmp_path / "good.safetensors")
 

@@ -240,3 +240,11 @@ def test_one_class_model_is_refused_on_import(tmp_path, monkeypatch, capsys):
     out = tmp_path / "one.safetensors"
     assert main(["import-pyro", str(ck), "--arch", "mlp", "--out", str(out)]) == 2
     assert not out.exists() and "one.pt: model.num_classes" in capsys.readouterr().err
+
+
+def test_a_parameter_that_is_not_a_float_tensor_is_refused(tmp_path, monkeypatch):
+    p = _lenet_params()
+    p["AutoNormal.scales.fc1.bias"] = p["AutoNormal.scales.fc1.bias"].to(torch.complex64)
+    ck = _save_pyro_like(tmp_path / "cplx.pt", p, monkeypatch)
+    with pytest.raises(BayesimError, match=r"cplx\.pt: parameter 'AutoNormal\.scales\.fc1\.bias' has dtype complex64"):
+        read_pyro_params(ck)

@@ -169,3 +169,50 @@ def test_float32_message_offers_zero_only_where_the_range_allows_it():
         with pytest.raises(ConfigError) as e:
             build(TrainConfig, mapping, source="t.yaml")
         assert str(e.value) == f"t.yaml: {key}: {value!r} is out of range; allowed {allowed}"
+
+
+def _alias_bomb(levels: int) -> str:
+    """`levels` nested aliases, each a list of 10 of the one before: 10**levels values once expanded."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + f"\nsamples: *a{levels}\n"
+
+
+def test_alias_bombs_and_deep_nesting_are_refused_before_construction(tmp_path):
+    """A 1 KB file of nested aliases stands for 10**9 values: refused with a short message (it took 2 GB
+    and printed a 527 MB message before). Deep nesting is refused rather than a RecursionError."""
+    import time
+
+    from bayesim.config.schema import YAML_MAX_DEPTH, YAML_MAX_VALUES
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text(_alias_bomb(9))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_yaml(p)
+    assert str(e.value) == f"{p}: refused: more than {YAML_MAX_VALUES:,} values once its aliases (*name) are expanded"
+    assert time.perf_counter() - t0 < 5  # refused from the node graph, not by expanding it
+    small = tmp_path / "small.yaml"  # aliases are fine where they stay small
+    small.write_text(_alias_bomb(3))
+    assert len(load_yaml(small)["samples"]) == 10
+    for depth, ok in ((YAML_MAX_DEPTH - 1, True), (YAML_MAX_DEPTH + 1, False), (5000, False)):
+        d = tmp_path / f"deep{depth}.yaml"
+        d.write_text("samples: " + "[" * depth + "]" * depth + "\n")
+        if ok:
+            assert "samples" in load_yaml(d)
+        else:
+            with pytest.raises(ConfigError, match=rf"deep{depth}\.yaml: refused: nested deeper than 64 levels"):
+                load_yaml(d)
+    with pytest.raises(ConfigError, match=r"c\.yaml: samples: refused value '\[\[.* \.\.\.: nested deeper"):
+        apply_overrides({}, ["samples=" + "[" * 500 + "]" * 500], "c.yaml")
+
+
+def test_a_huge_value_is_cut_short_in_the_message():
+    @dataclass
+    class C:
+        samples: int = spec(1, lo=1, hi=10)
+
+    with pytest.raises(ConfigError) as e:
+        build(C, {"samples": list(range(100000))}, "c.yaml")
+    assert len(str(e.value)) < 200 and str(e.value).endswith("...")

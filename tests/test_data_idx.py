@@ -77,6 +77,13 @@ def test_truncated_data(tmp_path, gz):
     assert "5 x 28 x 28 = 3920" in msg and "3820" in msg
 
 
+def test_header_whose_size_overflows_64_bits(tmp_path):
+    """2^31 x 2^31 x 4 = 2^64 values wrapped to 0 in int64 and matched an empty body (then a reshape error)."""
+    data = struct.pack(">I3I", 0x00000803, 1 << 31, 1 << 31, 4)
+    msg = _expect(write(tmp_path / "wrap", data, False), "truncated")
+    assert "= 18446744073709551616 values, file holds 0" in msg
+
+
 def test_trailing_bytes(tmp_path):
     _expect(write(tmp_path / "long", idx_bytes(np.ones(4)) + b"\x00\x01", False), "trailing bytes")
 

@@ -65,6 +65,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise BayesimError(f"{p}: metadata is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BayesimError(f"{p}: metadata JSON is nested too deeply (not a bayesim model)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BayesimError(f"{p}: metadata format is not {FORMAT!r}")
     version = meta.get("format_version")
@@ -123,10 +125,17 @@ def check_shapes(need: dict, found: dict, arch: str, source: str) -> None:
                                f"architecture needs {tuple(shape)}")
 
 
+#: dtypes a parameter tensor may have (complex, integer, bool and float8 tensors are refused, not cast)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def check_values(name: str, t, source: str) -> None:
     """One parameter tensor of a Bayesian network: finite, sigma = softplus(rho) > 0 in float32, quantizer
     ranges >= 0, clip levels > 0; else a BayesimError naming `source` and the tensor."""
     leaf = name.rsplit(".", 1)[-1]
+    if t.dtype not in FLOAT_DTYPES:
+        raise BayesimError(f"{source}: tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}; allowed: "
+                           + ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES))
     if not torch.isfinite(t).all():
         raise BayesimError(f"{source}: tensor {name!r} contains NaN or Inf")
     if leaf.startswith("rho_"):

@@ -97,6 +97,8 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
     """name -> float32 CPU tensor of the parameter store at `path` (restricted unpickling)."""
     import torch
 
+    from bayesim.bnn.checkpoint import FLOAT_DTYPES
+
     p = Path(path)
     if not p.is_file():
         raise BayesimError(f"{p}: Pyro checkpoint not found")
@@ -115,6 +117,9 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
     for k, v in params.items():
         if not isinstance(v, torch.Tensor):
             raise BayesimError(f"{p}: parameter {k!r} is a {type(v).__name__}, not a tensor")
+        if v.dtype not in FLOAT_DTYPES:
+            raise BayesimError(f"{p}: parameter {k!r} has dtype {str(v.dtype).replace('torch.', '')}; allowed: "
+                               + ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES))
         out[str(k)] = v.detach().to(torch.float32).cpu().contiguous()
     return out
 

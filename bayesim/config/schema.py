@@ -64,10 +64,53 @@ class _DuplicateKey(yaml.YAMLError):
         super().__init__(f"{key}: duplicate key at {self.where} (first given at {self.first})")
 
 
+#: Limits of a YAML document: nesting depth, and values once aliases are expanded (a few nested aliases
+#: can stand for billions of values: the "billion laughs"). Cards and configs are far below both.
+YAML_MAX_DEPTH = 64
+YAML_MAX_VALUES = 1_000_000
+
+
+class _TooLarge(yaml.YAMLError):
+    """A document beyond YAML_MAX_DEPTH or YAML_MAX_VALUES; `load_yaml` names the file."""
+
+
+def _check_size(root) -> None:
+    """Refuse a node graph nested deeper than YAML_MAX_DEPTH or expanding (aliases counted at every use) to
+    more than YAML_MAX_VALUES values, before anything is constructed. Iterative, memoised per node."""
+    expanded: dict[int, int] = {}
+    stack = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > YAML_MAX_DEPTH:
+            raise _TooLarge(f"nested deeper than {YAML_MAX_DEPTH} levels")
+        if isinstance(node, yaml.MappingNode):
+            children = [c for kv in node.value for c in kv]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            expanded[id(node)] = 1
+            continue
+        if done:
+            n = 1 + sum(expanded[id(c)] for c in children)
+            if n > YAML_MAX_VALUES:
+                raise _TooLarge(f"more than {YAML_MAX_VALUES:,} values once its aliases (*name) are expanded")
+            expanded[id(node)] = n
+        elif id(node) not in expanded:
+            stack.append((node, depth, True))
+            stack.extend((c, depth + 1, False) for c in children if id(c) not in expanded)
+
+
+def _show(value, limit: int = 80) -> str:
+    """repr(value) for a message, cut to `limit` characters (a value can be huge)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 4] + " ..."
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, but a key repeated in one mapping is an error (PyYAML lets the last one win)."""
 
     def construct_document(self, node):
+        _check_size(node)
         self._key_paths = {}
         self._index_paths(node)
         return super().construct_document(node)
@@ -111,6 +154,8 @@ def safe_load(text: str):
     loader = _UniqueKeyLoader(text)
     try:
         return loader.get_single_data()
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise _TooLarge(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
     finally:
         loader.dispose()
 
@@ -134,6 +179,8 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
     except _DuplicateKey as e:
         raise ConfigError(f"duplicate key at {e.where} (first given at {e.first}); "
                           "each key may appear once", source=str(p), key=e.key) from None
+    except _TooLarge as e:
+        raise ConfigError(f"refused: {e}", source=str(p)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -197,21 +244,21 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", source, key)
+        raise ConfigError(f"expected {_type_name(tp)}, got {_show(value)}", source, key)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if isinstance(value, bool):  # YAML 1.1 reads a bare on/off (yes/no) as true/false
             value = next((w for w in (("on", "yes", "true") if value else ("off", "no", "false")) if w in allowed),
                          value)
         if value not in allowed:
-            raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+            raise ConfigError(f"{_show(value)} is not allowed; choose one of {', '.join(map(repr, allowed))}"
                               + _suggest(value, allowed), source, key)
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, source=source, key=key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"expected a list, got {type(value).__name__} {value!r}", source, key)
+            raise ConfigError(f"expected a list, got {type(value).__name__} {_show(value)}", source, key)
         (item_tp, *rest) = typing.get_args(tp) or (Any,)
         out = [_convert(v, item_tp, source, _join(key, i), md.get("item_md")) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
@@ -222,16 +269,16 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
         return {str(k): _convert(v, vt, source, _join(key, str(k))) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {value!r}", source, key)
+            raise ConfigError(f"expected true or false, got {_show(value)}", source, key)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ConfigError(f"expected an integer, got {value!r}", source, key)
+                raise ConfigError(f"expected an integer, got {_show(value)}", source, key)
         if not -INT64_MAX - 1 <= value <= INT64_MAX:
-            raise ConfigError(f"{value!r} is out of range; integers must fit in 64 bits", source, key)
+            raise ConfigError(f"{_show(value)} is out of range; integers must fit in 64 bits", source, key)
         _check_range(value, md, source, key)
         return value
     if tp is float:
@@ -240,32 +287,32 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
                 try:
                     value = float(value)  # YAML 1.1 reads "1e-6" as a string
                 except ValueError:
-                    raise ConfigError(f"expected a number, got {value!r}", source, key) from None
+                    raise ConfigError(f"expected a number, got {_show(value)}", source, key) from None
             else:
-                raise ConfigError(f"expected a number, got {value!r}", source, key)
+                raise ConfigError(f"expected a number, got {_show(value)}", source, key)
         try:
             value = float(value)
         except OverflowError:  # an integer beyond any float
-            raise ConfigError(f"must be a finite number, got {value!r}", source, key) from None
+            raise ConfigError(f"must be a finite number, got {_show(value)}", source, key) from None
         if not math.isfinite(value):
-            raise ConfigError(f"must be a finite number, got {value!r}", source, key)
+            raise ConfigError(f"must be a finite number, got {_show(value)}", source, key)
         _check_range(value, md, source, key)  # first: the field's own range is the more precise message
         if value != 0.0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
             limit = f">= {_TINY_TEXT}" if abs(value) < FLOAT32_TINY else f"<= {_MAX_TEXT}"
-            raise ConfigError(f"{value!r} is not representable in float32 (the simulation's precision); allowed: "
+            raise ConfigError(f"{_show(value)} is not representable in float32 (the simulation's precision); allowed: "
                               f"{'0 or ' if _in_range(0.0, md) else ''}a value in {_range_text(md)} of magnitude "
                               f"{limit}", source, key)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"expected a string, got {value!r}", source, key)
+            raise ConfigError(f"expected a string, got {_show(value)}", source, key)
         ch = md.get("choices")
         if ch and value not in ch:
-            raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}"
+            raise ConfigError(f"{_show(value)} is not allowed; choose one of {', '.join(map(repr, ch))}"
                               + _suggest(value, ch), source, key)
         pat = md.get("pattern")
         if pat and not re.fullmatch(pat, value):
-            raise ConfigError(f"{value!r} is not allowed; {md.get('pattern_doc') or f'must match {pat}'}",
+            raise ConfigError(f"{_show(value)} is not allowed; {md.get('pattern_doc') or f'must match {pat}'}",
                               source, key)
         return value
     return value
@@ -291,9 +338,9 @@ def _check_range(value, md, source, key):
     bad = not _in_range(value, md)
     ch = md.get("choices")
     if ch and value not in ch:
-        raise ConfigError(f"{value!r} is not allowed; choose one of {', '.join(map(repr, ch))}", source, key)
+        raise ConfigError(f"{_show(value)} is not allowed; choose one of {', '.join(map(repr, ch))}", source, key)
     if bad:
-        raise ConfigError(f"{value!r} is out of range; allowed {_range_text(md)}", source, key)
+        raise ConfigError(f"{_show(value)} is out of range; allowed {_range_text(md)}", source, key)
 
 
 def _suggest(word, candidates) -> str:
@@ -308,7 +355,7 @@ def build(cls, mapping: Any, source: str = "<dict>", key: str = ""):
     if isinstance(mapping, cls):
         return mapping
     if not isinstance(mapping, dict):
-        raise ConfigError(f"expected a mapping of keys, got {type(mapping).__name__} {mapping!r}",
+        raise ConfigError(f"expected a mapping of keys, got {type(mapping).__name__} {_show(mapping)}",
                           source, key or None)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -362,20 +409,22 @@ def apply_overrides(mapping: dict, overrides, source: str = "--set") -> dict:
     out = copy.deepcopy(mapping)
     for item in overrides or ():
         if "=" not in item:
-            raise ConfigError(f"expected key.path=value, got {item!r}", source)
+            raise ConfigError(f"expected key.path=value, got {_show(item)}", source)
         path, raw = item.split("=", 1)
         path = path.strip()
         keys = path.split(".")
         if not path or any(not k.strip() for k in keys):
-            raise ConfigError(f"empty key segment in {item!r}; expected key.path=value with dot-separated "
+            raise ConfigError(f"empty key segment in {_show(item)}; expected key.path=value with dot-separated "
                               "non-empty keys, e.g. hardware.bits.w=3", source)
         keys = [k.strip() for k in keys]
         try:
             value = safe_load(raw)
         except _DuplicateKey as e:
-            raise ConfigError(f"duplicate key {e.key!r} in value {raw!r}", source, path) from None
+            raise ConfigError(f"duplicate key {e.key!r} in value {_show(raw)}", source, path) from None
+        except _TooLarge as e:
+            raise ConfigError(f"refused value {_show(raw)}: {e}", source, path) from None
         except yaml.YAMLError:
-            raise ConfigError(f"cannot parse value {raw!r}", source, path) from None
+            raise ConfigError(f"cannot parse value {_show(raw)}", source, path) from None
         node = out
         for k in keys[:-1]:
             nxt = node.get(k)

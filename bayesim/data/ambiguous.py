@@ -525,6 +525,8 @@ def _read_manifest(path: Path) -> dict:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: unreadable Ambiguous-MNIST manifest ({e})") from None
+    except RecursionError:
+        raise DataError(f"{path}: unreadable Ambiguous-MNIST manifest (JSON nested too deeply)") from None
     if not isinstance(m, dict) or not isinstance(m.get("sha256"), dict):
         raise DataError(f"{path}: Ambiguous-MNIST manifest lacks its 'sha256' table")
     return m
@@ -572,7 +574,7 @@ def _is_current(path: Path, size: int) -> bool:
             return False
         recorded = m.get("recipe")
         return recorded == asdict(recipe_for(size, recorded["n_train_images"]))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return True
     except (AttributeError, KeyError, TypeError, ValueError, DataError):
         return False  # an old manifest without a usable recipe: stale

@@ -8,6 +8,7 @@ that does not match) raises `DataError` naming the file; nothing is reshaped bli
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def parse_idx(data: bytes, name: str, expect_magic: int | None = None) -> np.nda
     if len(data) < header:
         raise DataError(f"{name}: truncated IDX header ({len(data)} bytes, need {header} for {ndim} dimensions)")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: a product of big dimensions must not wrap around
     have = len(data) - header
     if have != expected:
         what = "truncated" if have < expected else "has trailing bytes"
