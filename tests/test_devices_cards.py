@@ -100,6 +100,13 @@ def test_plugin_card_errors(tmp_path):
     expect(tmp_path, f"name: x\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
                      "params: {g_min_uS: 1.0, g_max_uS: 20.0, sigma_rel: -1, read_rel: 0.01}\n",
            "params", "rejected its parameters", "must be >= 0")
+    # any other failure of the plug-in's constructor: one message naming the card, not a traceback
+    write(tmp_path, "class Boom:\n    def __init__(self, **kw):\n        raise RuntimeError('boom')\n", "boom.py")
+    expect(tmp_path, "name: x\nmodel: boom.py:Boom\n", "model", "failed to construct the device: RuntimeError: boom")
+    # numbers in exponent notation (YAML 1.2 floats) reach the plug-in as numbers, not strings
+    dev = load_device(write(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
+                                      "params: {g_min_uS: 1, g_max_uS: 2e1}\n", "sci.yaml"))
+    assert dev.g_max == 20.0
     # a misspelt built-in with built-in sections is an unknown model, not a plug-in
     expect(tmp_path, "name: x\nmodel: pcmm\nrange: {g_min_uS: 0.1, g_max_uS: 25}\n", "model",
            "unknown model 'pcmm'", "did you mean 'pcm'?")
@@ -179,6 +186,21 @@ def test_cli_list_and_show(tmp_path, capsys):
     assert main(["devices", "show", str(DEV / "examples" / "my_device.yaml"), "--levels", "4"]) == 0
     assert main(["devices", "show", "nope"]) == 2
     assert "unknown device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--spacing", "measured"], "--spacing measured: device 'pcm' has no measured levels"),
+    (["--levels", "0"], "--levels must be in [2, 65536], got 0"),
+    (["--levels", "100000000"], "--levels must be in [2, 65536], got 100000000"),
+    (["--samples", "1000000000"], "--samples must be in [2, 1000000], got 1000000000"),
+    (["--levels", "65536", "--samples", "1000"], "--levels x --samples must be at most 20,000,000 cells"),
+    (["--t-read", "inf"], "--t-read must be in [0, 1e10] s"),
+    (["--seed", "-1"], "--seed must be in [0, 2^63 - 1], got -1"),
+])
+def test_cli_show_bounds(args, text, capsys):
+    """Each bad flag of `devices show`: exit 2 with a message naming it (were tracebacks or silent defaults)."""
+    assert main(["devices", "show", "pcm", *args]) == 2
+    assert text in capsys.readouterr().err
 
 
 def test_distinguishable_levels_counts():

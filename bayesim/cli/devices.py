@@ -54,6 +54,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: bounds of `devices show`: levels (a 16-bit cell has 65536) and cells drawn per level
+MAX_LEVELS = 65536
+MAX_SAMPLES = 1_000_000
+MAX_CELLS = 20_000_000  # levels x samples: a few hundred MB of float64 work arrays
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -63,18 +69,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     from bayesim.devices.stats import level_overlap, max_distinguishable_levels
     from bayesim.errors import BayesimError
 
-    if args.samples < 2:
-        raise BayesimError(f"--samples must be >= 2, got {args.samples}")
-    if not args.t_read >= 0:
-        raise BayesimError(f"--t-read must be >= 0 s, got {args.t_read}")
+    if not 2 <= args.samples <= MAX_SAMPLES:
+        raise BayesimError(f"--samples must be in [2, {MAX_SAMPLES}], got {args.samples}")
+    if args.levels is not None and not 2 <= args.levels <= MAX_LEVELS:
+        raise BayesimError(f"--levels must be in [2, {MAX_LEVELS}], got {args.levels}")
+    if not 0 <= args.t_read <= 1e10:
+        raise BayesimError(f"--t-read must be in [0, 1e10] s (as hardware.read_time_s), got {args.t_read}")
+    if not 0 <= args.seed <= 2 ** 63 - 1:
+        raise BayesimError(f"--seed must be in [0, 2^63 - 1], got {args.seed}")
     if args.plot is not None:
         check_out_file(args.plot, "--plot")
     dev = load_device(args.name, _cards(args))
     card = getattr(dev, "card", None)
     measured = dev.measured_levels() if hasattr(dev, "measured_levels") else None
+    if args.spacing == "measured" and measured is None:
+        raise BayesimError(f"--spacing measured: device {dev.name!r} has no measured levels (a programming "
+                           "table or samples); choose linear or log")
     spacing = args.spacing or ("measured" if measured is not None and args.levels in (None, len(measured))
                                else "linear")
     n = args.levels or (len(measured) if spacing == "measured" else getattr(dev, "n_levels", None) or 8)
+    if n * args.samples > MAX_CELLS:
+        raise BayesimError(f"--levels x --samples must be at most {MAX_CELLS:,} cells, got {n} x {args.samples}")
     print(f"device: {dev.name}  ({type(dev).__name__})")
     print(f"range: {dev.g_min:g} .. {dev.g_max:g} uS; gaussian_programming: "
           f"{bool(getattr(dev, 'gaussian_programming', False))}")

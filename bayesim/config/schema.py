@@ -107,7 +107,9 @@ def _show(value, limit: int = 80) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader, but a key repeated in one mapping is an error (PyYAML lets the last one win)."""
+    """The safe loader, but a key repeated in one mapping is an error (PyYAML lets the last one win), and
+    numbers in exponent notation without a dot or an exponent sign (2e1, 1.5e3: YAML 1.2 floats) are
+    floats, not the strings YAML 1.1 makes of them."""
 
     def construct_document(self, node):
         _check_size(node)
@@ -147,6 +149,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     path = _join(getattr(self, "_key_paths", {}).get(id(node), ""), str(key))
                     raise _DuplicateKey(path, key_node.start_mark, first.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def safe_load(text: str):

@@ -121,6 +121,9 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
         dev = factory(**params)
     except (TypeError, ValueError) as e:  # a missing/unknown parameter, or a value the plug-in refuses
         raise ConfigError(f"plug-in rejected its parameters: {e}", source, "params") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the plug-in's own code
+        raise ConfigError(f"plug-in failed to construct the device: {type(e).__name__}: {e}", source,
+                          "model") from None
     if not is_device(dev):
         missing = [m for m in ("name", "g_min", "g_max", "levels", "program", "read", "program_sigma",
                                "read_sigma") if not hasattr(dev, m)]
