@@ -147,7 +147,8 @@ def test_bare_on_off_in_yaml_mean_the_words_where_the_choices_are_words(tmp_path
     (tmp_path / "c.yaml").write_text("name: q\nhardware: {lumped: off}\n")
     assert load_experiment(tmp_path / "c.yaml").hardware.lumped == "off"
     assert load_experiment(tmp_path / "c.yaml", overrides=["hardware.lumped=on"]).hardware.lumped == "on"
-    with pytest.raises(ConfigError, match="adc.mode: True is not allowed; choose one of 'max', 'percentile'"):
+    with pytest.raises(ConfigError, match=r"adc.mode: true \(a bare yes/no/on/off/true/false is a boolean in YAML\) "
+                                          r"is not allowed; choose one of 'max', 'percentile'"):
         build(_Card, {"name": "x", "adc": {"mode": True}}, source="card.yaml")
 
 

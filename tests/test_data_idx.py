@@ -183,6 +183,21 @@ def test_missing_files_one_error_listing_them(tmp_path, monkeypatch):
     assert calls and calls[0].endswith("t10k-images-idx3-ubyte.gz")
 
 
+def test_a_data_folder_that_is_a_file_is_named_before_any_download(tmp_path, monkeypatch, capsys):
+    from bayesim.bnn.checkpoint import read_metadata
+    from bayesim.cli import main
+
+    monkeypatch.setattr(sources, "_fetch", lambda url, timeout: pytest.fail("no download for a file"))
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    with pytest.raises(DataError, match=r"a_file: not a folder; expected the data folder"):
+        load_mnist("test", f)
+    assert main(["data", "prepare", "--data-dir", str(f)]) == 2
+    assert "a_file: not a folder" in capsys.readouterr().err
+    with pytest.raises(BayesimError, match=r": is a folder, not a checkpoint file"):
+        read_metadata(tmp_path)
+
+
 def test_failed_atomic_write_leaves_no_folders(tmp_path):
     from bayesim._io import atomic_path
 

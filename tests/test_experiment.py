@@ -295,3 +295,19 @@ def test_a_relative_data_dir_is_relative_to_the_config_file(checkpoint, tmp_path
     (tmp_path / "cfgs" / "c.yaml").write_text("name: q\ndata: {dir: here}\n")  # else the current folder
     (tmp_path / "here").mkdir()
     assert load_experiment(tmp_path / "cfgs" / "c.yaml").data.dir == "here"
+
+
+def test_relative_card_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    import shutil
+
+    (tmp_path / "cfgs" / "cards").mkdir(parents=True)
+    shutil.copy(REPO / "devices" / "rram_wan2022.yaml", tmp_path / "cfgs" / "cards" / "dev.yaml")
+    shutil.copy(REPO / "crossbars" / "irdrop.yaml", tmp_path / "cfgs" / "cards" / "xb.yaml")
+    (tmp_path / "cfgs" / "c.yaml").write_text("name: q\nhardware: {device: cards/dev.yaml, crossbar: cards/xb.yaml}\n")
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    hw = load_experiment(tmp_path / "cfgs" / "c.yaml").hardware
+    assert (hw.device, hw.crossbar) == (str(tmp_path / "cfgs" / "cards" / "dev.yaml"),
+                                        str(tmp_path / "cfgs" / "cards" / "xb.yaml"))
+    (tmp_path / "cfgs" / "c.yaml").write_text("name: q\nhardware: {device: pcm, crossbar: default}\n")
+    hw = load_experiment(tmp_path / "cfgs" / "c.yaml").hardware
+    assert (hw.device, hw.crossbar) == ("pcm", "default")  # names stay names

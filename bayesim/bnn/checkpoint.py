@@ -53,7 +53,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise BayesimError(f"{p}: checkpoint not found")
+        raise BayesimError(f"{p}: is a folder, not a checkpoint file" if p.is_dir() else
+                           f"{p}: checkpoint not found" if not p.exists() else
+                           f"{p}: not a regular file (a bayesim .safetensors checkpoint)")
     try:
         with safe_open(str(p), framework="pt") as f:
             raw = (f.metadata() or {}).get("bayesim")

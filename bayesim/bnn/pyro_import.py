@@ -101,7 +101,9 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise BayesimError(f"{p}: Pyro checkpoint not found")
+        raise BayesimError(f"{p}: is a folder, not a Pyro checkpoint file" if p.is_dir() else
+                           f"{p}: Pyro checkpoint not found" if not p.exists() else
+                           f"{p}: not a regular file (a Pyro checkpoint saved with torch.save)")
     try:
         obj = torch.load(str(p), map_location="cpu", pickle_module=_pickle_module(str(p)), weights_only=False)
     except BayesimError:

@@ -258,7 +258,9 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
             value = next((w for w in (("on", "yes", "true") if value else ("off", "no", "false")) if w in allowed),
                          value)
         if value not in allowed:
-            raise ConfigError(f"{_show(value)} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+            shown = (f"{str(value).lower()} (a bare yes/no/on/off/true/false is a boolean in YAML)"
+                     if isinstance(value, bool) else _show(value))
+            raise ConfigError(f"{shown} is not allowed; choose one of {', '.join(map(repr, allowed))}"
                               + _suggest(value, allowed), source, key)
         return value
     if dataclasses.is_dataclass(tp):

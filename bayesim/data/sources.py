@@ -118,6 +118,8 @@ def ensure_all(pairs, data_dir: str | os.PathLike | None = None) -> dict[tuple[s
     further download is tried, so an offline machine fails fast).
     """
     folder = resolve_data_dir(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: not a folder; expected the data folder (mnist/ and fashion-mnist/ IDX files)")
     found: dict[tuple[str, str], Path | None] = {}
     for dataset, split in pairs:
         if dataset not in DATASETS:

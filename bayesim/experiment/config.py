@@ -127,6 +127,10 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         cand = Path(path).parent / cfg.model.path
         if cand.exists():
             cfg = replace(cfg, model=replace(cfg.model, path=str(cand)))
+    for key in ("device", "crossbar"):  # card files (a name such as "pcm" stays a name)
+        ref = getattr(cfg.hardware, key)
+        if path is not None and not Path(ref).expanduser().is_absolute() and (Path(path).parent / ref).is_file():
+            cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: str(Path(path).parent / ref)}))
     if path is not None and cfg.data.dir and not Path(cfg.data.dir).expanduser().is_absolute():
         cand = Path(path).parent / cfg.data.dir
         if cand.is_dir():
@@ -138,7 +142,7 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
 def _from_set(key: str, overrides) -> bool:
     """Did the value at dotted `key` come from a `--set key.path=value` override?"""
     set_keys = [str(o).split("=", 1)[0].strip() for o in overrides or ()]
-    return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in set_keys)
+    return any(key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".") for k in set_keys)
 
 
 def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
