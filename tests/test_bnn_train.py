@@ -132,6 +132,12 @@ def test_train_refuses_too_few_classes_bad_out_and_bad_results_before_writing(tm
     with pytest.raises(ConfigError, match=r"model.num_classes: 9 is too small: the training labels go from 0 to 9"):
         train(_cfg(epochs=1, model={"arch": "mlp", "widths": [8], "num_classes": 9}), x, y, log=None)
     monkeypatch.setattr(bayesim.data, "load_train", lambda data_dir=None, seed=0: (x, y))
+    from bayesim.bnn.train import train_and_save
+
+    with pytest.raises(ConfigError, match=r"^c9\.yaml: model.num_classes: 9 is too small"):  # names the config
+        train_and_save(_cfg(epochs=1, model={"arch": "mlp", "widths": [8], "num_classes": 9}),
+                       out=str(tmp_path / "m9.safetensors"), source="c9.yaml", log=None)
+    assert not (tmp_path / "m9.safetensors").exists()
     calls = []
     monkeypatch.setattr("bayesim.bnn.train.train", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(
         AssertionError("trained before the output path was checked")))

@@ -107,6 +107,10 @@ def test_plugin_card_errors(tmp_path):
     dev = load_device(write(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
                                       "params: {g_min_uS: 1, g_max_uS: 2e1}\n", "sci.yaml"))
     assert dev.g_max == 20.0
+    # a measured CSV given where a device goes: what it is and how to use it
+    with pytest.raises(ConfigError, match=r"example_measured\.csv: a CSV file is a device's measured programming "
+                                          r"table .* as devices/measured_pcm_drift\.yaml does"):
+        load_device(DEV / "example_measured.csv")
     # a misspelt built-in with built-in sections is an unknown model, not a plug-in
     expect(tmp_path, "name: x\nmodel: pcmm\nrange: {g_min_uS: 0.1, g_max_uS: 25}\n", "model",
            "unknown model 'pcmm'", "did you mean 'pcm'?")

@@ -182,7 +182,12 @@ def train_and_save(cfg: TrainConfig, out: str | None = None, source: str = "<dic
 
     path = out or cfg.out
     check_out_file(path, "--out" if out else f"{source}: out")  # before the training, not after it
-    model, history = train(cfg, log=log)
+    try:
+        model, history = train(cfg, log=log)
+    except ConfigError as e:  # a key that does not fit the data (model.num_classes): name the config
+        if e.source is None:
+            raise ConfigError(e.message, source, e.key) from None
+        raise
     for name, t in model.state_dict().items():  # e.g. a huge lr can drive rho to where sigma is 0
         check_values(name, t, f"training result (not written to {path}; lower lr)")
     save_model(model, path, training={**to_dict(cfg), "out": str(path)}, config_source=source, history=history,

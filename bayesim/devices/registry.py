@@ -227,6 +227,10 @@ def load_device(name_or_card_path, cards_dirs=()) -> object:
 
     ref = str(name_or_card_path)
     p = Path(ref).expanduser()
+    if p.suffix.lower() in (".csv", ".tsv") and p.is_file():
+        raise ConfigError("a CSV file is a device's measured programming table (or samples), not a device; name "
+                          "it in a device card (programming: {model: table, file: ...}, as "
+                          "devices/measured_pcm_drift.yaml does) and give that card", str(p))
     if p.suffix in (".yaml", ".yml") or p.is_file():
         return device_from_card(load_card(p))
     if ref in _REGISTRY:
