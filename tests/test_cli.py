@@ -76,6 +76,7 @@ def test_duplicate_keys_and_empty_config_exit_2(tmp_path, capsys, no_run, text, 
      "{c} (--set): hardware.read_time_s: 1000000000000.0 is out of range; allowed [0.0, 10000000000.0]"),
     (["foo.bar=1"], "{c} (--set): foo: unknown key; allowed: batch_size"),
     (["hardware.strategi=jq"], "{c} (--set): hardware.strategi: unknown key; allowed: bits"),
+    (["model.path=/etc"], "{c} (--set): model.path: is used only with model.source checkpoint or pyro"),
     (["data.splits=[foo]"], "{c} (--set): data.splits[0]: 'foo' is not allowed; choose one of 'mnist'"),
     (["hardware.drift_compensation=yes"], "{c} (--set): hardware.drift_compensation: true (a bare "
                                           "yes/no/on/off/true/false is a boolean in YAML) is not allowed"),
@@ -340,6 +341,7 @@ def test_a_named_data_dir_must_be_a_folder(tmp_path, capsys, no_work):
     (["--bits", "3"], "--bits 3 has no effect without --strategy: the model's strategy is fp (full precision); "
                       "give --strategy vpq, spq or jq"),
     (["--strategy", "fp", "--w-bits", "3"], "--w-bits 3 has no effect with --strategy fp (full precision)"),
+    (["--range", "percentile"], "--range percentile has no effect without --strategy: the model's strategy is fp"),
     (["--act-upper", "inf"], "--act-upper inf: must be a finite number > 0 (or 'auto')"),
     (["--act-upper", "nan"], "--act-upper nan: must be a finite number > 0 (or 'auto')"),
 ])

@@ -94,6 +94,9 @@ def prepare_model(args):
         or args.range is not None
     if requant:
         given = [k for k in ("bits", "mu_bits", "sigma_bits", "w_bits") if bits[k] is not None]
+        if args.range is not None and (args.strategy or q.strategy) == "fp":
+            given = given or ["range"]
+            bits = {**bits, "range": args.range}
         if given and (args.strategy or q.strategy) == "fp":
             flag = f"--{given[0].replace('_', '-')} {bits[given[0]]}"
             why = "with --strategy fp" if args.strategy else "without --strategy: the model's strategy is fp"

@@ -29,6 +29,10 @@ class ModelSpec:
             raise ConfigError(f"model.source {self.source!r} needs model.path", key="path")
         if self.source == "pyro" and not self.arch:
             raise ConfigError("model.source 'pyro' needs model.arch (mlp or lenet5)", key="arch")
+        if self.source == "default" and (self.path or self.arch):
+            key = "path" if self.path else "arch"
+            raise ConfigError(f"is used only with model.source checkpoint or pyro; model.source is 'default' (the "
+                              "shipped LeNet-5): set model.source, or leave this key out", key=key)
 
 
 @dataclass(frozen=True)
