@@ -156,29 +156,64 @@ class _EvilMagic:
         return (eval, (f"__import__('pathlib').Path({self.marker!r}).touch() or 0x1950a86a20f9469cfc6c",))
 
 
-@pytest.mark.parametrize("where", ["magic", "sys_info"])
-def test_code_in_a_legacy_format_header_pickle_is_refused(tmp_path, monkeypatch, where):
-    """torch's legacy (non-zip) format reads its header pickles with pickle_module.load, not its Unpickler:
-    a valid checkpoint whose first header pickle runs code must be refused before the code runs."""
+@pytest.mark.parametrize("where", ["none", "magic", "sys_info"])
+def test_the_legacy_torch_format_is_refused_without_running_anything(tmp_path, monkeypatch, where):
+    """torch's legacy (pre-1.6) loader reads header pickles outside any pickle_module hook and acts on
+    persistent ids ('module' records write .patch files): a legacy file, valid or with code in a header
+    pickle, is refused before any of it is unpickled."""
     import io
     import pickle
 
     ok = tmp_path / "ok.pt"
     torch.save({"params": _lenet_params()}, ok, _use_new_zipfile_serialization=False)
-    assert read_pyro_params(ok)  # the legacy format itself loads
     f = io.BytesIO(ok.read_bytes())
     header = [pickle.load(f) for _ in range(3)]  # magic number, protocol version, sys info
     rest = f.read()
     marker = tmp_path / "PWNED"
-    evil = _EvilMagic(str(marker)) if where == "magic" else {"little_endian": True, "x": _EvilMagic(str(marker))}
-    parts = [evil if where == "magic" else header[0], header[1], header[2] if where == "magic" else evil]
+    parts = list(header)
+    if where == "magic":
+        parts[0] = _EvilMagic(str(marker))
+    elif where == "sys_info":
+        parts[2] = {"little_endian": True, "x": _EvilMagic(str(marker))}
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in parts) + rest)
-    with pytest.raises(BayesimError, match=r"bad\.pt: refused to load: the pickle references "):
+    with pytest.raises(BayesimError, match=r"bad\.pt: a legacy \(pre-1\.6\) torch serialization; only the zip format"):
         read_pyro_params(bad)
     assert not marker.exists()
     assert main(["import-pyro", str(bad), "--arch", "lenet5", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert not marker.exists() and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*is deprecated")
+def test_a_torchscript_archive_is_refused_before_torch_sees_it(tmp_path):
+    """torch.load hands an archive with constants.pkl to torch.jit.load, which runs the module's code."""
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    ts = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(M()), str(ts))
+    with pytest.raises(BayesimError, match=r"ts\.pt: a TorchScript archive \(code\), not a parameter store; refused"):
+        read_pyro_params(ts)
+
+
+def test_build_on_an_allowed_function_is_refused(tmp_path, monkeypatch):
+    """A zip archive whose pickle sets attributes of an allowed torch function (BUILD) is refused, and the
+    function is left as it was (the restricted unpickler of before allowed it)."""
+    import zipfile
+
+    import torch._utils as tu
+
+    ok = _save_pyro_like(tmp_path / "ok.pt", _lenet_params(), monkeypatch)
+    evil = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}X\x08\x00\x00\x00__name__X\x04\x00\x00\x00evils"
+            b"b.")
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(ok) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item, evil if item.filename.endswith("/data.pkl") else zin.read(item.filename))
+    with pytest.raises(BayesimError, match=r"bad\.pt: cannot read as a torch checkpoint|bad\.pt: refused"):
+        read_pyro_params(bad)
+    assert tu._rebuild_tensor_v2.__name__ == "_rebuild_tensor_v2"
 
 
 def test_import_config_file(tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """Import a Pyro parameter-store checkpoint of a mean-field (AutoNormal-style) guide, executing no code.
 
-The file (torch.save of {"params": {name: tensor}, "constraints": {...}}) is unpickled by a restricted
-unpickler: only the tensor-rebuild helpers of torch, storage types and `collections.OrderedDict` are
-allowed; the constraint classes of Pyro / torch.distributions become inert stand-ins; any other global
-in the pickle is refused with a BayesimError.
+The file (torch.save of {"params": {name: tensor}, "constraints": {...}}) is read with torch's
+weights_only unpickler: tensors, storages and containers; the constraint classes of Pyro /
+torch.distributions that the pickle names become inert stand-ins; any other global is refused with a
+BayesimError. Only torch's zip format is read: the legacy (pre-1.6) format's loader acts on pickle content
+outside the unpickler, and a TorchScript archive is code.
 
 Names: `<Guide>.locs.<layer>.<weight|bias>` (means) and `<Guide>.scales.<layer>.<weight|bias>`
 (unconstrained; sigma = softplus(value), so they are stored as rho directly). Layers map to the
@@ -14,29 +15,19 @@ architecture's Bayesian layers in forward order:
 from __future__ import annotations
 
 import collections
-import io
 import os
-import pickle
 import re
-import types
 from dataclasses import replace
 from pathlib import Path
 
 from bayesim.errors import BayesimError, ConfigError
 
-_ALLOWED = {
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("collections", "OrderedDict"),
-    ("torch", "Size"),
-}
 _CONSTRAINT_MODULES = ("pyro.distributions.constraints", "torch.distributions.constraints")
+_CONSTRAINT_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9_]*")
 
 
 class InertConstraint:
-    """Stand-in for a Pyro / torch constraint object: keeps its name and state, does nothing."""
+    """Stand-in for a Pyro / torch constraint object: keeps its name and simple state, does nothing."""
 
     def __init__(self, *args, **kwargs):
         pass
@@ -58,43 +49,69 @@ def _standin(name: str) -> type:
     return _STANDINS[name]
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    source = "<checkpoint>"
+def _open_archive(p: Path):
+    """The records of a torch.save zip archive: (zip file, name of its data.pkl). Refused: the legacy
+    (pre-1.6) format, whose loader acts on pickle content outside any unpickler, and TorchScript archives,
+    which torch runs as code."""
+    import zipfile
 
-    def find_class(self, module, name):
-        import torch
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":
+            raise BayesimError(f"{p}: a legacy (pre-1.6) torch serialization; only the zip format that torch.save "
+                               "writes since torch 1.6 is read (re-save it with a current torch, in a trusted "
+                               "environment)")
+        raise BayesimError(f"{p}: not a torch checkpoint (torch.save zip archive)")
+    z = zipfile.ZipFile(p)
+    names = z.namelist()
+    if any(n.endswith(("constants.pkl", ".debug_pkl")) or "/code/" in n for n in names):
+        z.close()
+        raise BayesimError(f"{p}: a TorchScript archive (code), not a parameter store; refused")
+    pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    if len(pkl) != 1:
+        z.close()
+        raise BayesimError(f"{p}: not a torch.save archive (no single data.pkl record)")
+    return z, pkl[0]
 
-        if (module, name) in _ALLOWED:
-            obj = {"collections": collections}.get(module)
-            if obj is not None:
-                return getattr(obj, name)
-            if module == "torch":
-                return getattr(torch, name)
-            return getattr(torch._utils, name)
-        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
-            return getattr(torch, name)
-        if module in _CONSTRAINT_MODULES and re.fullmatch(r"_?[A-Za-z][A-Za-z0-9_]*", name):
-            return _standin(name)
-        raise BayesimError(f"{self.source}: refused to load: the pickle references {module}.{name}, which is "
-                           "not a tensor or a constraint (only tensor data is read from Pyro checkpoints)")
+
+def _constraint_globals(p: Path) -> list:
+    """(stand-in class, "module.Name") for every constraint class the archive's pickle names, read from its
+    GLOBAL opcodes (pickletools parses, nothing runs), for torch's weights_only unpickler."""
+    import pickletools
+
+    z, pkl = _open_archive(p)
+    with z:
+        data = z.read(pkl)
+    found = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                module, _, name = str(arg).partition(" ")
+                if module in _CONSTRAINT_MODULES and _CONSTRAINT_NAME.fullmatch(name):
+                    found.append((_standin(name), f"{module}.{name}"))
+    except Exception as e:  # noqa: BLE001 - a damaged pickle: torch.load reports it below
+        del e
+    return found
 
 
-def _pickle_module(source: str):
-    """A stand-in for the `pickle` module whose every entry point unpickles with _RestrictedUnpickler: torch's
-    legacy (non-zip) format reads its header pickles with `pickle_module.load` directly, not the Unpickler."""
-    cls = type("_Unpickler", (_RestrictedUnpickler,), {"source": source})
-
-    def load(f, **kw):
-        return cls(f, **kw).load()
-
-    def loads(data, **kw):
-        return cls(io.BytesIO(data), **kw).load()
-
-    return types.SimpleNamespace(Unpickler=cls, load=load, loads=loads, __name__="bayesim_restricted")
+def _refusal(p: Path, e: Exception) -> BayesimError:
+    """One line for a failed weights_only load: the global the pickle asked for, else the first line."""
+    text = str(e)
+    m = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", text)
+    if m:
+        return BayesimError(f"{p}: refused to load: the pickle references {m.group(1)}, which is not a tensor or "
+                            "a constraint (only tensor data is read from Pyro checkpoints)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # torch's weights_only failure opens with a paragraph on its defaults; the reason is the next line
+    first = (lines[1] if len(lines) > 1 and lines[0].startswith("Weights only load failed") else
+             lines[0] if lines else type(e).__name__)
+    return BayesimError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {first[:300]})")
 
 
 def read_pyro_params(path: str | os.PathLike) -> dict:
-    """name -> float32 CPU tensor of the parameter store at `path` (restricted unpickling)."""
+    """name -> float32 CPU tensor of the parameter store at `path`, read with torch's weights_only unpickler
+    (tensors, containers and inert stand-ins for constraint classes; nothing else is constructed)."""
     import torch
 
     from bayesim.bnn.checkpoint import FLOAT_DTYPES
@@ -105,11 +122,13 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
                            f"{p}: Pyro checkpoint not found" if not p.exists() else
                            f"{p}: not a regular file (a Pyro checkpoint saved with torch.save)")
     try:
-        obj = torch.load(str(p), map_location="cpu", pickle_module=_pickle_module(str(p)), weights_only=False)
+        standins = _constraint_globals(p)
+        with torch.serialization.safe_globals(standins):
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except BayesimError:
         raise
-    except Exception as e:
-        raise BayesimError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - torch's own error types for a refused or damaged file
+        raise _refusal(p, e) from None
     params = obj.get("params") if isinstance(obj, dict) else None
     if params is None and isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         params = obj
