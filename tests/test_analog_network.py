@@ -7,6 +7,7 @@ from bayesim.bnn import ModelConfig, build_model, predict_probs
 from bayesim.config import build
 from bayesim.crossbar import crossbar_from_dict, load_crossbar
 from bayesim.devices import load_device
+from bayesim.errors import BayesimError
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,13 @@ def test_every_input_draws_its_own_output_noise_whatever_the_batching(strategy, 
         out[bs] = hw.predict_probs(x2, samples=2, batch_size=bs)
     # the second copy of the images is not the first one's noise again (before: bit-identical)
     assert np.abs(out[10][:, :10] - out[10][:, 10:]).max() > 1e-3
+    # a later call (another split) numbers its inputs after the earlier ones': x alone as inputs 10..19
+    later = hw.predict_probs(x, samples=2, batch_size=10, first_index=10)
     if lumped:  # BLAS may round a product differently with another row count: an ADC code can flip at a tie
         assert np.abs(out[10] - out[20]).max() < 1e-3
+        assert np.abs(later - out[20][:, 10:]).max() < 1e-3
     else:
         np.testing.assert_array_equal(out[10], out[20])
+        np.testing.assert_array_equal(later, out[20][:, 10:])
+    with pytest.raises(BayesimError, match="first_index must be an integer >= 0"):
+        hw.predict_probs(x, samples=1, first_index=-1)

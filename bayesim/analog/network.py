@@ -169,14 +169,21 @@ class AnalogBNN:
         self.reset_stats()
         self.calibrated = True
 
-    def predict_probs(self, x: np.ndarray, samples: int, batch_size: int = 1000, progress=None) -> np.ndarray:
-        """Predictive samples [S, N, C] float32 for inputs x [N, ...] (loop order: module docstring)."""
+    def predict_probs(self, x: np.ndarray, samples: int, batch_size: int = 1000, progress=None,
+                      first_index: int = 0) -> np.ndarray:
+        """Predictive samples [S, N, C] float32 for inputs x [N, ...] (loop order: module docstring).
+
+        first_index: the number of x[0] among all the inputs this network evaluates (e.g. the splits one
+        after another): input i draws the output noise of input first_index + i, so that inputs evaluated
+        in separate calls do not share it. The Monte-Carlo weight samples are the same for every call."""
         samples = check_samples(samples)
         x = check_batch(x, "inputs")
         starts = list(range(0, x.shape[0], batch_size))
         per_sample = sum(layer.weight_bytes() for layer in self.layers.values())
+        if not isinstance(first_index, (int, np.integer)) or first_index < 0:
+            raise BayesimError(f"first_index must be an integer >= 0, got {first_index!r}")
         if len(starts) > 1 and samples * per_sample > WEIGHT_CACHE_BYTES:
-            return self._predict_samples_outer(x, samples, batch_size, progress)
+            return self._predict_samples_outer(x, samples, batch_size, progress, first_index)
         first = min(self.layers)
         out = None
         done = 0
@@ -189,7 +196,7 @@ class AnalogBNN:
                     h = _digital(self.ops[k], h)
                 prepared = self.layers[first].prepare(h)
                 for s in range(samples):
-                    p = _softmax(self._run(None, s, start=first, prepared=prepared, first_row=i))
+                    p = _softmax(self._run(None, s, start=first, prepared=prepared, first_row=first_index + i))
                     if out is None:
                         out = np.empty((samples, x.shape[0], p.shape[1]), np.float32)
                     out[s, i:i + batch_size] = p
@@ -203,11 +210,11 @@ class AnalogBNN:
                 layer.cache_samples(False)
         return out
 
-    def _predict_samples_outer(self, x, samples, batch_size, progress):
+    def _predict_samples_outer(self, x, samples, batch_size, progress, first_index=0):
         out = None
         for s in range(samples):
             for i in range(0, x.shape[0], batch_size):
-                p = _softmax(self._run(x[i:i + batch_size], s, first_row=i))
+                p = _softmax(self._run(x[i:i + batch_size], s, first_row=first_index + i))
                 if out is None:
                     out = np.empty((samples, x.shape[0], p.shape[1]), np.float32)
                 out[s, i:i + batch_size] = p

@@ -138,10 +138,12 @@ def _predict_splits(predict, splits: dict, samples: int, desc: str, progress: bo
     from tqdm import tqdm
 
     probs = {}
+    first = 0  # the splits' inputs are numbered one after another: no two draw the same output noise
     for name, sp in splits.items():
         xu, inv = unique_images(sp.x)
         with tqdm(total=samples, desc=f"{desc} {name}", unit="sample", disable=not progress, leave=False) as bar:
-            probs[name] = predict(xu, bar)[:, inv]
+            probs[name] = predict(xu, bar, first)[:, inv]
+        first += len(xu)
     return probs
 
 
@@ -220,7 +222,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     if cfg.software_reference:
         ref = software_fp32(qmodel)
         sw_probs = _predict_splits(
-            lambda x, bar: _software_predict(predict_probs, ref, x, S, cfg.seed, cfg.batch_size, bar),
+            lambda x, bar, first: _software_predict(predict_probs, ref, x, S, cfg.seed, cfg.batch_size, bar),
             splits, S, "software", progress)
         software = _summarize(sw_probs, splits)
         del sw_probs
@@ -240,7 +242,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
                       f"jq with sampler digital)", UserWarning, stacklevel=2)
     x_cal, cal_source = calibration_images(cfg.data.dir, cfg.data.normalization, splits)
     analog.calibrate(x_cal)
-    hw_probs = _predict_splits(lambda x, bar: analog.predict_probs(x, S, cfg.batch_size, progress=bar),
+    hw_probs = _predict_splits(lambda x, bar, first: analog.predict_probs(x, S, cfg.batch_size, progress=bar,
+                                                                         first_index=first),
                                splits, S, "hardware", progress)
     hardware = _summarize(hw_probs, splits)
     hw_time = time.perf_counter() - t_hw
