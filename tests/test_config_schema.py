@@ -209,6 +209,37 @@ def test_alias_bombs_and_deep_nesting_are_refused_before_construction(tmp_path):
         apply_overrides({}, ["samples=" + "[" * 500 + "]" * 500], "c.yaml")
 
 
+def test_aliases_cannot_hide_depth_and_other_unreadable_values_are_refused(tmp_path):
+    """Anchors nested 40 deep, each used at the top level before its own anchor is reached: the depth is
+    the node's height, whatever order the aliases come in (a 40 x 60-deep chain passed before and crashed
+    in repr). Also: a recursive alias, a 5000-digit integer, an 800 KB sexagesimal number."""
+    from bayesim.config.schema import YAML_MAX_SCALAR
+
+    lines, inner = [], "[1]"
+    for i in range(40):  # a{i} holds a{i-1} one level down, 60 levels deep each: 2400 in all
+        inner = "[" * 59 + (f"*a{i - 1}" if i else "1") + "]" * 59
+        lines.append(f"d{i}: &a{i} [{inner}]")
+    cases = {
+        "chain": "\n".join(lines) + "\nsamples: *a39\n",
+        "shallow_first": "\n".join(lines) + "\nu: [*a0, *a1, *a2]\nsamples: *a39\n",
+        "recursive": "samples: &a [1, *a]\n",
+        "bigint": "samples: " + "1" * 5000 + "\n",
+        "sexagesimal": "samples: " + ":".join(["1"] * 400_000) + "\n",
+    }
+    for name, text in cases.items():
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_yaml(p)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}: refused: ") and len(msg) < 300, msg
+        assert {"chain": "nested deeper than 64", "shallow_first": "nested deeper than 64",
+                "recursive": "recursive structure", "bigint": "4300 digits",
+                "sexagesimal": f"at most {YAML_MAX_SCALAR:,}"}[name] in msg, msg
+    (tmp_path / "name.yaml").write_text("name: 1e5\n")  # YAML 1.1: a string, as the user meant
+    assert load_yaml(tmp_path / "name.yaml") == {"name": "1e5"}
+
+
 def test_a_huge_value_is_cut_short_in_the_message():
     @dataclass
     class C:

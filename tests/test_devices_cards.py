@@ -103,6 +103,19 @@ def test_plugin_card_errors(tmp_path):
     # any other failure of the plug-in's constructor: one message naming the card, not a traceback
     write(tmp_path, "class Boom:\n    def __init__(self, **kw):\n        raise RuntimeError('boom')\n", "boom.py")
     expect(tmp_path, "name: x\nmodel: boom.py:Boom\n", "model", "failed to construct the device: RuntimeError: boom")
+    # a raising property or method of the plug-in: one message naming the card and the method
+    write(tmp_path, "import numpy as np\n"
+                    "class Attr:\n    name = 'a'\n    g_max = 10.0\n    def __init__(self, **kw): pass\n"
+                    "    @property\n    def g_min(self): raise RuntimeError('boom in property')\n"
+                    "    def levels(self, n, spacing='linear'): return np.linspace(1, 10, n).astype('float32')\n"
+                    "    def program(self, t, k, c): raise ValueError('program failed ' + 'x' * 500)\n"
+                    "    def read(self, h, t, k, c): return h\n"
+                    "    def program_sigma(self, g): return g * 0\n    def read_sigma(self, g, t): return g * 0\n"
+                    "class Prog(Attr):\n    g_min = 1.0\n", "attr.py")
+    expect(tmp_path, "name: x\nmodel: attr.py:Attr\n", "model", "plug-in Attr failed: RuntimeError: boom in property")
+    dev = load_device(write(tmp_path, "name: x\nmodel: attr.py:Prog\n", "prog.yaml"))
+    with pytest.raises(BayesimError, match=r"prog\.yaml: plug-in Prog\.program\(\) failed: ValueError: program failed x+ \.\.\.$"):
+        dev.program(np.ones(3, np.float32), 1, 2)
     # numbers in exponent notation (YAML 1.2 floats) reach the plug-in as numbers, not strings
     dev = load_device(write(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
                                       "params: {g_min_uS: 1, g_max_uS: 2e1}\n", "sci.yaml"))

@@ -311,3 +311,23 @@ def test_relative_card_paths_are_relative_to_the_config_file(tmp_path, monkeypat
     (tmp_path / "cfgs" / "c.yaml").write_text("name: q\nhardware: {device: pcm, crossbar: default}\n")
     hw = load_experiment(tmp_path / "cfgs" / "c.yaml").hardware
     assert (hw.device, hw.crossbar) == ("pcm", "default")  # names stay names
+
+
+def test_card_names_stay_names_and_set_card_paths_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    """A stray file called 'pcm' or 'default' beside the config does not replace the built-in names (nor the
+    defaults the config does not write); a --set card path is the command line's, relative to the current
+    folder."""
+    import shutil
+
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "pcm").write_text("not a card")
+    (cfgs / "default").write_text("not a card")
+    (cfgs / "c.yaml").write_text("name: q\nhardware: {device: pcm}\n")
+    shutil.copy(REPO / "devices" / "rram_wan2022.yaml", cfgs / "mycard.yaml")
+    shutil.copy(REPO / "devices" / "gaussian_mlc.yaml", tmp_path / "mycard.yaml")
+    monkeypatch.chdir(tmp_path)
+    hw = load_experiment(cfgs / "c.yaml").hardware
+    assert (hw.device, hw.crossbar) == ("pcm", "default")
+    hw = load_experiment(cfgs / "c.yaml", overrides=["hardware.device=mycard.yaml"]).hardware
+    assert hw.device == "mycard.yaml"  # the current folder's (gaussian_mlc), not the config folder's

@@ -64,52 +64,74 @@ class _DuplicateKey(yaml.YAMLError):
         super().__init__(f"{key}: duplicate key at {self.where} (first given at {self.first})")
 
 
-#: Limits of a YAML document: nesting depth, and values once aliases are expanded (a few nested aliases
-#: can stand for billions of values: the "billion laughs"). Cards and configs are far below both.
+#: Limits of a YAML document: nesting depth (aliases included), values once aliases are expanded (a few
+#: nested aliases can stand for billions of values: the "billion laughs"), characters of one scalar (PyYAML
+#: reads a long sexagesimal number in quadratic time). Cards and configs are far below all three.
 YAML_MAX_DEPTH = 64
 YAML_MAX_VALUES = 1_000_000
+YAML_MAX_SCALAR = 65_536
 
 
 class _TooLarge(yaml.YAMLError):
-    """A document beyond YAML_MAX_DEPTH or YAML_MAX_VALUES; `load_yaml` names the file."""
+    """A document beyond the YAML_MAX_* limits; `load_yaml` names the file."""
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [c for kv in node.value for c in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _check_size(root) -> None:
-    """Refuse a node graph nested deeper than YAML_MAX_DEPTH or expanding (aliases counted at every use) to
-    more than YAML_MAX_VALUES values, before anything is constructed. Iterative, memoised per node."""
-    expanded: dict[int, int] = {}
-    stack = [(root, 1, False)]
+    """Refuse a node graph deeper than YAML_MAX_DEPTH, expanding (aliases counted at every use) to more than
+    YAML_MAX_VALUES values, with a scalar longer than YAML_MAX_SCALAR characters, or with an alias inside
+    the node it names (a recursive structure), before anything is constructed. Iterative depth-first
+    search: each node's height and expanded size once, from its children's."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (height, values)
+    path: set[int] = set()  # the nodes being visited: an alias to one of them is a cycle
+    stack = [(root, False)]
     while stack:
-        node, depth, done = stack.pop()
-        if depth > YAML_MAX_DEPTH:
-            raise _TooLarge(f"nested deeper than {YAML_MAX_DEPTH} levels")
-        if isinstance(node, yaml.MappingNode):
-            children = [c for kv in node.value for c in kv]
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
-        else:
-            expanded[id(node)] = 1
-            continue
-        if done:
-            n = 1 + sum(expanded[id(c)] for c in children)
-            if n > YAML_MAX_VALUES:
+        node, finish = stack.pop()
+        nid = id(node)
+        kids = _children(node)
+        if finish:
+            path.discard(nid)
+            height = 1 + max((done[id(c)][0] for c in kids), default=0)
+            values = 1 + sum(done[id(c)][1] for c in kids)
+            if height > YAML_MAX_DEPTH:
+                raise _TooLarge(f"nested deeper than {YAML_MAX_DEPTH} levels")
+            if values > YAML_MAX_VALUES:
                 raise _TooLarge(f"more than {YAML_MAX_VALUES:,} values once its aliases (*name) are expanded")
-            expanded[id(node)] = n
-        elif id(node) not in expanded:
-            stack.append((node, depth, True))
-            stack.extend((c, depth + 1, False) for c in children if id(c) not in expanded)
+            done[nid] = (height, values)
+            continue
+        if nid in done:
+            continue
+        if isinstance(node, yaml.ScalarNode) and len(node.value) > YAML_MAX_SCALAR:
+            raise _TooLarge(f"a value of {len(node.value):,} characters (at most {YAML_MAX_SCALAR:,})")
+        path.add(nid)
+        stack.append((node, True))
+        for c in kids:
+            if id(c) in path:
+                raise _TooLarge("an alias (*name) inside the node it names: a recursive structure")
+            if id(c) not in done:
+                stack.append((c, False))
 
 
 def _show(value, limit: int = 80) -> str:
     """repr(value) for a message, cut to `limit` characters (a value can be huge)."""
-    r = repr(value)
+    try:
+        r = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+    except RecursionError:
+        return "a deeply nested value"
     return r if len(r) <= limit else r[:limit - 4] + " ..."
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader, but a key repeated in one mapping is an error (PyYAML lets the last one win), and
-    numbers in exponent notation without a dot or an exponent sign (2e1, 1.5e3: YAML 1.2 floats) are
-    floats, not the strings YAML 1.1 makes of them."""
+    """The safe loader, but a key repeated in one mapping is an error (PyYAML lets the last one win)."""
 
     def construct_document(self, node):
         _check_size(node)
@@ -151,11 +173,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
 def safe_load(text: str):
     """`yaml.safe_load` that refuses duplicate keys (a `yaml.YAMLError` naming the key path and lines)."""
     loader = _UniqueKeyLoader(text)
@@ -163,6 +180,8 @@ def safe_load(text: str):
         return loader.get_single_data()
     except RecursionError:  # PyYAML composes nested nodes recursively
         raise _TooLarge(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
+    except ValueError as e:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise _TooLarge(f"a value cannot be read ({str(e).split(';')[0]})") from None
     finally:
         loader.dispose()
 
@@ -313,6 +332,9 @@ def _convert(value: Any, tp, source: str, key: str, md: dict | None = None):
                               f"{limit}", source, key)
         return value
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"expected a string, got {str(value).lower()} (a bare yes/no/on/off/true/false is a "
+                              "boolean in YAML; quote it)", source, key)
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {_show(value)}", source, key)
         ch = md.get("choices")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -116,15 +117,35 @@ def load_class_from_path(ref: str, base: str | None = None):
     return cls
 
 
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def _param_value(v):
+    """A plug-in parameter as written: YAML 1.1 reads 2e1 or 1.5e3 (no dot or no exponent sign) as strings;
+    they reach the plug-in as the numbers they are, as built-in card fields do."""
+    return float(v) if isinstance(v, str) and _NUMBER.fullmatch(v.strip()) else v
+
+
 def _instantiate(factory, params: dict, source: str, name: str | None):
+    params = {k: _param_value(v) for k, v in params.items()}
     try:
         dev = factory(**params)
     except (TypeError, ValueError) as e:  # a missing/unknown parameter, or a value the plug-in refuses
-        raise ConfigError(f"plug-in rejected its parameters: {e}", source, "params") from None
+        raise ConfigError(f"plug-in rejected its parameters: {_short(e)}", source, "params") from None
     except Exception as e:  # noqa: BLE001 - any failure of the plug-in's own code
-        raise ConfigError(f"plug-in failed to construct the device: {type(e).__name__}: {e}", source,
+        raise ConfigError(f"plug-in failed to construct the device: {type(e).__name__}: {_short(e)}", source,
                           "model") from None
-    if not is_device(dev):
+    try:
+        ok = is_device(dev)
+    except Exception as e:  # noqa: BLE001 - a property of the plug-in raised
+        raise ConfigError(f"plug-in {type(dev).__name__} failed: {type(e).__name__}: {_short(e)}", source,
+                          "model") from None
+    if not ok:
         missing = [m for m in ("name", "g_min", "g_max", "levels", "program", "read", "program_sigma",
                                "read_sigma") if not hasattr(dev, m)]
         raise ConfigError(f"{type(dev).__name__} does not provide the DeviceModel protocol "
@@ -152,7 +173,13 @@ def _check_outputs(dev, source: str) -> None:
 
     def wrap(method: str, what: str, fn):
         def checked(*args, **kwargs):
-            out = fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except BayesimError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the plug-in's own code failed: name it and the card
+                raise BayesimError(f"{source}: plug-in {type(dev).__name__}.{method}() failed: "
+                                   f"{type(e).__name__}: {_short(e)}") from e
             first = args[0] if args else next(iter(kwargs.values()))
             want = (int(first),) if method == "levels" else np.shape(first)
             got = np.shape(out)

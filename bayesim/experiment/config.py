@@ -5,6 +5,7 @@ core only sees these objects, never YAML or argparse.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -31,7 +32,7 @@ class ModelSpec:
             raise ConfigError("model.source 'pyro' needs model.arch (mlp or lenet5)", key="arch")
         if self.source == "default" and (self.path or self.arch):
             key = "path" if self.path else "arch"
-            raise ConfigError(f"is used only with model.source checkpoint or pyro; model.source is 'default' (the "
+            raise ConfigError("is used only with model.source checkpoint or pyro; model.source is 'default' (the "
                               "shipped LeNet-5): set model.source, or leave this key out", key=key)
 
 
@@ -131,9 +132,11 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         cand = Path(path).parent / cfg.model.path
         if cand.exists():
             cfg = replace(cfg, model=replace(cfg.model, path=str(cand)))
-    for key in ("device", "crossbar"):  # card files (a name such as "pcm" stays a name)
-        ref = getattr(cfg.hardware, key)
-        if path is not None and not Path(ref).expanduser().is_absolute() and (Path(path).parent / ref).is_file():
+    for key in ("device", "crossbar"):  # card paths the file gives (a name such as "pcm" stays a name; a
+        ref = getattr(cfg.hardware, key)  # --set value is relative to the current folder, as on a command line)
+        looks_like_path = "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml"))
+        if path is not None and looks_like_path and not _from_set(f"hardware.{key}", overrides) \
+                and not Path(ref).expanduser().is_absolute() and (Path(path).parent / ref).is_file():
             cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: str(Path(path).parent / ref)}))
     if path is not None and cfg.data.dir and not Path(cfg.data.dir).expanduser().is_absolute():
         cand = Path(path).parent / cfg.data.dir
