@@ -1,6 +1,7 @@
 """Pyro checkpoint import: the real reference MLP, restricted unpickling, mismatches, LeNet-5 names, CLI."""
 import collections
 import json
+import re
 import sys
 import types
 
@@ -283,3 +284,47 @@ def test_a_parameter_that_is_not_a_float_tensor_is_refused(tmp_path, monkeypatch
     ck = _save_pyro_like(tmp_path / "cplx.pt", p, monkeypatch)
     with pytest.raises(BayesimError, match=r"cplx\.pt: parameter 'AutoNormal\.scales\.fc1\.bias' has dtype complex64"):
         read_pyro_params(ck)
+
+
+def test_archives_that_are_not_plain_parameter_stores_are_refused(tmp_path):
+    """QA's files, each one message (exit 2 at the CLI): a zip after junk bytes or after a legacy save (torch
+    picks its loader from the first bytes), compressed records (bombs), a pickle far longer than its tensors
+    need (deep nesting: a segfault in torch's unpickler at 200k levels), expanded views (4 GB from one
+    stored float), sparse and meta tensors, a non-string name."""
+    import zipfile
+
+    def save(name, params):
+        f = tmp_path / name
+        torch.save({"params": params}, f)
+        return f
+
+    ok = save("ok.pt", {"AutoNormal.locs.fc.weight": torch.ones(2, 3)})
+    assert read_pyro_params(ok)["AutoNormal.locs.fc.weight"].shape == (2, 3)
+    raw = ok.read_bytes()
+    cases = {}
+    (tmp_path / "junk.pt").write_bytes(b"junk" + raw)
+    cases["junk.pt"] = "not a torch checkpoint"
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"params": {}}, legacy, _use_new_zipfile_serialization=False)
+    (tmp_path / "poly.pt").write_bytes(legacy.read_bytes() + raw)
+    cases["poly.pt"] = "a legacy \\(pre-1.6\\) torch serialization"
+    with zipfile.ZipFile(ok) as zin, zipfile.ZipFile(tmp_path / "packed.pt", "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item.filename, zin.read(item.filename))
+    cases["packed.pt"] = "compressed record '.*data.pkl'; torch.save stores its records uncompressed"
+    deep = torch.ones(1)
+    key = "k"
+    for _ in range(700):
+        key = (key,)
+    save("deep.pt", {key: deep})
+    cases["deep.pt"] = "data.pkl has more than 1,200 pickle opcodes for 1 tensor records"
+    save("expand.pt", {"a": torch.ones(1).expand(100000)})
+    cases["expand.pt"] = "parameter 'a' views 100,000 values of a storage of 4 bytes"
+    save("sparse.pt", {"a": torch.ones(3).to_sparse()})
+    cases["sparse.pt"] = "parameter 'a' is not a dense CPU tensor \\(layout torch.sparse_coo"
+    save("intkey.pt", {3: torch.ones(1)})
+    cases["intkey.pt"] = "a parameter name is a int, not a string"
+    for name, why in cases.items():
+        with pytest.raises(BayesimError, match=rf"{re.escape(name)}: {why}"):
+            read_pyro_params(tmp_path / name)
+    assert main(["import-pyro", str(tmp_path / "poly.pt"), "--arch", "mlp", "--out", str(tmp_path / "x.st")]) == 2

@@ -49,64 +49,105 @@ def _standin(name: str) -> type:
     return _STANDINS[name]
 
 
+#: Bounds of what a Pyro parameter store may hold: distinct constraint classes; pickle opcodes (a base plus
+#: a share per tensor record: the reference store has 566 for 12 records; deep nesting needs one per
+#: level); bytes of the pickle.
+MAX_CONSTRAINT_CLASSES = 64
+MAX_PICKLE_OPS_BASE, MAX_PICKLE_OPS_PER_RECORD = 1000, 200
+MAX_PICKLE_BYTES = 16 << 20
+_ZIP_HEAD = b"PK\x03\x04"
+
+
 def _open_archive(p: Path):
     """The records of a torch.save zip archive: (zip file, name of its data.pkl). Refused: the legacy
-    (pre-1.6) format, whose loader acts on pickle content outside any unpickler, and TorchScript archives,
-    which torch runs as code."""
+    (pre-1.6) format, whose loader acts on pickle content outside any unpickler, also when a zip is appended
+    to it or anything precedes the zip (torch picks its loader from the first bytes); TorchScript archives,
+    which torch runs as code; compressed records (torch.save stores; a compressed record can be a bomb)."""
     import zipfile
 
-    if not zipfile.is_zipfile(p):
-        with open(p, "rb") as f:
-            head = f.read(2)
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head != _ZIP_HEAD:
         if head[:1] == b"\x80":
             raise BayesimError(f"{p}: a legacy (pre-1.6) torch serialization; only the zip format that torch.save "
                                "writes since torch 1.6 is read (re-save it with a current torch, in a trusted "
                                "environment)")
         raise BayesimError(f"{p}: not a torch checkpoint (torch.save zip archive)")
-    z = zipfile.ZipFile(p)
-    names = z.namelist()
-    if any(n.endswith(("constants.pkl", ".debug_pkl")) or "/code/" in n for n in names):
+    try:
+        z = zipfile.ZipFile(p)
+        infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise BayesimError(f"{p}: not a readable zip archive ({e})") from None
+    try:
+        names = [i.filename for i in infos]
+        if not infos or min(i.header_offset for i in infos) != 0:
+            raise BayesimError(f"{p}: data before the zip archive; not a torch.save file")
+        if any(n.lower().endswith(("constants.pkl", ".debug_pkl")) or "/code/" in n.lower() for n in names):
+            raise BayesimError(f"{p}: a TorchScript archive (code), not a parameter store; refused")
+        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise BayesimError(f"{p}: compressed record {packed[0]!r}; torch.save stores its records uncompressed")
+        pkl = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise BayesimError(f"{p}: not a torch.save archive (no single data.pkl record)")
+        if pkl[0].file_size > MAX_PICKLE_BYTES:
+            raise BayesimError(f"{p}: data.pkl of {pkl[0].file_size:,} bytes; a parameter store's is far smaller "
+                               f"(at most {MAX_PICKLE_BYTES:,})")
+    except BayesimError:
         z.close()
-        raise BayesimError(f"{p}: a TorchScript archive (code), not a parameter store; refused")
-    pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
-    if len(pkl) != 1:
-        z.close()
-        raise BayesimError(f"{p}: not a torch.save archive (no single data.pkl record)")
-    return z, pkl[0]
+        raise
+    return z, pkl[0].filename
 
 
 def _constraint_globals(p: Path) -> list:
     """(stand-in class, "module.Name") for every constraint class the archive's pickle names, read from its
-    GLOBAL opcodes (pickletools parses, nothing runs), for torch's weights_only unpickler."""
+    GLOBAL opcodes (pickletools parses, nothing runs), for torch's weights_only unpickler. Refuses a pickle
+    with more opcodes than its tensors explain (deep nesting), or too many constraint classes."""
     import pickletools
 
     z, pkl = _open_archive(p)
     with z:
         data = z.read(pkl)
-    found = []
+        records = sum(1 for n in z.namelist() if "/data/" in n)
+    limit = MAX_PICKLE_OPS_BASE + MAX_PICKLE_OPS_PER_RECORD * records
+    found: dict[str, tuple] = {}
     try:
-        for op, arg, _ in pickletools.genops(data):
+        for k, (op, arg, _) in enumerate(pickletools.genops(data)):
+            if k >= limit:
+                raise BayesimError(f"{p}: data.pkl has more than {limit:,} pickle opcodes for {records} tensor "
+                                   "records (deep nesting?); not a parameter store")
             if op.name == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
                 if module in _CONSTRAINT_MODULES and _CONSTRAINT_NAME.fullmatch(name):
-                    found.append((_standin(name), f"{module}.{name}"))
+                    found.setdefault(f"{module}.{name}", (_standin(name), f"{module}.{name}"))
+                    if len(found) > MAX_CONSTRAINT_CLASSES:
+                        raise BayesimError(f"{p}: more than {MAX_CONSTRAINT_CLASSES} constraint classes; not a "
+                                           "parameter store")
+    except BayesimError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged pickle: torch.load reports it below
         del e
-    return found
+    return list(found.values())
 
 
 def _refusal(p: Path, e: Exception) -> BayesimError:
-    """One line for a failed weights_only load: the global the pickle asked for, else the first line."""
+    """One line for a failed weights_only load: the global the pickle asked for, else torch's reason."""
     text = str(e)
     m = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", text)
     if m:
         return BayesimError(f"{p}: refused to load: the pickle references {m.group(1)}, which is not a tensor or "
                             "a constraint (only tensor data is read from Pyro checkpoints)")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # torch's weights_only failure opens with a paragraph on its defaults; the reason is the next line
-    first = (lines[1] if len(lines) > 1 and lines[0].startswith("Weights only load failed") else
-             lines[0] if lines else type(e).__name__)
-    return BayesimError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {first[:300]})")
+    reason = lines[0] if lines else type(e).__name__
+    for i, ln in enumerate(lines):  # torch's weights_only failure: a paragraph on its defaults, then the reason
+        if "WeightsUnpickler error:" in ln:
+            after = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            reason = after or (lines[i + 1] if i + 1 < len(lines) else ln)
+            break
+    else:
+        if lines and lines[0].startswith("Weights only load failed") and len(lines) > 1:
+            reason = lines[1]
+    return BayesimError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {reason[:300]})")
 
 
 def read_pyro_params(path: str | os.PathLike) -> dict:
@@ -136,12 +177,21 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
         raise BayesimError(f"{p}: no 'params' mapping of tensors (not a Pyro parameter-store state)")
     out = {}
     for k, v in params.items():
-        if not isinstance(v, torch.Tensor):
-            raise BayesimError(f"{p}: parameter {k!r} is a {type(v).__name__}, not a tensor")
+        if type(k) is not str:
+            raise BayesimError(f"{p}: a parameter name is a {type(k).__name__}, not a string")
+        if type(v) not in (torch.Tensor, torch.nn.Parameter):
+            raise BayesimError(f"{p}: parameter {k[:100]!r} is a {type(v).__name__}, not a tensor")
+        if v.is_nested or v.layout != torch.strided or v.device.type != "cpu":
+            raise BayesimError(f"{p}: parameter {k[:100]!r} is not a dense CPU tensor (layout {v.layout}, device "
+                               f"{v.device}{', nested' if v.is_nested else ''})")
         if v.dtype not in FLOAT_DTYPES:
-            raise BayesimError(f"{p}: parameter {k!r} has dtype {str(v.dtype).replace('torch.', '')}; allowed: "
-                               + ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES))
-        out[str(k)] = v.detach().to(torch.float32).cpu().contiguous()
+            raise BayesimError(f"{p}: parameter {k[:100]!r} has dtype {str(v.dtype).replace('torch.', '')}; "
+                               "allowed: " + ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES))
+        t = torch.Tensor.detach(v)  # through the class: a Parameter's saved state may shadow its methods
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise BayesimError(f"{p}: parameter {k[:100]!r} views {t.numel():,} values of a storage of "
+                               f"{t.untyped_storage().nbytes():,} bytes (an expanded view); not a parameter")
+        out[k] = t.to(torch.float32).contiguous()
     return out
 
 
