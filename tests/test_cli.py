@@ -475,3 +475,13 @@ def test_interrupt_after_the_outputs_are_written_exits_0(tmp_path, monkeypatch, 
     finally:
         for n, h in before.items():
             signal.signal(getattr(signal, n), h)
+
+
+def test_a_path_too_long_for_the_file_system_is_bad_input(tmp_path, capsys):
+    long = "a" * 300
+    for argv in (["run", QUICK, "--out", str(tmp_path / "o"), "--set", f"hardware.device={long}"],
+                 ["run", QUICK, "--out", str(tmp_path / "o"), "--set", f"hardware.crossbar={long}"],
+                 ["devices", "show", long]):
+        assert main(argv) == 2
+        assert "a path is too long for the file system (300 characters): aaaa" in _error(capsys)
+    assert not (tmp_path / "o").exists()

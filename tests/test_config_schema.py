@@ -248,3 +248,17 @@ def test_a_huge_value_is_cut_short_in_the_message():
     with pytest.raises(ConfigError) as e:
         build(C, {"samples": list(range(100000))}, "c.yaml")
     assert len(str(e.value)) < 200 and str(e.value).endswith("...")
+
+
+def test_a_big_yaml_file_and_a_huge_set_key_are_refused_before_parsing(tmp_path):
+    """10 MB of YAML took PyYAML ~20 s and 1.2 GB before any limit could look at it."""
+    from bayesim.config.schema import YAML_MAX_BYTES
+
+    p = tmp_path / "big.yaml"
+    p.write_text("x: [" + ",".join(["0"] * (YAML_MAX_BYTES // 2 + 1)) + "]\n")
+    with pytest.raises(ConfigError, match=rf"big\.yaml: refused: [0-9,]+ bytes; a card or config is at most "
+                                          rf"{YAML_MAX_BYTES:,}"):
+        load_yaml(p)
+    with pytest.raises(ConfigError) as e:
+        apply_overrides({}, ["a" * 100000 + "=1"], "c.yaml")
+    assert "key of 100,000 characters" in str(e.value) and len(str(e.value)) < 200

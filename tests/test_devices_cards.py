@@ -116,6 +116,26 @@ def test_plugin_card_errors(tmp_path):
     dev = load_device(write(tmp_path, "name: x\nmodel: attr.py:Prog\n", "prog.yaml"))
     with pytest.raises(BayesimError, match=r"prog\.yaml: plug-in Prog\.program\(\) failed: ValueError: program failed x+ \.\.\.$"):
         dev.program(np.ones(3, np.float32), 1, 2)
+    # complex outputs, an exception that cannot print itself, members that are missing, broken or not callable
+    write(tmp_path, "import numpy as np\n"
+                    "class Prog:\n    name = 'p'\n    g_min, g_max = 1.0, 10.0\n    def __init__(self, **kw): pass\n"
+                    "    def levels(self, n, spacing='linear'): return np.linspace(1, 10, n).astype('float32')\n"
+                    "    def program(self, t, k, c): return t\n    def read(self, h, t, k, c): return h\n"
+                    "    def program_sigma(self, g): return g * 0\n    def read_sigma(self, g, t): return g * 0\n"
+                    "class Cplx(Prog):\n    def program(self, t, k, c): return t + 1j\n"
+                    "class E(Exception):\n    def __str__(self): raise ValueError('no str')\n"
+                    "class NoStr(Prog):\n    def program(self, t, k, c): raise E()\n"
+                    "class Half:\n    name = 'h'\n    g_min = 1.0\n    levels = None\n"
+                    "    def __init__(self, **kw): pass\n"
+                    "    @property\n    def g_max(self): raise RuntimeError('boom')\n", "more.py")
+    dev = load_device(write(tmp_path, "name: x\nmodel: more.py:Cplx\n", "cplx.yaml"))
+    with pytest.raises(BayesimError, match=r"Cplx\.program\(\) returned dtype complex"):
+        dev.program(np.ones(3, np.float32), 1, 2)
+    dev = load_device(write(tmp_path, "name: x\nmodel: more.py:NoStr\n", "nostr.yaml"))
+    with pytest.raises(BayesimError, match=r"NoStr\.program\(\) failed: E: \(its message cannot be printed\)"):
+        dev.program(np.ones(3, np.float32), 1, 2)
+    expect(tmp_path, "name: x\nmodel: more.py:Half\n", "model",
+           "missing or broken: g_max (raises RuntimeError), levels (not callable), program, read")
     # numbers in exponent notation (YAML 1.2 floats) reach the plug-in as numbers, not strings
     dev = load_device(write(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
                                       "params: {g_min_uS: 1, g_max_uS: 2e1}\n", "sci.yaml"))

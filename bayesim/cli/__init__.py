@@ -8,6 +8,7 @@ exit 2).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -170,6 +171,16 @@ def _run(argv: list[str] | None) -> int:
         if args.debug:  # the traceback for the developer, still exit 2: it is bad input
             traceback.print_exc()
         print(f"bayesim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        name = str(e.filename or "")
+        shown = name if len(name) <= 80 else name[:76] + " ..."
+        print(f"bayesim: error: a path is too long for the file system ({len(name)} characters): {shown}",
+              file=sys.stderr)
         return 2
 
 

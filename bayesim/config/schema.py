@@ -70,6 +70,7 @@ class _DuplicateKey(yaml.YAMLError):
 YAML_MAX_DEPTH = 64
 YAML_MAX_VALUES = 1_000_000
 YAML_MAX_SCALAR = 65_536
+YAML_MAX_BYTES = 1 << 20  # a card or config is a few KB; PyYAML takes ~20 s for 10 MB before any check
 
 
 class _TooLarge(yaml.YAMLError):
@@ -200,6 +201,12 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
         raise ConfigError("is a folder, not a file", source=str(p))
     if not p.is_file():
         raise ConfigError("file not found", source=str(p))
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", source=str(p)) from None
+    if size > YAML_MAX_BYTES:
+        raise ConfigError(f"refused: {size:,} bytes; a card or config is at most {YAML_MAX_BYTES:,}", source=str(p))
     try:
         data = safe_load(p.read_text(encoding="utf-8"))
     except _DuplicateKey as e:
@@ -443,6 +450,11 @@ def apply_overrides(mapping: dict, overrides, source: str = "--set") -> dict:
             raise ConfigError(f"expected key.path=value, got {_show(item)}", source)
         path, raw = item.split("=", 1)
         path = path.strip()
+        if len(path) > 256:
+            raise ConfigError(f"key of {len(path):,} characters ({_show(path, 40)}); keys are short dotted paths",
+                              source)
+        if len(raw) > YAML_MAX_BYTES:
+            raise ConfigError(f"value of {len(raw):,} characters; at most {YAML_MAX_BYTES:,}", source, path)
         keys = path.split(".")
         if not path or any(not k.strip() for k in keys):
             raise ConfigError(f"empty key segment in {_show(item)}; expected key.path=value with dot-separated "

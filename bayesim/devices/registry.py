@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import math
 import re
 import sys
 from pathlib import Path
@@ -70,10 +71,12 @@ def find_cards(extra=()) -> dict[str, Path]:
             continue
         for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
             try:
-                name = load_yaml(p).get("name") or p.stem
+                name = load_yaml(p).get("name")
             except ConfigError:
+                name = None
+            if not isinstance(name, str) or not 0 < len(name) <= 128:  # the card's own check reports it on use
                 name = p.stem
-            found.setdefault(str(name), p)
+            found.setdefault(name, p)
             found.setdefault(p.stem, p)
     return found
 
@@ -118,17 +121,23 @@ def load_class_from_path(ref: str, base: str | None = None):
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split())
+    try:
+        text = " ".join(str(e).split())
+    except Exception:  # noqa: BLE001 - an exception that cannot print itself
+        return "(its message cannot be printed)"
     return text if len(text) <= limit else text[:limit - 4] + " ..."
 
 
-_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")  # with an exponent
 
 
 def _param_value(v):
     """A plug-in parameter as written: YAML 1.1 reads 2e1 or 1.5e3 (no dot or no exponent sign) as strings;
     they reach the plug-in as the numbers they are, as built-in card fields do."""
-    return float(v) if isinstance(v, str) and _NUMBER.fullmatch(v.strip()) else v
+    if isinstance(v, str) and _NUMBER.fullmatch(v.strip()):
+        f = float(v)
+        return f if math.isfinite(f) else v
+    return v
 
 
 def _instantiate(factory, params: dict, source: str, name: str | None):
@@ -146,10 +155,21 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
         raise ConfigError(f"plug-in {type(dev).__name__} failed: {type(e).__name__}: {_short(e)}", source,
                           "model") from None
     if not ok:
-        missing = [m for m in ("name", "g_min", "g_max", "levels", "program", "read", "program_sigma",
-                               "read_sigma") if not hasattr(dev, m)]
+        def problem(m):
+            try:
+                v = getattr(dev, m)
+            except AttributeError:
+                return m
+            except Exception as e:  # noqa: BLE001 - a raising property
+                return f"{m} (raises {type(e).__name__})"
+            if m in ("levels", "program", "read", "program_sigma", "read_sigma") and not callable(v):
+                return f"{m} (not callable)"
+            return None
+
+        missing = [w for w in map(problem, ("name", "g_min", "g_max", "levels", "program", "read", "program_sigma",
+                                            "read_sigma")) if w]
         raise ConfigError(f"{type(dev).__name__} does not provide the DeviceModel protocol "
-                          f"(missing: {', '.join(missing)})", source, "model")
+                          f"(missing or broken: {', '.join(missing) or '?'})", source, "model")
     if name:
         try:
             dev.name = name
@@ -186,7 +206,7 @@ def _check_outputs(dev, source: str) -> None:
             problem = None
             if got != want:
                 problem = f"shape {got} for an input of shape {want}"
-            elif not np.issubdtype(np.asarray(out).dtype, np.number):
+            elif not np.issubdtype(np.asarray(out).dtype, np.number) or np.iscomplexobj(out):
                 problem = f"dtype {np.asarray(out).dtype}"
             elif not np.isfinite(out).all():
                 problem = f"{int(np.size(out) - np.isfinite(out).sum())} NaN or Inf values"

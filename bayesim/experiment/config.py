@@ -134,7 +134,7 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
             cfg = replace(cfg, model=replace(cfg.model, path=str(cand)))
     for key in ("device", "crossbar"):  # card paths the file gives (a name such as "pcm" stays a name; a
         ref = getattr(cfg.hardware, key)  # --set value is relative to the current folder, as on a command line)
-        looks_like_path = "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml"))
+        looks_like_path = "/" in ref or os.sep in ref or ref.lower().endswith((".yaml", ".yml"))
         if path is not None and looks_like_path and not _from_set(f"hardware.{key}", overrides) \
                 and not Path(ref).expanduser().is_absolute() and (Path(path).parent / ref).is_file():
             cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: str(Path(path).parent / ref)}))
