@@ -148,12 +148,12 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
         raise ConfigError(f"plug-in rejected its parameters: {_short(e)}", source, "params") from None
     except Exception as e:  # noqa: BLE001 - any failure of the plug-in's own code
         raise ConfigError(f"plug-in failed to construct the device: {type(e).__name__}: {_short(e)}", source,
-                          "model") from None
+                          "model") from e  # chained: `bayesim --debug` shows the plug-in's own line
     try:
         ok = is_device(dev)
     except Exception as e:  # noqa: BLE001 - a property of the plug-in raised
         raise ConfigError(f"plug-in {type(dev).__name__} failed: {type(e).__name__}: {_short(e)}", source,
-                          "model") from None
+                          "model") from e
     if not ok:
         def problem(m):
             try:
