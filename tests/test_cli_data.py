@@ -125,3 +125,17 @@ def test_info_corrupt_ambiguous_file_and_bad_size_exit_2(data_dir, tmp_path, cap
     for size in ("0", "-1"):
         line = _one_error_line(capsys, main(["data", "info", "--size", size]))
         assert f"--size must be >= 1, got {size}" in line
+
+
+def test_data_seed_out_of_range_and_a_deeply_nested_manifest_exit_2(tmp_path, capsys):
+    from bayesim.data import ambiguous as amb
+    from bayesim.errors import DataError
+
+    for cmd in (["data", "prepare"], ["data", "info"]):
+        assert main([*cmd, "--data-dir", str(tmp_path), "--seed", "-1"]) == 2
+        assert "--seed must be in [0, 2^63 - 1], got -1" in capsys.readouterr().err
+    m = tmp_path / "ambiguous-mnist-generated-s0-n10.json"
+    m.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataError, match=r"unreadable Ambiguous-MNIST manifest \(JSON nested too deeply\)"):
+        amb._read_manifest(m)
+    assert amb._is_current(m, 10)  # unreadable counts as current, so that loading reports it as corrupt
