@@ -131,13 +131,21 @@ def check_shapes(need: dict, found: dict, arch: str, source: str) -> None:
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def dtype_problem(dtype) -> str | None:
+    """Why a parameter tensor of `dtype` is refused ("has dtype ...; allowed: ..."), or None."""
+    if dtype in FLOAT_DTYPES:
+        return None
+    name = lambda d: str(d).replace("torch.", "")  # noqa: E731
+    return f"has dtype {name(dtype)}; allowed: " + ", ".join(map(name, FLOAT_DTYPES))
+
+
 def check_values(name: str, t, source: str) -> None:
     """One parameter tensor of a Bayesian network: finite, sigma = softplus(rho) > 0 in float32, quantizer
     ranges >= 0, clip levels > 0; else a BayesimError naming `source` and the tensor."""
     leaf = name.rsplit(".", 1)[-1]
-    if t.dtype not in FLOAT_DTYPES:
-        raise BayesimError(f"{source}: tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}; allowed: "
-                           + ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES))
+    why = dtype_problem(t.dtype)
+    if why:
+        raise BayesimError(f"{source}: tensor {name!r} {why}")
     if not torch.isfinite(t).all():
         raise BayesimError(f"{source}: tensor {name!r} contains NaN or Inf")
     if leaf.startswith("rho_"):

@@ -155,7 +155,7 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
     (tensors, containers and inert stand-ins for constraint classes; nothing else is constructed)."""
     import torch
 
-    from bayesim.bnn.checkpoint import FLOAT_DTYPES
+    from bayesim.bnn.checkpoint import dtype_problem
 
     p = Path(path)
     if not p.is_file():
@@ -184,9 +184,9 @@ def read_pyro_params(path: str | os.PathLike) -> dict:
         if v.is_nested or v.layout != torch.strided or v.device.type != "cpu":
             raise BayesimError(f"{p}: parameter {k[:100]!r} is not a dense CPU tensor (layout {v.layout}, device "
                                f"{v.device}{', nested' if v.is_nested else ''})")
-        if v.dtype not in FLOAT_DTYPES:
-            raise BayesimError(f"{p}: parameter {k[:100]!r} has dtype {str(v.dtype).replace('torch.', '')}; "
-                               "allowed: " + ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES))
+        why = dtype_problem(v.dtype)
+        if why:
+            raise BayesimError(f"{p}: parameter {k[:100]!r} {why}")
         t = torch.Tensor.detach(v)  # through the class: a Parameter's saved state may shadow its methods
         if t.numel() * t.element_size() > t.untyped_storage().nbytes():
             raise BayesimError(f"{p}: parameter {k[:100]!r} views {t.numel():,} values of a storage of "

@@ -29,12 +29,13 @@ def register(subparsers) -> None:
     info.set_defaults(func=cmd_info)
 
 
-def _check_size(size, seed=0) -> None:
+def _check_size_and_seed(size, seed) -> None:
+    from bayesim.config.schema import INT64_MAX
     from bayesim.errors import DataError
 
     if size is not None and size < 1:
         raise DataError(f"--size must be >= 1, got {size}")
-    if not 0 <= seed <= 2 ** 63 - 1:
+    if not 0 <= seed <= INT64_MAX:
         raise DataError(f"--seed must be in [0, 2^63 - 1], got {seed}")
 
 
@@ -43,7 +44,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bayesim.data.sources import MD5, DATASETS, ensure_all, md5_uncompressed
     from bayesim.errors import DataError
 
-    _check_size(args.size, args.seed)
+    _check_size_and_seed(args.size, args.seed)
     from bayesim.paths import data_dir
 
     folder = data_dir(args.data_dir)
@@ -114,7 +115,7 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    _check_size(args.size, args.seed)
+    _check_size_and_seed(args.size, args.seed)
     info = collect_info(args.data_dir, args.normalization, args.seed, args.size)
     if args.json:
         print(json.dumps(info, indent=2))

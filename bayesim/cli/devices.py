@@ -64,7 +64,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
     from bayesim._io import check_out_file
-    from bayesim.config.schema import to_dict
+    from bayesim.config.schema import INT64_MAX, to_dict
     from bayesim.devices import load_device
     from bayesim.devices.stats import level_overlap, max_distinguishable_levels
     from bayesim.errors import BayesimError
@@ -75,7 +75,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise BayesimError(f"--levels must be in [2, {MAX_LEVELS}], got {args.levels}")
     if not 0 <= args.t_read <= 1e10:
         raise BayesimError(f"--t-read must be in [0, 1e10] s (as hardware.read_time_s), got {args.t_read}")
-    if not 0 <= args.seed <= 2 ** 63 - 1:
+    if not 0 <= args.seed <= INT64_MAX:
         raise BayesimError(f"--seed must be in [0, 2^63 - 1], got {args.seed}")
     if args.plot is not None:
         check_out_file(args.plot, "--plot")

@@ -93,12 +93,10 @@ def prepare_model(args):
     requant = args.strategy is not None or any(bits[k] is not None for k in ("bits", "mu_bits", "sigma_bits", "w_bits")) \
         or args.range is not None
     if requant:
-        given = [k for k in ("bits", "mu_bits", "sigma_bits", "w_bits") if bits[k] is not None]
-        if args.range is not None and (args.strategy or q.strategy) == "fp":
-            given = given or ["range"]
-            bits = {**bits, "range": args.range}
+        given = [f"--{k.replace('_', '-')} {bits[k]}" for k in ("bits", "mu_bits", "sigma_bits", "w_bits")
+                 if bits[k] is not None] + ([f"--range {args.range}"] if args.range is not None else [])
         if given and (args.strategy or q.strategy) == "fp":
-            flag = f"--{given[0].replace('_', '-')} {bits[given[0]]}"
+            flag = given[0]
             why = "with --strategy fp" if args.strategy else "without --strategy: the model's strategy is fp"
             raise BayesimError(f"{flag} has no effect {why} (full precision); give --strategy vpq, spq or jq")
         b = bits["bits"]

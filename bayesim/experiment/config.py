@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from bayesim.config import apply_overrides, build, load_yaml, spec
+from bayesim.config.schema import INT64_MAX
 from bayesim.errors import ConfigError
 from bayesim.paths import named_data_dir_problem
 
@@ -104,7 +105,7 @@ class ExperimentConfig:
     data: DataSpec = field(default_factory=DataSpec)
     hardware: HardwareSpec = field(default_factory=HardwareSpec)
     samples: int = spec(32, lo=1, hi=100000, doc="Monte-Carlo weight samples S")
-    seed: int = spec(0, lo=0, hi=2**63 - 1)
+    seed: int = spec(0, lo=0, hi=INT64_MAX)
     batch_size: int = spec(1000, lo=1, hi=1_000_000, doc="examples per forward chunk")
     software_reference: bool = spec(True, doc="also evaluate the FP32 software model and report deltas")
 
@@ -125,24 +126,33 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         if e.key and e.source == source and _from_set(e.key, overrides):
             raise ConfigError(e.message, f"{source} (--set)", e.key) from None
         raise
-    # Relative paths in a config file are relative to that file (else to the current folder).
+    if path is not None:
+        cfg = _relative_to_config(cfg, Path(path), overrides)
+    check_files(cfg, source, overrides)
+    return cfg
+
+
+def _relative_to_config(cfg: ExperimentConfig, path: Path, overrides) -> ExperimentConfig:
+    """Relative paths in a config file are relative to that file where something of the right kind is there
+    (else to the current folder): model.path, data.dir, and card paths of hardware.device / crossbar (a name
+    such as "pcm" stays a name; a card path given with --set is the command line's, as on any command line)."""
     from dataclasses import replace
 
-    if path is not None and cfg.model.path and not Path(cfg.model.path).is_absolute():
-        cand = Path(path).parent / cfg.model.path
-        if cand.exists():
-            cfg = replace(cfg, model=replace(cfg.model, path=str(cand)))
-    for key in ("device", "crossbar"):  # card paths the file gives (a name such as "pcm" stays a name; a
-        ref = getattr(cfg.hardware, key)  # --set value is relative to the current folder, as on a command line)
+    def beside(ref, present):
+        if not ref or Path(ref).expanduser().is_absolute():
+            return None
+        cand = path.parent / ref
+        return str(cand) if present(cand) else None
+
+    if (p := beside(cfg.model.path, Path.exists)):
+        cfg = replace(cfg, model=replace(cfg.model, path=p))
+    if (p := beside(cfg.data.dir, Path.is_dir)):
+        cfg = replace(cfg, data=replace(cfg.data, dir=p))
+    for key in ("device", "crossbar"):
+        ref = getattr(cfg.hardware, key)
         looks_like_path = "/" in ref or os.sep in ref or ref.lower().endswith((".yaml", ".yml"))
-        if path is not None and looks_like_path and not _from_set(f"hardware.{key}", overrides) \
-                and not Path(ref).expanduser().is_absolute() and (Path(path).parent / ref).is_file():
-            cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: str(Path(path).parent / ref)}))
-    if path is not None and cfg.data.dir and not Path(cfg.data.dir).expanduser().is_absolute():
-        cand = Path(path).parent / cfg.data.dir
-        if cand.is_dir():
-            cfg = replace(cfg, data=replace(cfg.data, dir=str(cand)))
-    check_files(cfg, source, overrides)
+        if looks_like_path and not _from_set(f"hardware.{key}", overrides) and (p := beside(ref, Path.is_file)):
+            cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: p}))
     return cfg
 
 
