@@ -103,11 +103,13 @@ def test_missing_files_named_in_a_config_file(tmp_path, capsys, no_run):
     p = tmp_path / "c.yaml"
     p.write_text("name: c\nhardware: {device: nope.yaml}\n")
     assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
-    assert _error(capsys) == (f"{p}: hardware.device: nope.yaml: file not found; expected a device card file "
-                              "(.yaml) or a device name")
-    p.write_text("name: c\nmodel: {source: pyro, arch: mlp, path: missing.pt}\n")
+    assert _error(capsys) == (f"{p}: hardware.device: nope.yaml: file not found (looked beside the config, in "
+                              f"{tmp_path}, and in {Path.cwd()}); expected a device card file (.yaml) or a "
+                              "device name")
+    p.write_text("name: c\nmodel: {source: pyro, arch: mlp, path: m/missing.pt}\n")
     assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
-    assert _error(capsys).startswith(f"{p}: model.path: missing.pt: file not found")
+    assert _error(capsys).startswith(f"{p}: model.path: m/missing.pt: file not found (looked beside the config, "
+                                     f"in {tmp_path / 'm'}, and in {Path.cwd() / 'm'})")
     # the built-in quickstart (no config file) names itself
     assert main(["run", "--out", str(tmp_path / "o"), "--set", "hardware.crossbar=/nonexistent/x.yaml"]) == 2
     assert _error(capsys).startswith("<built-in quickstart> (--set): hardware.crossbar: /nonexistent/x.yaml")

@@ -103,6 +103,11 @@ def test_plugin_card_errors(tmp_path):
     # any other failure of the plug-in's constructor: one message naming the card, not a traceback
     write(tmp_path, "class Boom:\n    def __init__(self, **kw):\n        raise RuntimeError('boom')\n", "boom.py")
     expect(tmp_path, "name: x\nmodel: boom.py:Boom\n", "model", "failed to construct the device: RuntimeError: boom")
+    # sys.exit in the plug-in's import, constructor or methods is its failure, not the command's exit
+    write(tmp_path, "import sys\nclass Quit:\n    def __init__(self, **kw):\n        sys.exit(3)\n", "quit.py")
+    expect(tmp_path, "name: x\nmodel: quit.py:Quit\n", "model", "failed to construct the device: SystemExit: 3")
+    write(tmp_path, "import sys\nsys.exit('bye')\n", "quit_import.py")
+    expect(tmp_path, "name: x\nmodel: quit_import.py:Quit\n", "model", "failed to import: SystemExit: bye")
     # a raising property or method of the plug-in: one message naming the card and the method
     write(tmp_path, "import numpy as np\n"
                     "class Attr:\n    name = 'a'\n    g_max = 10.0\n    def __init__(self, **kw): pass\n"
@@ -134,6 +139,16 @@ def test_plugin_card_errors(tmp_path):
     dev = load_device(write(tmp_path, "name: x\nmodel: more.py:NoStr\n", "nostr.yaml"))
     with pytest.raises(BayesimError, match=r"NoStr\.program\(\) failed: E: \(its message cannot be printed\)"):
         dev.program(np.ones(3, np.float32), 1, 2)
+    write(tmp_path, "import sys\nimport numpy as np\nclass Exit:\n    name = 'e'\n    g_min, g_max = 1.0, 10.0\n"
+                    "    def __init__(self, **kw): pass\n"
+                    "    def levels(self, n, spacing='linear'): return np.linspace(1, 10, n).astype('float32')\n"
+                    "    def program(self, t, k, c): return t\n"
+                    "    def program_sigma(self, g): return g * 0\n    def read_sigma(self, g, t): return g * 0\n"
+                    "    def read(self, h, t, k, c): sys.exit(0)\n",
+          "exits.py")
+    dev = load_device(write(tmp_path, "name: x\nmodel: exits.py:Exit\n", "exits.yaml"))
+    with pytest.raises(BayesimError, match=r"exits\.yaml: plug-in Exit\.read\(\) failed: SystemExit: 0$"):
+        dev.read(np.ones(3, np.float32), 1.0, 1, 2)
     expect(tmp_path, "name: x\nmodel: more.py:Half\n", "model",
            "missing or broken: g_max (raises RuntimeError), levels (not callable), program, read")
     # numbers in exponent notation (YAML 1.2 floats) reach the plug-in as numbers, not strings

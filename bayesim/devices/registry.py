@@ -88,7 +88,7 @@ def _entry_points() -> dict:
 def _load_entry_point(ep):
     try:
         return ep.load()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a plug-in's sys.exit is its failure, not the command's exit
         raise BayesimError(f"device plug-in {ep.name!r} (entry point {ep.value}) failed to load: "
                            f"{type(e).__name__}: {e}") from e
 
@@ -109,7 +109,7 @@ def load_class_from_path(ref: str, base: str | None = None):
         sys.modules[mod_name] = mod
         try:
             spec.loader.exec_module(mod)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             del sys.modules[mod_name]
             raise BayesimError(f"plug-in file {p} failed to import: {type(e).__name__}: {e}") from e
     cls = getattr(mod, cls_name, None)
@@ -146,12 +146,12 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
         dev = factory(**params)
     except (TypeError, ValueError) as e:  # a missing/unknown parameter, or a value the plug-in refuses
         raise ConfigError(f"plug-in rejected its parameters: {_short(e)}", source, "params") from None
-    except Exception as e:  # noqa: BLE001 - any failure of the plug-in's own code
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the plug-in's own code, sys.exit too
         raise ConfigError(f"plug-in failed to construct the device: {type(e).__name__}: {_short(e)}", source,
                           "model") from e  # chained: `bayesim --debug` shows the plug-in's own line
     try:
         ok = is_device(dev)
-    except Exception as e:  # noqa: BLE001 - a property of the plug-in raised
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a property of the plug-in raised
         raise ConfigError(f"plug-in {type(dev).__name__} failed: {type(e).__name__}: {_short(e)}", source,
                           "model") from e
     if not ok:
@@ -160,7 +160,7 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
                 v = getattr(dev, m)
             except AttributeError:
                 return m
-            except Exception as e:  # noqa: BLE001 - a raising property
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - a raising property
                 return f"{m} (raises {type(e).__name__})"
             if m in ("levels", "program", "read", "program_sigma", "read_sigma") and not callable(v):
                 return f"{m} (not callable)"
@@ -197,7 +197,7 @@ def _check_outputs(dev, source: str) -> None:
                 out = fn(*args, **kwargs)
             except BayesimError:
                 raise
-            except Exception as e:  # noqa: BLE001 - the plug-in's own code failed: name it and the card
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - the plug-in's own code failed: name it, the card
                 raise BayesimError(f"{source}: plug-in {type(dev).__name__}.{method}() failed: "
                                    f"{type(e).__name__}: {_short(e)}") from e
             first = args[0] if args else next(iter(kwargs.values()))

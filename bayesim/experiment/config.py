@@ -128,7 +128,7 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         raise
     if path is not None:
         cfg = _relative_to_config(cfg, Path(path), overrides)
-    check_files(cfg, source, overrides)
+    check_files(cfg, source, overrides, Path(path).parent if path is not None else None)
     return cfg
 
 
@@ -162,9 +162,10 @@ def _from_set(key: str, overrides) -> bool:
     return any(key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".") for k in set_keys)
 
 
-def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
+def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_dir: Path | None = None) -> None:
     """Files named by the config exist: a missing one is a ConfigError naming the config and its key
-    (`source (--set)` when the key came from a `--set` override).
+    (`source (--set)` when the key came from a `--set` override) and, for a relative path from the config
+    file, both folders it was looked for in (`config_dir`, the config file's folder, and the current one).
 
     The path rules are the runner's: hardware.device is a card file when it ends in .yaml/.yml (or is a
     file), hardware.crossbar when it ends in .yaml/.yml or exists; otherwise they are names (an unknown
@@ -177,7 +178,10 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=()) -> None:
         if p.is_dir():
             fail(f"{p} is a folder; expected {what}", key)
         if not p.is_file():
-            fail(f"{p}: file not found; expected {what}", key)
+            where = ""
+            if config_dir is not None and not p.expanduser().is_absolute() and not _from_set(key, overrides):
+                where = f" (looked beside the config, in {config_dir / p.parent}, and in {Path.cwd() / p.parent})"
+            fail(f"{p}: file not found{where}; expected {what}", key)
 
     dev = Path(cfg.hardware.device).expanduser()
     if dev.suffix in (".yaml", ".yml"):
