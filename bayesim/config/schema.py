@@ -174,6 +174,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: A YAML 1.2 float in exponent notation (2e1, 1.5e3, .5E-2): YAML 1.1, which PyYAML reads, needs a dot and a
+#: signed exponent (2.0e+1), so it gives these as strings.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
+class PlainExponent(str):
+    """A plain (unquoted) YAML scalar written as a number in exponent notation that YAML 1.1 reads as a string
+    (`2e1`). It is the str it always was everywhere; a plug-in's params take it as the number it is written as,
+    while a quoted '2e1' stays a plain str, so the two can be told apart after loading."""
+
+
+def _construct_str(loader, node):
+    value = loader.construct_scalar(node)
+    if node.style is None and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return PlainExponent(value)
+    return value
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
 def safe_load(text: str):
     """`yaml.safe_load` that refuses duplicate keys (a `yaml.YAMLError` naming the key path and lines)."""
     loader = _UniqueKeyLoader(text)

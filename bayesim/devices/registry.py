@@ -14,11 +14,11 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Callable
 
+from bayesim.config.schema import PlainExponent
 from bayesim.devices.base import is_device
 from bayesim.errors import BayesimError, ConfigError
 
@@ -128,15 +128,12 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 4] + " ..."
 
 
-_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")  # with an exponent
-
-
 def _param_value(v):
-    """A plug-in parameter as written: YAML 1.1 reads 2e1 or 1.5e3 (no dot or no exponent sign) as strings;
-    they reach the plug-in as the numbers they are, as built-in card fields do."""
-    if isinstance(v, str) and _NUMBER.fullmatch(v.strip()):
+    """A plug-in parameter as written: YAML 1.1 reads an unquoted 2e1 or 1.5e3 (no dot or no exponent sign) as a
+    string; it reaches the plug-in as the number it is, as built-in card fields do. A quoted '2e1' stays a string."""
+    if isinstance(v, PlainExponent):
         f = float(v)
-        return f if math.isfinite(f) else v
+        return f if math.isfinite(f) else str(v)
     return v
 
 
