@@ -125,7 +125,7 @@ def write(rows, args, out: Path):
              "8-bit ADC calibrated on 256 MNIST training images); read 1 s after programming; digital Gaussian "
              f"sampler. DAC inputs clipped: at most {_max_dac_clip(rows):.3%} in any row.",
              "", "| configuration | MNIST acc | mean MI (ood) | AUROC(MI) ood vs in | AUROC(MI) ood vs mnist "
-             "| ADC saturation | energy / inference | sim time |", "|---|---|---|---|---|---|---|---|"]
+             "| ADC saturation | energy / inference (S passes) | sim time |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hw = r.get("hardware")
         lines.append(

@@ -53,6 +53,9 @@ def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, 
     assert r["memory"]["reduction_vs_fp32"] == pytest.approx(8.0, rel=0.01)
     assert r["bits"] == {"mu": 4, "sigma": 4, "w": 4, "act": None, "dac": 8, "adc": 8}
     assert r["hardware"]["energy_per_inference_J"]["total"] > 0
+    # one inference = one image's Bayesian prediction, all S = 2 passes; per pass, one conversion per output
+    # and row tile (256 rows): conv1 6x28x28, conv2 16x10x10, fc1 120 x 2 row tiles (400 inputs), fc2 84, fc3 10
+    assert r["hardware"]["adc_conversions_per_inference"] == 2 * (4704 + 1600 + 240 + 84 + 10)
     assert max(abs(v) for v in r["delta"]["mnist"].values()) > 0
     # programming: the stored mu pair and sigma cell of every weight once, apart from the per-sample events
     # (calibration's are not counted); JQ reprograms the two cells of every weight for each sample and split

@@ -347,8 +347,8 @@ def result_table(result: dict) -> str:
                 + (f" ({hwd['array_area_mm2']:.3g} mm^2 of cells)" if hwd.get("array_area_mm2") else "")
                 + f" | sampler {hwd['sampler']}")
     rows.append(f"memory {mem['bits_per_weight']:.2f} bits/weight ({mem['reduction_vs_fp32']:.2f}x less than FP32) | "
-                f"ADC conversions/inference {hwd['adc_conversions_per_inference']:.3g} | "
-                f"energy/inference {hwd['energy_per_inference_J']['total']:.3g} J | "
+                f"per inference (one image, all S = {result['samples']} passes): ADC conversions "
+                f"{hwd['adc_conversions_per_inference']:.3g}, energy {hwd['energy_per_inference_J']['total']:.3g} J | "
                 f"ADC saturation {hwd['adc_saturation_rate']:.2%} | DAC clipped {hwd['dac_clip_rate']:.2%}")
     gains = [l["drift_gains"] for l in hwd.get("layers", []) if l.get("drift_gains")]
     if gains:
