@@ -116,7 +116,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"distinguishable at 1 sigma (of these {n}): programmed {ov['distinguishable_programmed']}, "
           f"read {ov['distinguishable_read']}")
     mx = max_distinguishable_levels(dev, args.t_read)
-    print(f"most levels distinguishable at 1 sigma over the range (analytic): "
+    print(f"most levels distinguishable at 1 sigma over the range (analytic: programming and read stds at the "
+          f"median drift, without the spread of drift exponents, d2d or faults): "
           f"{'unlimited (noiseless)' if np.isinf(mx) else int(mx)}")
     if args.plot:
         _plot(dev, ov, args.plot)

@@ -38,7 +38,10 @@ def _mean_sigma(device, g: np.ndarray, t_read: float):
 def max_distinguishable_levels(device, t_read: float = 1.0, grid: int = 20001) -> float:
     """How many levels fit in [g_min, g_max] at 1 sigma, from the device's analytic mean and
     sigma = sqrt(program_sigma^2 + read_sigma^2) at `t_read` (greedy packing on a fine grid from g_min;
-    ignores d2d variation and faults). A noiseless device gives inf."""
+    ignores d2d variation and faults). The mean and read std are at the median drift: the cell-to-cell spread
+    of drift exponents is not in sigma, so after long read times the count is approximate (PCM at 1 day: the
+    sampled read std of the top level is ~15% above this sigma; `level_overlap` samples the real spread).
+    A noiseless device gives inf."""
     g = np.linspace(device.g_min, device.g_max, grid)
     mean, sig = _mean_sigma(device, g, t_read)
     if not np.any(sig > 0):
