@@ -27,6 +27,7 @@ def fake_ambiguous(monkeypatch):
 
     mod = types.ModuleType("bayesim.data.ambiguous")
     mod.load_ambiguous = load_ambiguous
+    mod.location = lambda data_dir, seed=0, size=None: data_dir / "ambiguous-mnist" / f"fake-s{seed}-n{size}.json"
     monkeypatch.setitem(sys.modules, "bayesim.data.ambiguous", mod)
     return calls
 
@@ -62,13 +63,20 @@ def test_info_text_and_own_normalization(data_dir, fake_ambiguous, capsys):
     assert abs(float(ood.split()[3])) < 0.02  # Fashion normalised with its own mean
 
 
-def test_info_embedded_when_folder_empty(tmp_path, capsys):
-    assert main(["data", "info", "--json", "--data-dir", str(tmp_path)]) == 0
+def test_info_embedded_when_no_folder_named_and_missing_when_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BAYESIM_DATA", raising=False)
+    monkeypatch.setenv("BAYESIM_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["train"]["mnist"] is None and info["train"]["ambiguous_pairs"] is None
     for name in ("mnist", "ood"):
         assert info["test"][name]["subset"] is True and info["test"][name]["n"] == 1000
         assert info["test"][name]["class_counts"] == [100] * 10
+    # a named folder without the files: reported missing (no download, no stand-in subset)
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "info", "--data-dir", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    assert f"no MNIST test files in {tmp_path / 'empty'}" in out and "[embedded subset]" not in out
 
 
 def test_info_missing_folder_exit_2(tmp_path, capsys):
@@ -91,6 +99,7 @@ def test_prepare_verifies_and_generates(data_dir, fake_ambiguous, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.count("MD5 verified") == 8 and "data ready" in out
+    assert f"Ambiguous-MNIST: {data_dir / 'ambiguous-mnist' / 'fake-s4-n3.json'}\n" in out  # where it is
     assert [(c["split"], c["size"], c["seed"], c["generate"]) for c in fake_ambiguous] == [
         ("train", 3, 4, True), ("test", 3, 4, True)]
 

@@ -304,3 +304,18 @@ def test_every_file_the_manifest_lists_is_verified(tmp_path, generated, patched)
     ens.mkdir()
     with pytest.raises(DataError, match=rf"{ens.name} is missing or not a file"):
         amb.load_ambiguous(d, "train", seed=SEED, size=N, generate=False)
+
+
+def test_location_names_the_official_file_or_the_cache(tmp_path, monkeypatch):
+    """What `bayesim data prepare` prints as Ambiguous-MNIST's place: the official file, a cached set, or None."""
+    from bayesim.data import ambiguous as amb
+
+    monkeypatch.setenv("BAYESIM_CACHE", str(tmp_path / "cache"))
+    assert amb.location(tmp_path, 0, None) is None
+    assert amb.location(tmp_path, 0, 7) is None
+    sub = tmp_path / amb.SUBDIR
+    sub.mkdir()
+    (sub / amb.OFFICIAL_SAMPLES).write_bytes(b"x")
+    (sub / amb.OFFICIAL_LABELS).write_bytes(b"x")
+    assert amb.location(tmp_path, 0, None) == sub / amb.OFFICIAL_SAMPLES
+    assert amb.location(tmp_path, 0, 7) is None  # a sized set is always the generated one

@@ -131,14 +131,18 @@ def test_limit_is_seeded_subset(small_folder):
         load_test_split("mnist", small_folder, limit=0)
 
 
-def test_embedded_used_without_data(tmp_path):
-    empty = tmp_path / "nodata"
-    empty.mkdir()
+def test_embedded_used_without_data(tmp_path, monkeypatch):
+    """No folder named and none in the default place: the embedded subset, and its source says why."""
+    monkeypatch.delenv("BAYESIM_DATA", raising=False)
+    monkeypatch.setenv("BAYESIM_CACHE", str(tmp_path / "cache"))
     for name in ("mnist", "ood"):
-        s = load_test_split(name, empty)
+        s = load_test_split(name, None)
         assert s.subset and "embedded subset" in s.source
+        assert dirty.subset_reason([s.source]).startswith(
+            f"no MNIST and Fashion-MNIST test files in the default data folder {tmp_path / 'cache' / 'data'}")
         assert len(s) == 1000 and s.class_counts() == [100] * 10
         assert s.x.shape == (1000, 1, 28, 28) and s.x.dtype == np.float32
+    assert dirty.subset_reason([load_test_split("mnist", None, embedded=True).source]) == ""  # asked for
 
 
 def test_embedded_forced_and_from_real_data(data_dir):
@@ -277,8 +281,16 @@ def test_a_named_data_folder_that_does_not_exist_is_an_error(tmp_path, monkeypat
     with pytest.raises(DataError, match=r"typo: \$BAYESIM_DATA does not exist"):
         load_test_splits(None, limit=5)
     assert load_test_splits(None, embedded=True, limit=5)["mnist"].subset  # the subset needs no folder
+    # a named folder that exists but lacks the files: the missing files (after a download attempt), not the subset
+    from bayesim.data import sources
+
+    monkeypatch.setattr(sources, "_fetch", lambda url, timeout: (_ for _ in ()).throw(OSError("offline")))
     (tmp_path / "empty").mkdir()
-    assert load_test_splits(tmp_path / "empty", limit=5)["ood"].subset  # an existing folder without data: subset
+    with pytest.raises(DataError, match=r"data files missing in .*empty: mnist/t10k-images-idx3-ubyte\.gz"):
+        load_test_splits(tmp_path / "empty", limit=5)
+    monkeypatch.setenv("BAYESIM_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"data files missing in .*empty"):
+        load_test_splits(None, limit=5)
 
 
 def test_only_the_splits_asked_for_are_loaded(monkeypatch):

@@ -50,6 +50,11 @@ def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, 
                                           bits={"mu": 4, "sigma": 4, "w": 4}))
     r = run_experiment(cfg, None, progress=False, log=None)
     assert r["model"]["quantization"] == "post-training quantization"
+    from bayesim.experiment import result_table
+
+    text = result_table(r)
+    assert "model lenet5 checkpoint | post-training quantization" in text
+    assert "the deltas include the post-training quantization" in text
     assert r["memory"]["reduction_vs_fp32"] == pytest.approx(8.0, rel=0.01)
     assert r["bits"] == {"mu": 4, "sigma": 4, "w": 4, "act": None, "dac": 8, "adc": 8}
     assert r["hardware"]["energy_per_inference_J"]["total"] > 0
@@ -334,3 +339,27 @@ def test_card_names_stay_names_and_set_card_paths_are_relative_to_the_current_fo
     assert (hw.device, hw.crossbar) == ("pcm", "default")
     hw = load_experiment(cfgs / "c.yaml", overrides=["hardware.device=mycard.yaml"]).hardware
     assert hw.device == "mycard.yaml"  # the current folder's (gaussian_mlc), not the config folder's
+
+
+def test_a_normalization_unlike_the_models_is_pointed_out(checkpoint, tmp_path):
+    """`run` normalises as data.normalization says, `evaluate` as the model does: a mismatch is said."""
+    import warnings
+
+    import torch
+
+    from bayesim.bnn import ModelConfig, build_model, save_model
+    from bayesim.config import build
+
+    torch.manual_seed(0)
+    own = tmp_path / "own.safetensors"
+    save_model(build_model(build(ModelConfig, {"arch": "lenet5", "normalization": "own", "init_rho": -4.0,
+                                               "activation": {"kind": "bounded", "upper": 4.0}})), own)
+    base = _cfg(own)
+    base["data"]["splits"] = ["mnist"]
+    with pytest.warns(UserWarning, match=r"data.normalization: mnist differs from the checkpoint's own convention "
+                                         r"\(own\)"):
+        run_experiment(load_experiment(None, base=base), None, progress=False, log=None)
+    base["data"]["normalization"] = "own"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        run_experiment(load_experiment(None, base=base), None, progress=False, log=None)

@@ -75,7 +75,10 @@ def summary_table(metrics: dict) -> str:
     rows.append("(nll and entropies in nats)")
     subset = [s for s in ("mnist", "ambiguous", "ood") if metrics.get(s, {}).get("subset")]
     if subset:
-        rows.append(f"[EMBEDDED SUBSET of the test splits: {', '.join(subset)}]")
+        from bayesim.data.dirty import subset_reason
+
+        why = subset_reason(metrics[s].get("source") for s in subset)
+        rows.append(f"[EMBEDDED SUBSET of the test splits: {', '.join(subset)}" + (f"; {why}]" if why else "]"))
     for k, v in metrics.get("auroc", {}).items():
         rows.append(f"AUROC {k}: {v:.4f}")
     mem = metrics.get("memory")

@@ -62,6 +62,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         images, labels = load_ambiguous_checked(args.data_dir, split, seed=args.seed, size=args.size,
                                                 generate=True, progress=True)
         print(f"  ok  Ambiguous-MNIST {split}: {images.shape[0]} images x {labels.shape[1]} labels")
+    from bayesim.data.ambiguous import location
+
+    where = location(folder, args.seed, args.size)
+    if where is not None:
+        print(f"  Ambiguous-MNIST: {where}" + ("" if where.is_relative_to(folder) else
+                                              f" (in the user cache, not in {folder}: it was not writable)"))
     print("data ready")
     return 0
 
@@ -79,7 +85,11 @@ def _summary(x, y, **extra) -> dict:
 
 def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int = 0,
                  ambiguous_size: int | None = None) -> dict:
-    """Sizes and class counts of every split; Ambiguous-MNIST is never generated here."""
+    """Sizes and class counts of every split; nothing is downloaded or generated here. A named folder
+    (`data_dir` or $BAYESIM_DATA) without a split's files reports them missing; with no folder named and
+    none in the default place, the test splits are the embedded subset (as `bayesim run` and `evaluate`)."""
+    import os
+
     from bayesim.data.dirty import (SPLITS, ambiguous_available, check_named_folder,
                                     load_ambiguous_checked, load_test_split)
     from bayesim.data.sources import has_files, load_mnist
@@ -101,7 +111,13 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
         except DataMissing:
             amb_train = None  # not generated yet (a corrupt file is an error)
     out["train"]["ambiguous_pairs"] = amb_train
+    named = bool(data_dir) or bool(os.environ.get("BAYESIM_DATA"))
+    files = {"mnist": ("mnist", "MNIST"), "ood": ("fashion", "Fashion-MNIST")}
     for name in SPLITS:
+        if named and name in files and not has_files(files[name][0], "test", data_dir):
+            out["test"][name] = {"n": 0, "missing": f"no {files[name][1]} test files in {folder} "
+                                                    f"(`bayesim data prepare` fetches them)"}
+            continue
         try:
             s = load_test_split(name, data_dir, normalization=normalization, generate=False, progress=False,
                                 ambiguous_size=ambiguous_size, ambiguous_seed=seed)

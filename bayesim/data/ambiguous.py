@@ -592,6 +592,17 @@ def find_cache(data_dir: Path, seed: int, size: int) -> Path | None:
     return None
 
 
+def location(data_dir: Path, seed: int = 0, size: int | None = None) -> Path | None:
+    """Where `load_ambiguous` reads this set from: the official samples file (size None, when present), else
+    the manifest of the cached generated set, or None when neither exists yet."""
+    if size is None:
+        official = _official_paths(Path(data_dir))
+        if official is not None:
+            return official[0]
+        size = FULL_SIZE
+    return find_cache(Path(data_dir), seed, int(size))
+
+
 def load_ensemble(data_dir: Path, seed: int = 0, size: int | None = None) -> Ensemble:
     """The scoring ensemble saved with a cached generated set (checksum verified, no code executed)."""
     from safetensors.torch import load

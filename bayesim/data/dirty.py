@@ -165,8 +165,10 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
     """One Dirty-MNIST test split ('mnist' | 'ambiguous' | 'ood'), normalised.
 
     embedded=None: full data when the data folder holds MNIST and Fashion-MNIST (Ambiguous-MNIST is
-    loaded or generated, `generate`), else the embedded subset; True forces the subset; False forces
-    full data (downloading what is missing). `limit` keeps a random subset of that many rows drawn
+    loaded or generated, `generate`), else the embedded subset, whose `source` then says why; a data folder
+    the user named (`data_dir` or $BAYESIM_DATA) always gives full data, as False does: a folder that lacks
+    the files is an error listing them (after a download attempt), never a silent fallback to the subset.
+    True forces the subset; False forces full data (downloading what is missing). `limit` keeps a random subset of that many rows drawn
     with `seed`. `ambiguous_seed` and `ambiguous_size` (images per split; None = the official files or
     the full generated set) name the Ambiguous-MNIST set: the data set stays fixed whatever the
     experiment's seed.
@@ -175,10 +177,17 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
         raise ConfigError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}", key="split")
     mean, std = stats_for(name, normalization)
     use_embedded = embedded is True
+    why = ""
     if not use_embedded:
         check_named_folder(data_dir)
     if embedded is None:
-        use_embedded = not full_data_available(data_dir) or (name == "ambiguous" and not ambiguous_available())
+        named = bool(data_dir) or bool(os.environ.get("BAYESIM_DATA"))
+        if name == "ambiguous" and not ambiguous_available():
+            use_embedded, why = True, "the Ambiguous-MNIST module is not installed"
+        elif not named and not full_data_available(data_dir):
+            use_embedded = True
+            why = (f"no MNIST and Fashion-MNIST test files in the default data folder {resolve_data_dir(None)}; "
+                   "`bayesim data prepare` fetches them, or name a folder")
     if use_embedded:
         from bayesim.data.embedded import embedded_split
 
@@ -191,8 +200,22 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
     x, y = _take(x, y, limit, seed, name)
     if y.shape[0] < n_all:
         source += f"; seeded {y.shape[0]}-row limit (seed {seed})"
+    if why:
+        source += _BECAUSE + why  # last: subset_reason reads to the end
     y = np.ascontiguousarray(y, dtype=np.int64)
     return Split(name=name, x=normalize(x, mean, std), y=y, subset=use_embedded, source=source)
+
+
+_BECAUSE = "; used because "
+
+
+def subset_reason(sources) -> str:
+    """Why the embedded subset replaced the full splits, from the splits' `source` texts ("" when it was asked
+    for, or not used)."""
+    for s in sources:
+        if _BECAUSE in (s or ""):
+            return s.split(_BECAUSE, 1)[1]
+    return ""
 
 
 def check_named_folder(data_dir) -> Path:

@@ -290,7 +290,7 @@ def load_device(name_or_card_path, cards_dirs=()) -> object:
     known = sorted({*_REGISTRY, *cards, *eps})
     m = difflib.get_close_matches(ref, known, n=1, cutoff=0.6)
     raise BayesimError(f"unknown device {ref!r}; known: {', '.join(known)}"
-                       + (f" (did you mean {m[0]!r}?)" if m else ""))
+                       + (f" (did you mean {m[0]!r}?)" if m else "") + "; or give a device card file (.yaml)")
 
 
 def _kind(factory) -> str:

@@ -94,6 +94,23 @@ def apply_strategy(model, hw):
     return out, ("as trained" if same else "post-training quantization")
 
 
+def _warn_normalization(cfg: ExperimentConfig, model) -> None:
+    """`bayesim run` normalises the inputs as data.normalization says; `bayesim evaluate` as the model's own
+    config does (`import-pyro` and `evaluate --pyro`: "own", the Pyro reference's convention). Only the ood
+    split (Fashion-MNIST) differs between the two, but its uncertainties do: say so when they disagree."""
+    want = cfg.data.normalization
+    if cfg.model.source == "checkpoint" and model.cfg.normalization != want:
+        warnings.warn(f"data.normalization: {want} differs from the checkpoint's own convention "
+                      f"({model.cfg.normalization}), which `bayesim evaluate` uses; Fashion-MNIST (ood) is "
+                      f"normalised differently: set data.normalization: {model.cfg.normalization} to compare with "
+                      f"it", UserWarning, stacklevel=3)
+    elif cfg.model.source == "pyro" and want != "own":
+        warnings.warn(f"data.normalization: {want} for a Pyro model: `bayesim import-pyro` and `evaluate --pyro` "
+                      f"use own (the reference's convention) unless told otherwise; Fashion-MNIST (ood) is "
+                      f"normalised differently: set data.normalization: own to compare with them", UserWarning,
+                      stacklevel=3)
+
+
 def software_fp32(model):
     """The FP32 software reference: the same network with strategy fp (activation bits kept)."""
     from bayesim.bnn import QuantConfig
@@ -210,6 +227,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
         raise ConfigError(str(e), key="hardware.device") from e
     card, card_path = resolve_crossbar(cfg)
     model, model_info = load_network(cfg.model, cfg.data.normalization, hw)
+    _warn_normalization(cfg, model)
     qmodel, how = apply_strategy(model, hw)
     splits = load_test_splits(cfg.data.dir, normalization=cfg.data.normalization, embedded=cfg.data.embedded,
                               limit=cfg.data.limit, progress=progress, names=tuple(cfg.data.splits))
@@ -341,7 +359,14 @@ def result_table(result: dict) -> str:
         rows.append(f"{'auroc':<10} {k:<20} {_f(s):>9} {h:9.4f} {_f(None if s is None else h - s):>9}")
     hwd = result["hardware"]
     mem = result["memory"]
+    from bayesim.data.dirty import subset_reason
+
     subset = any(result[s].get("subset") for s in ("mnist", "ambiguous", "ood") if s in result)
+    model = result["model"]
+    rows.append(f"model {model['arch']} {model.get('kind', '')} | {model['quantization']}".replace("  ", " "))
+    if model["quantization"] == "post-training quantization" and result["strategy"] != "fp":
+        rows.append("  (the software column is the FP32 model: the deltas include the post-training quantization, "
+                    "whose software-only effect `bayesim evaluate --strategy S --bits B` shows)")
     rows.append(f"strategy {result['strategy']} bits {result['bits']} | device {hwd['device']} | crossbar "
                 f"{hwd['crossbar']} | {hwd['tiles']} tiles, {hwd['cells']} cells"
                 + (f" ({hwd['array_area_mm2']:.3g} mm^2 of cells)" if hwd.get("array_area_mm2") else "")
@@ -389,7 +414,9 @@ def result_table(result: dict) -> str:
                     f"fall outside its range (an unsigned DAC applies no negative input); see dac.signed, "
                     f"dac.scaling and dac.range in crossbar card {hwd['crossbar_card']}")
     rows.append(f"S = {result['samples']}, seed {result['seed']}, wall time {result['wall_time_s']:.1f} s"
-                + ("  [EMBEDDED SUBSET of the test splits]" if subset else ""))
+                + ("  [EMBEDDED SUBSET of the test splits" + (f": {why}]" if (why := subset_reason(
+                    result[s].get("source") for s in ("mnist", "ambiguous", "ood") if s in result)) else "]")
+                   if subset else ""))
     return "\n".join(rows)
 
 
