@@ -54,7 +54,7 @@ def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, 
 
     text = result_table(r)
     assert "model lenet5 checkpoint | post-training quantization" in text
-    assert "the deltas include the post-training quantization" in text
+    assert "the deltas include the quantization: post-training here" in text
     assert r["memory"]["reduction_vs_fp32"] == pytest.approx(8.0, rel=0.01)
     assert r["bits"] == {"mu": 4, "sigma": 4, "w": 4, "act": None, "dac": 8, "adc": 8}
     assert r["hardware"]["energy_per_inference_J"]["total"] > 0
