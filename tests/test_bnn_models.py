@@ -258,6 +258,36 @@ def test_checkpoint_bad_inputs(tmp_path):
     with pytest.raises(BayesimError, match="do not fit a 'lenet5' model"):
         load_model(_rewrite(good, tmp_path / "bad4.safetensors", mutate_meta=lenet_meta))
 
+
+def test_checkpoint_ranges_its_strategy_uses_must_be_positive(tmp_path):
+    """A zero step quantizes every weight to 0 (near-chance results, exit 0): refused for the ranges the
+    strategy uses; ranges it does not use may be 0 (an FP32 model stores zeros)."""
+    fp = save_model(build_model(ModelConfig(arch="mlp", widths=[8])), tmp_path / "fp.safetensors")
+
+    def zero_all(t):
+        for k in t:
+            if k.endswith(("mu_step", "w_step", "sigma_max")):
+                t[k].zero_()
+
+    load_model(_rewrite(fp, tmp_path / "fp0.safetensors", zero_all))  # fp: no range is used
+    for strategy, leaf, ok_zero in (("jq", "w_step", None), ("jq", "mu_step", None), ("vpq", "sigma_max", "w_step"),
+                                    ("spq", "w_step", "mu_step")):
+        model = build_model(ModelConfig(arch="mlp", widths=[8], quant=QuantConfig(strategy=strategy, mu_bits=4,
+                                                                                 sigma_bits=4, w_bits=4)))
+        good = save_model(model, tmp_path / f"{strategy}.safetensors")
+
+        def zero(t, leaf=leaf):
+            t[f"layers.3.{leaf}"].zero_()
+
+        with pytest.raises(BayesimError, match=rf"quantizer range 'layers\.3\.{leaf}' is 0, but strategy "
+                                               rf"{strategy} quantizes with it"):
+            load_model(_rewrite(good, tmp_path / f"{strategy}_{leaf}.safetensors", zero))
+        if ok_zero:
+            def zero_unused(t, leaf=ok_zero):
+                t[f"layers.3.{leaf}"].zero_()
+
+            load_model(_rewrite(good, tmp_path / f"{strategy}_{ok_zero}.safetensors", zero_unused))
+
     def bad_strategy(m):
         m["model"]["quant"]["strategy"] = "xq"
 

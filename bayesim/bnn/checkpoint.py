@@ -159,13 +159,27 @@ def check_values(name: str, t, source: str) -> None:
         raise BayesimError(f"{source}: activation clip level {name!r} must be positive")
 
 
+def check_used_ranges(tensors: dict, quant, source: str) -> None:
+    """The frozen ranges the model's strategy quantizes with are positive (a zero step would quantize every
+    weight to 0, and a zero sigma_max every sigma: near-chance results without a word). Unused ranges may be
+    0 (an FP32 model stores zeros)."""
+    used = (("mu_step", "sigma_max") if quant.quantize_stored else ()) + (("w_step",) if quant.quantize_sampled
+                                                                          else ())
+    for name, t in tensors.items():
+        if name.rsplit(".", 1)[-1] in used and not (t > 0).all():
+            raise BayesimError(f"{source}: quantizer range {name!r} is 0, but strategy {quant.strategy} quantizes "
+                               f"with it; a stored range must be positive")
+
+
 def load_state(model, tensors: dict, source: str) -> None:
-    """Copy `tensors` into `model` after checking names, shapes, finiteness and sigma > 0."""
+    """Copy `tensors` into `model` after checking names, shapes, finiteness, sigma > 0 and that the ranges the
+    model's strategy uses are positive."""
     state = model.state_dict()
     check_shapes({k: tuple(v.shape) for k, v in state.items()}, {k: tuple(t.shape) for k, t in tensors.items()},
                  model.cfg.arch, source)
     for name in state:
         check_values(name, tensors[name], source)
+    check_used_ranges({k: tensors[k] for k in state}, model.cfg.quant, source)
     with torch.no_grad():
         for name, ref in state.items():
             ref.copy_(tensors[name].to(ref.dtype))
