@@ -83,6 +83,17 @@ def test_table_errors_name_the_csv(tmp_path):
     (tmp_path / "w.csv").write_text("target_uS,mean_uS,std_uS\n2,2.1,0.1\n50,49,0.5\n")
     expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 0.0, g_max_uS: 25.0}\nprogramming: {file: w.csv}\n",
            "programming.file", "[2.0, 50.0]", "must lie in [g_min_uS, g_max_uS] = [0.0, 25.0]")
+    # slipped units: a mean beyond the range the device clips to, a std wider than the whole range (nS for uS)
+    (tmp_path / "m.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,0.1\n7,70.2,0.3\n40,39.5,0.5\n")
+    expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 1.0, g_max_uS: 40.0}\nprogramming: {file: m.csv}\n",
+           "programming.file", "measured means must lie in [1, 40] uS ([g_min_uS, g_max_uS], where the card clips",
+           "found 70.2 uS")
+    (tmp_path / "s.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,400\n40,39.5,1500\n")
+    expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 1.0, g_max_uS: 40.0}\nprogramming: {file: s.csv}\n",
+           "programming.file", "the std at target 1 uS is 400 uS, wider than the whole range")
+    (tmp_path / "smp.csv").write_text("target_uS,sample_uS\n1,1.1\n1,0.9\n40,39\n40,41000\n")
+    expect(tmp_path, "name: x\nmodel: table\nrange: {clip: nonnegative}\nprogramming: {file: smp.csv}\n",
+           "programming.file", "measured samples must lie in [-38, 79] uS (one range width", "found 41000 uS")
 
 
 def test_plugin_card_errors(tmp_path):
@@ -327,7 +338,13 @@ def test_plugin_outputs_are_checked_and_the_card_named(tmp_path):
                     "        return np.full(np.shape(held), np.nan, np.float32)\n"
                     "class NaNLevels(MyDevice):\n"
                     "    def levels(self, n, spacing='linear'):\n"
-                    "        return np.full(n, np.nan, np.float32)\n", "plug.py")
+                    "        return np.full(n, np.nan, np.float32)\n"
+                    "class NegSigma(MyDevice):\n"
+                    "    def program_sigma(self, g):\n"
+                    "        return np.float32(0.1) * (np.asarray(g, np.float32) - np.float32(16.7))\n"
+                    "class Descending(MyDevice):\n"
+                    "    def levels(self, n, spacing='linear'):\n"
+                    "        return super().levels(n, spacing)[::-1].copy()\n", "plug.py")
     targets = np.full((3, 4), 5.0, np.float32)
     dev = load_device(write(tmp_path, "name: bad\nmodel: plug.py:BadShape\n", "bad.yaml"))
     assert type(dev).__name__ == "BadShape"
@@ -340,6 +357,14 @@ def test_plugin_outputs_are_checked_and_the_card_named(tmp_path):
         dev.read(held, 1.0, 3, 2)
     dev = load_device(write(tmp_path, "name: lv\nmodel: plug.py:NaNLevels\n", "lv.yaml"))
     with pytest.raises(BayesimError, match=r"lv.yaml: plug-in NaNLevels.levels\(\) returned 4 NaN"):
+        dev.levels(4)
+    dev = load_device(write(tmp_path, "name: neg\nmodel: plug.py:NegSigma\n", "neg.yaml"))
+    with pytest.raises(BayesimError, match=r"neg.yaml: plug-in NegSigma.program_sigma\(\) returned 1 negative stds "
+                                           r"\(min -1.17\); it must return finite stds >= 0"):
+        dev.program_sigma(np.float32([5.0, 20.0]))
+    dev = load_device(write(tmp_path, "name: desc\nmodel: plug.py:Descending\n", "desc.yaml"))
+    with pytest.raises(BayesimError, match=r"Descending.levels\(\) returned levels that do not ascend; it must "
+                                           r"return finite ascending levels"):
         dev.levels(4)
     good = load_device(DEV / "examples" / "my_device.yaml")
     assert good.program(targets, 1, 2).shape == (3, 4) and np.isfinite(good.levels(5, "linear")).all()

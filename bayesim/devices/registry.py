@@ -207,9 +207,14 @@ def _check_outputs(dev, source: str) -> None:
                 problem = f"dtype {np.asarray(out).dtype}"
             elif not np.isfinite(out).all():
                 problem = f"{int(np.size(out) - np.isfinite(out).sum())} NaN or Inf values"
+            elif what == "stds" and (np.asarray(out) < 0).any():
+                problem = f"{int((np.asarray(out) < 0).sum())} negative stds (min {float(np.min(out)):.4g})"
+            elif method == "levels" and np.size(out) > 1 and (np.diff(np.asarray(out, np.float64)) < 0).any():
+                problem = "levels that do not ascend"
             if problem:
+                rule = {"stds": "finite stds >= 0", "levels": "finite ascending levels"}.get(what, f"finite {what}")
                 raise BayesimError(f"{source}: plug-in {type(dev).__name__}.{method}() returned {problem}; it must "
-                                   f"return finite {what} (uS) of its input's shape")
+                                   f"return {rule} (uS) of its input's shape")
             return out
         return checked
 
