@@ -79,6 +79,10 @@ def test_config_bit_overrides():
     assert override_bits(card, "d.yaml") is card
     c = override_bits(card, "d.yaml", dac=3, adc=5)
     assert (c.dac.bits, c.adc.bits) == (3, 5)
+    # energy per conversion at a fixed figure of merit per step: 2^(bits - card bits) of the card's (8-bit) value
+    assert c.energy.adc_J == pytest.approx(card.energy.adc_J / 8) and c.energy.dac_J == pytest.approx(card.energy.dac_J / 32)
+    assert override_bits(card, "d.yaml", adc=10).energy.adc_J == pytest.approx(4 * card.energy.adc_J)
+    assert override_bits(card, "d.yaml", adc=8).energy == card.energy
     with pytest.raises(ConfigError) as e:
         override_bits(card, "d.yaml", dac=1)
     assert e.value.source is None and e.value.key == "hardware.bits.dac"

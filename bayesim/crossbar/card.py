@@ -79,8 +79,8 @@ class IrDrop:
 @dataclass(frozen=True)
 class Energy:
     """Energy per event (J). Values are literature-based or marked as assumptions in the card."""
-    dac_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion")
-    adc_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion")
+    dac_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion at the card's dac.bits")
+    adc_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion at the card's adc.bits")
     cell_read_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per cell read")
     program_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per programming event")
 
@@ -137,6 +137,10 @@ def load_crossbar(path) -> CrossbarCard:
 def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Optional[int] = None) -> CrossbarCard:
     """`card` with the experiment config's `hardware.bits.dac` / `hardware.bits.adc` (None: the card's).
 
+    The card's energy per conversion holds at its own bits; at other bits it scales by 2^(bits - card bits),
+    as a converter's energy does at a fixed figure of merit per conversion step (Walden: E = FOM x 2^bits),
+    so a 6-bit ADC on an 8-bit card costs a quarter of the card's adc_J.
+
     A value the card cannot take raises a ConfigError keyed `hardware.bits.dac` / `.adc` with no source,
     so the caller names the config file (bayesim/cli/run.py does).
     """
@@ -151,6 +155,8 @@ def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Opti
     d.pop("path")
     if dac is not None:
         d["dac"]["bits"] = dac
+        d["energy"]["dac_J"] = card.energy.dac_J * 2.0 ** (dac - card.dac.bits)
     if adc is not None:
         d["adc"]["bits"] = adc
+        d["energy"]["adc_J"] = card.energy.adc_J * 2.0 ** (adc - card.adc.bits)
     return with_path(crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)"), card.path)
