@@ -157,6 +157,9 @@ def test_stored_arrays_are_programmed_once_and_counted_apart():
     fp = AnalogBNN(_model("fp").export_ops(), load_device("pcm"), load_crossbar(REPO / "crossbars" / "default.yaml"),
                    seed=3)
     assert fp.stored_program_events == 0  # fp: nothing stored (digital weights)
+    fp.calibrate(_images(8, seed=5))
+    fp.predict_probs(_images(4), samples=3)
+    assert fp.stats.program_events == 3 * 2 * weights  # each sample's weights are still written to compute cells
 
 
 @pytest.mark.parametrize("strategy, lumped", [("jq", False), ("vpq", True)])

@@ -564,6 +564,7 @@ class AnalogLayer:
                 self._sn = np.empty(self.mu.size, np.float32)
             self._run_kernel(sigma, sigma, eps_key, False, kernels.OUT_NORMALISED, self._sn)
             np.square(self._sn, out=self._sn)
+            self.stats.program_events += self._cells_per_layer()  # the hardware it stands for writes the sample
             self._built = s
             return
         use_eps = self.sampler == "digital"
@@ -576,8 +577,9 @@ class AnalogLayer:
                 self._gb = np.empty(self.mu.size, np.float32)
             self._run_kernel(mu, sigma, eps_key, use_eps, kernels.OUT_CONDUCTANCE, self._ga, self._gb, s=s)
             self._finish_conductances(s)
-        if self.quantized or self.sampler == "device":
-            self.stats.program_events += self._cells_per_layer()
+        # every strategy writes each sample's weights into the compute cells (fp/vpq: exactly, at full precision,
+        # an idealisation without programming noise; spq/jq and the device sampler: with the device's noise)
+        self.stats.program_events += self._cells_per_layer()
         self._built = s
 
     def _cells_per_layer(self):
