@@ -159,3 +159,41 @@ def test_train_refuses_too_few_classes_bad_out_and_bad_results_before_writing(tm
         cfg.write_text(body + "epochs: 1\nprogress: false\n")
         assert main(["train", str(cfg)]) == 2
         assert f"{key}: " in capsys.readouterr().err
+
+
+def test_limit_is_a_seeded_draw_over_the_whole_training_set():
+    """--limit on MNIST followed by Ambiguous-MNIST: a seeded random subset of both parts (its first rows
+    would be MNIST only), N_train = the rows kept, and the negative ELBO per image is nll + KL/N."""
+    from bayesim.bnn.train import limit_rows
+
+    x, y = _task(400, 0)
+    part = np.repeat([0, 1], 200)  # which half a row comes from
+    xs, ps = limit_rows(x, part, 100, seed=3)
+    assert len(ps) == 100 and 30 <= int(ps.sum()) <= 70  # binomial(100, 1/2): 30..70 is beyond 8 sigma
+    np.testing.assert_array_equal(limit_rows(x, part, 100, seed=3)[1], ps)  # seeded
+    assert not np.array_equal(limit_rows(x, part, 100, seed=4)[1], ps)
+    rows = np.flatnonzero((x[:, None] == xs[None]).all(axis=(2, 3, 4)))
+    assert np.all(np.diff(rows) > 0)  # kept in their original order
+    assert limit_rows(x, part, 400, seed=3)[0] is x
+    _, hist = train(_cfg(epochs=1, data={"limit": 100}), x, y, log=None)
+    assert hist[0]["rows"] == 100
+    assert hist[0]["neg_elbo"] == pytest.approx(hist[0]["nll"] + hist[0]["kl"] / 100)
+    _, whole = train(_cfg(epochs=1, data={"limit": 10 ** 6}), x, y, log=None)
+    assert whole[0]["rows"] == 400
+
+
+def test_train_cli_init_from_beside_the_config_or_named_with_both_places(tmp_path, capsys, monkeypatch):
+    from bayesim.cli.train import _init_from_beside_config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "fp.safetensors").write_bytes(b"x")
+    cfg = _cfg(init_from="fp.safetensors")
+    monkeypatch.chdir(tmp_path)
+    assert _init_from_beside_config(cfg, tmp_path / "cfg" / "t.yaml").init_from == str(tmp_path / "cfg" / "fp.safetensors")
+    (tmp_path / "here.safetensors").write_bytes(b"x")
+    assert _init_from_beside_config(_cfg(init_from="here.safetensors"), tmp_path / "cfg" / "t.yaml").init_from == \
+        "here.safetensors"  # not beside the config: the current folder's
+    (tmp_path / "t.yaml").write_text("model: {arch: mlp, widths: [8]}\ninit_from: m/none.safetensors\n")
+    assert main(["train", str(tmp_path / "t.yaml")]) == 2
+    assert (f"t.yaml: init_from: m/none.safetensors: checkpoint not found (looked beside the config, in "
+            f"{tmp_path / 'm'}, and in {tmp_path / 'm'})") in capsys.readouterr().err

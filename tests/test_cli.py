@@ -487,3 +487,20 @@ def test_a_path_too_long_for_the_file_system_is_bad_input(tmp_path, capsys):
         assert main(argv) == 2
         assert "a path is too long for the file system (300 characters): aaaa" in _error(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_says_how_the_model_was_quantized_and_warns_at_one_sample(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "e"
+    assert main(["evaluate", "--model", LENET, "--embedded", "--limit", "10", "--samples", "1",
+                 "--strategy", "jq", "--bits", "4", "--out", str(out)]) == 0
+    assert "samples = 1: a single weight draw has no spread" in capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"]["quantization"] == "post-training quantization" and m["ood"]["mean_epistemic"] == 0.0
+    jq4 = str(REPO / "bayesim" / "resources" / "lenet5_jq4.safetensors")
+    assert main(["evaluate", "--model", jq4, "--embedded", "--limit", "10", "--samples", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["model"]["quantization"] == "as stored"
+    assert main(["evaluate", "--model", LENET, "--embedded", "--limit", "10", "--samples", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["model"]["quantization"] == "none (fp)"
+    assert "samples = 1" not in capsys.readouterr().err

@@ -41,6 +41,12 @@ def evaluate_model(model, splits: dict, samples: int, seed: int, model_info: dic
     from bayesim.config.schema import to_dict
 
     t0 = time.perf_counter()
+    if samples == 1:
+        import warnings
+
+        from bayesim.metrics.uncertainty import ONE_SAMPLE_NOTE
+
+        warnings.warn(ONE_SAMPLE_NOTE, UserWarning, stacklevel=2)
     metrics = evaluate_splits(model, splits, samples, seed, batch_size)
     q, a = model.cfg.quant, model.cfg.activation
     uppers = [float(m.upper.item()) for m in model.layers if hasattr(m, "upper")]

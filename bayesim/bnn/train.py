@@ -23,7 +23,8 @@ from bayesim.errors import BayesimError, ConfigError
 @dataclass(frozen=True)
 class TrainData:
     data_dir: Optional[str] = None
-    limit: Optional[int] = spec(None, lo=1, doc="use only the first `limit` training rows (quick runs)")
+    limit: Optional[int] = spec(None, lo=1, doc="train on a seeded random subset of `limit` rows of the whole "
+                                                "training set, MNIST and Ambiguous-MNIST alike (quick runs)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ def init_from_checkpoint(model, path: str) -> None:
     model.calibrate()
 
 
+def limit_rows(x: np.ndarray, y: np.ndarray, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random subset of `limit` rows, in their original order (all rows when limit >= len(x)): the
+    training set is MNIST followed by Ambiguous-MNIST, so its first rows would be MNIST only."""
+    if limit >= len(x):
+        return x, y
+    from bayesim.rng import derive_key, generator
+
+    idx = np.sort(generator(derive_key(seed, "train-limit")).permutation(len(x))[:limit])
+    return x[idx], y[idx]
+
+
 def train(cfg: TrainConfig, x=None, y=None, log=print):
     """Train a BNN for `cfg`; `x` [N,1,28,28] float32 / `y` [N] int64 default to `bayesim.data.load_train`.
 
@@ -112,7 +124,9 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     if cfg.data.limit is not None:
-        x, y = x[: cfg.data.limit], y[: cfg.data.limit]
+        if cfg.data.limit >= len(x) and log:
+            log(f"data.limit {cfg.data.limit} >= the {len(x)} training rows: all of them are used")
+        x, y = limit_rows(x, y, cfg.data.limit, cfg.seed)
     if len(x) == 0:
         raise BayesimError("training data: empty split (0 rows)")
     if len(x) != len(y):
@@ -138,8 +152,8 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
         perm = torch.randperm(n, generator=gen)
         tot_loss = tot_nll = tot_correct = seen = 0.0
         t0 = time.perf_counter()
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False)
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if cfg.progress else True)  # None: no bar unless stderr is a terminal
         for bi in bar:
             idx = perm[bi * cfg.batch_size:(bi + 1) * cfg.batch_size]
             xb, yb = xt[idx].to(dev, non_blocking=True), yt[idx].to(dev, non_blocking=True)
@@ -164,12 +178,15 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
             tot_correct += (logits.argmax(1) == yb).sum().item()
             seen += b
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_correct / seen:.4f}")
+        kl = float(model.kl().item())
         rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "nll": tot_nll / seen, "accuracy": tot_correct / seen,
-               "kl": float(model.kl().item()), "beta": beta, "seconds": time.perf_counter() - t0}
+               "kl": kl, "beta": beta, "neg_elbo": tot_nll / seen + kl / n, "rows": n,
+               "seconds": time.perf_counter() - t0}
         history.append(rec)
         if log:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} nll {rec['nll']:.4f} "
-                f"train acc {rec['accuracy']:.4f} ({rec['seconds']:.1f} s)")
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} (nll + beta KL/N, beta up to {beta:.2f}) "
+                f"nll {rec['nll']:.4f} -ELBO {rec['neg_elbo']:.4f} train acc {rec['accuracy']:.4f} "
+                f"({rec['seconds']:.1f} s)")
     model.cpu().eval()
     model.calibrate(keep_learned=True)
     return model, history

@@ -13,7 +13,8 @@ metrics.json keys (interface):
   "mnist" | "ambiguous" | "ood": {n, accuracy, nll, brier, ece, mean_total_entropy, mean_aleatoric,
                                  mean_epistemic, subset, source}
   "auroc", "aupr": {ood_vs_in_mi, ood_vs_in_total, ood_vs_mnist_mi, ambiguous_vs_mnist_aleatoric}
-  "model": {kind, path, arch, config}, "strategy", "bits": {mu, sigma, w, act} (null = full precision),
+  "model": {kind, path, arch, quantization ("as stored" | "post-training quantization" | "none (fp)"), config},
+  "strategy", "bits": {mu, sigma, w, act} (null = full precision),
   "activation": {kind, upper, bits}, "memory": {bits_per_weight, total_bits, reduction_vs_fp32, ...},
   "samples", "seed", "normalization", "wall_time_s", "bayesim_version"
 """
@@ -105,6 +106,8 @@ def prepare_model(args):
                     w_bits=bits["w_bits"] or b or q.w_bits,
                     range=args.range or ("max" if q.range == "learned" else q.range))
         model.set_quant(q)
+    info["quantization"] = ("post-training quantization" if requant and q.strategy != "fp" else
+                            "as stored" if q.strategy != "fp" else "none (fp)")
     if args.activation or args.act_upper or bits["act_bits"] is not None:
         a = model.cfg.activation
         kind = args.activation or ("bounded" if (args.act_upper or bits["act_bits"]) else a.kind)

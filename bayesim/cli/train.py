@@ -5,6 +5,8 @@ epochs, batch_size, lr, seed, kl_warmup_epochs, init_from, data: {data_dir, limi
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from bayesim.cli import check_data_dir, wrote
 
 
@@ -42,7 +44,31 @@ def run(args) -> int:
                             ("--device", args.device)) if v is not None]
     source = f"{args.config} (with {', '.join(flags)})" if flags else str(args.config)
     cfg = build(TrainConfig, raw, source=source)
+    cfg = _init_from_beside_config(cfg, Path(args.config))
     _, history, path = train_and_save(cfg, out=args.out, source=str(args.config))
-    wrote(f"wrote {path} (last epoch: train acc {history[-1]['accuracy']:.4f}, loss {history[-1]['loss']:.4f} "
-          f"nats per image = cross-entropy + beta KL / N_train, the negative ELBO per image at beta = 1)")
+    last = history[-1]
+    wrote(f"wrote {path} (last epoch, {last['rows']} training rows: train acc {last['accuracy']:.4f}, negative ELBO "
+          f"{last['neg_elbo']:.4f} nats per image = the epoch's mean cross-entropy + KL / N_train at the epoch's end)")
     return 0
+
+
+def _init_from_beside_config(cfg, config: Path):
+    """`init_from` relative to the config file where a file is there, else to the current folder (the rule of
+    `model.path` in run configs); a missing one is a ConfigError naming the config, the key and both places."""
+    from dataclasses import replace
+
+    from bayesim.errors import ConfigError
+
+    if not cfg.init_from:
+        return cfg
+    p = Path(cfg.init_from).expanduser()
+    if p.is_absolute():
+        if not p.is_file():
+            raise ConfigError(f"{p}: checkpoint not found", str(config), "init_from")
+        return cfg
+    if (config.parent / p).is_file():
+        return replace(cfg, init_from=str(config.parent / p))
+    if not p.is_file():
+        raise ConfigError(f"{p}: checkpoint not found (looked beside the config, in {config.parent / p.parent}, and "
+                          f"in {Path.cwd() / p.parent})", str(config), "init_from")
+    return cfg

@@ -139,7 +139,7 @@ def _seed(seed: int, *ids) -> int:
 def _bar(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
+    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
 
 
 # ---------------------------------------------------------------------------------------- ensemble

@@ -158,7 +158,9 @@ def _predict_splits(predict, splits: dict, samples: int, desc: str, progress: bo
     first = 0  # the splits' inputs are numbered one after another: no two draw the same output noise
     for name, sp in splits.items():
         xu, inv = unique_images(sp.x)
-        with tqdm(total=samples, desc=f"{desc} {name}", unit="sample", disable=not progress, leave=False) as bar:
+        # disable=None: no bar unless stderr is a terminal (no carriage-return junk in logs)
+        with tqdm(total=samples, desc=f"{desc} {name}", unit="sample", disable=None if progress else True,
+                  leave=False) as bar:
             probs[name] = predict(xu, bar, first)[:, inv]
         first += len(xu)
     return probs
@@ -235,6 +237,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
         if len(sp.y) == 0:
             raise BayesimError(f"data split {name!r} is empty; nothing to evaluate")
     S = cfg.samples
+    if S == 1:
+        from bayesim.metrics.uncertainty import ONE_SAMPLE_NOTE
+
+        warnings.warn(ONE_SAMPLE_NOTE, UserWarning, stacklevel=2)
 
     software = None
     if cfg.software_reference:

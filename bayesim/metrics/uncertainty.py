@@ -156,6 +156,10 @@ def split_metrics(probs, labels) -> tuple[dict, dict]:
     return out, d
 
 
+ONE_SAMPLE_NOTE = ("samples = 1: a single weight draw has no spread, so the epistemic MI is 0 for every input "
+                   "and AUROC(MI) is 0.5; use S >= 2 (the default is 32)")
+
+
 def summarize(probs_by_split: dict, labels_by_split: dict) -> dict:
     """Metrics of every split plus the standard AUROC / AUPR pairs whose splits are present.
 
