@@ -72,6 +72,8 @@ def test_info_embedded_when_no_folder_named_and_missing_when_named(tmp_path, cap
     for name in ("mnist", "ood"):
         assert info["test"][name]["subset"] is True and info["test"][name]["n"] == 1000
         assert info["test"][name]["class_counts"] == [100] * 10
+    assert main(["data", "info"]) == 0
+    assert "[embedded subset: no MNIST and Fashion-MNIST test files in the default data folder" in capsys.readouterr().out
     # a named folder without the files: reported missing (no download, no stand-in subset)
     (tmp_path / "empty").mkdir()
     assert main(["data", "info", "--data-dir", str(tmp_path / "empty")]) == 0

@@ -83,6 +83,13 @@ def test_config_bit_overrides():
     assert c.energy.adc_J == pytest.approx(card.energy.adc_J / 8) and c.energy.dac_J == pytest.approx(card.energy.dac_J / 32)
     assert override_bits(card, "d.yaml", adc=10).energy.adc_J == pytest.approx(4 * card.energy.adc_J)
     assert override_bits(card, "d.yaml", adc=8).energy == card.energy
+    ideal = load_crossbar(CARDS / "ideal.yaml")  # ideal converters (bits null): bits set, nothing to scale
+    assert override_bits(ideal, "i.yaml", adc=6, dac=6).adc.bits == 6
+    costly = crossbar_from_dict({"name": "c", "energy": {"adc_J": 1e-5}})
+    with pytest.raises(ConfigError) as e:
+        override_bits(costly, "c.yaml", adc=16)
+    assert e.value.key == "hardware.bits.adc" and "scale crossbar card c.yaml's adc_J = 1e-05 J (at 8 bits) by 2^8 " \
+        "to 0.00256 J per conversion, beyond 0.001 J" in str(e.value)
     with pytest.raises(ConfigError) as e:
         override_bits(card, "d.yaml", dac=1)
     assert e.value.source is None and e.value.key == "hardware.bits.dac"

@@ -362,4 +362,10 @@ def test_a_normalization_unlike_the_models_is_pointed_out(checkpoint, tmp_path):
     base["data"]["normalization"] = "own"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        run_experiment(load_experiment(None, base=base), None, progress=False, log=None)
+        r = run_experiment(load_experiment(None, base=base), None, progress=False, log=None)
+    assert r["model"]["quantization"] == "none (fp)"  # strategy fp: quantization switched off
+    shipped = {"name": "t", "model": {"source": "default"}, "data": {"embedded": True, "limit": 20, "splits": ["mnist"],
+                                                                   "normalization": "own"},
+               "samples": 2, "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "fp"}}
+    with pytest.warns(UserWarning, match=r"differs from the shipped model's own convention \(mnist\)"):
+        run_experiment(load_experiment(None, base=shipped), None, progress=False, log=None)

@@ -149,4 +149,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         std = f"{d['std']:6.3f}" if "std" in d else " " * 6
         tag = "  [embedded subset]" if d.get("subset") else ""
         print(f"{part:<6}{name:<17}{d['n']:>7}  {mean} {std}  {' '.join(map(str, d['class_counts']))}{tag}")
+    from bayesim.data.dirty import subset_reason
+
+    why = subset_reason(d.get("source") for d in info["test"].values() if d)
+    if why:
+        print(f"[embedded subset: {why}]")
     return 0

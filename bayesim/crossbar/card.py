@@ -19,6 +19,9 @@ from bayesim.errors import ConfigError
 #: the largest tile (rows x cols) the exact nodal IR-drop solve takes
 EXACT_IR_MAX_CELLS = 128 * 128
 
+MAX_CONVERSION_J = 1e-3  #: sanity bound of a converter's energy per conversion (J)
+
+
 @dataclass(frozen=True)
 class Tile:
     """Physical array size: weights of one tile occupy rows x cols cells (x2 for a differential pair)."""
@@ -79,8 +82,8 @@ class IrDrop:
 @dataclass(frozen=True)
 class Energy:
     """Energy per event (J). Values are literature-based or marked as assumptions in the card."""
-    dac_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion at the card's dac.bits")
-    adc_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per conversion at the card's adc.bits")
+    dac_J: float = spec(0.0, lo=0, hi=MAX_CONVERSION_J, doc="J per conversion at the card's dac.bits")
+    adc_J: float = spec(0.0, lo=0, hi=MAX_CONVERSION_J, doc="J per conversion at the card's adc.bits")
     cell_read_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per cell read")
     program_J: float = spec(0.0, lo=0, hi=1e-3, doc="J per programming event")
 
@@ -153,10 +156,17 @@ def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Opti
         return card
     d = to_dict(card)
     d.pop("path")
-    if dac is not None:
-        d["dac"]["bits"] = dac
-        d["energy"]["dac_J"] = card.energy.dac_J * 2.0 ** (dac - card.dac.bits)
-    if adc is not None:
-        d["adc"]["bits"] = adc
-        d["energy"]["adc_J"] = card.energy.adc_J * 2.0 ** (adc - card.adc.bits)
+    for which, bits in (("dac", dac), ("adc", adc)):
+        if bits is None:
+            continue
+        d[which]["bits"] = bits
+        card_bits = getattr(card, which).bits
+        if card_bits is None:  # an ideal converter: no energy model to scale
+            continue
+        e = getattr(card.energy, f"{which}_J") * 2.0 ** (bits - card_bits)
+        if e > MAX_CONVERSION_J:
+            raise ConfigError(f"{bits} bits scale crossbar card {path}'s {which}_J = {getattr(card.energy, f'{which}_J'):g} J "
+                              f"(at {card_bits} bits) by 2^{bits - card_bits} to {e:g} J per conversion, beyond "
+                              f"{MAX_CONVERSION_J:g} J", key=f"hardware.bits.{which}")
+        d["energy"][f"{which}_J"] = e
     return with_path(crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)"), card.path)

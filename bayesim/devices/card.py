@@ -232,8 +232,7 @@ def _check_physics(card: DeviceCard, source: str) -> None:
         raise ConfigError(f"the table's targets [{table.levels[0]}, {table.levels[-1]}] uS must lie in [g_min_uS, "
                           f"g_max_uS] = [{g_min}, {g_max}]", source, "programming.file")
     if table is not None:
-        strict = r.clip == "range" and r.g_min_uS is not None and r.g_max_uS is not None
-        _check_table_values(table, g_min, g_max, strict, card.programming.file, source)
+        _check_table_values(table, g_max, card.programming.file, source)
     if r.levels_uS is not None and (r.levels_uS[0] < g_min or r.levels_uS[-1] > g_max):
         raise ConfigError(f"levels must lie in [g_min_uS, g_max_uS] = [{g_min}, {g_max}]", source,
                           "range.levels_uS")
@@ -251,33 +250,27 @@ def _check_physics(card: DeviceCard, source: str) -> None:
                                   f">= 0 over [g_min_uS, g_max_uS]", source, f"{sec}.coeffs_uS")
 
 
-def _check_table_values(table: "MeasuredTable", g_min: float, g_max: float, strict: bool, name: str,
-                        source: str) -> None:
-    """Measured values a device could have given: a slipped unit (nS for uS) or a wrong range is refused, not
-    simulated. Each level's mean (or every sample) lies within one range width w = g_max - g_min of [g_min,
-    g_max], and inside it when the card states the range and clips to it (`strict`: the device clips every cell
-    there, so it cannot have read more); each level's std is at most w."""
+def _check_table_values(table: "MeasuredTable", g_max: float, name: str, source: str) -> None:
+    """Measured values a device could have given: a slipped unit (nS for uS) is refused, not simulated. Every
+    level's mean (or sample) lies within g_max of its target, and its std is at most g_max: readings scatter
+    around their targets, beyond the range's ends too (the card's clip then applies), but never by more than the
+    device's whole conductance scale."""
     key = "programming.file"
     if table.has_samples:
-        vals = table.levels[np.repeat(np.arange(table.levels.size), table.count)] + table.dev_sorted
-        what = "samples"
+        targets = table.levels[np.repeat(np.arange(table.levels.size), table.count)]
+        vals, what = targets + table.dev_sorted, "sample"
     else:
-        vals = table.levels + table.offset
-        what = "means"
-    w = g_max - g_min
-    lo, hi = (g_min, g_max) if strict else (g_min - w, g_max + w)
-    tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
-    bad = np.flatnonzero((vals < lo - tol) | (vals > hi + tol))
+        targets, vals, what = table.levels, table.levels + table.offset, "mean"
+    bad = np.flatnonzero(np.abs(vals - targets) > g_max)
     if bad.size:
-        where = ("[g_min_uS, g_max_uS], where the card clips every cell" if strict else
-                 "one range width of [g_min_uS, g_max_uS]")
-        raise ConfigError(f"{name}: measured {what} must lie in [{lo:g}, {hi:g}] uS ({where}); found "
-                          f"{float(vals[bad[0]]):g} uS (wrong units, or a wrong range)", source, key)
-    wide = np.flatnonzero(table.std > w)
+        i = int(bad[0])
+        raise ConfigError(f"{name}: a measured {what} of {float(vals[i]):g} uS at target {float(targets[i]):g} uS is further "
+                          f"from its target than the whole scale g_max_uS = {g_max:g} (wrong units?)", source, key)
+    wide = np.flatnonzero(table.std > g_max)
     if wide.size:
         i = int(wide[0])
-        raise ConfigError(f"{name}: the std at target {table.levels[i]:g} uS is {table.std[i]:g} uS, wider than the whole "
-                          f"range [{g_min:g}, {g_max:g}] uS (wrong units?)", source, key)
+        raise ConfigError(f"{name}: the std at target {table.levels[i]:g} uS is {table.std[i]:g} uS, more than the whole "
+                          f"scale g_max_uS = {g_max:g} (wrong units?)", source, key)
 
 
 def resolve_file(name: str, card_source: str) -> Path:

@@ -66,7 +66,8 @@ def apply_strategy(model, hw):
     """The network as the hardware strategy stores it.
 
     A model already trained (QAT) with this strategy and these bits is used as stored; otherwise a copy
-    is post-training quantized (ranges recalibrated from its parameters).
+    is post-training quantized (ranges recalibrated from its parameters). Returns (network, how):
+    "as trained", "post-training quantization" or "none (fp)" (quantization switched off).
     """
     from bayesim.bnn import QuantConfig
 
@@ -91,6 +92,8 @@ def apply_strategy(model, hw):
             out = copy.deepcopy(model)
         uppers = [float(m.upper.item()) for m in out.layers if hasattr(m, "upper")]
         out.set_activation(replace(out.cfg.activation, bits=b.act), uppers)
+    if want.strategy == "fp":
+        return out, "none (fp)"
     return out, ("as trained" if same else "post-training quantization")
 
 
@@ -99,8 +102,9 @@ def _warn_normalization(cfg: ExperimentConfig, model) -> None:
     config does (`import-pyro` and `evaluate --pyro`: "own", the Pyro reference's convention). Only the ood
     split (Fashion-MNIST) differs between the two, but its uncertainties do: say so when they disagree."""
     want = cfg.data.normalization
-    if cfg.model.source == "checkpoint" and model.cfg.normalization != want:
-        warnings.warn(f"data.normalization: {want} differs from the checkpoint's own convention "
+    if cfg.model.source in ("checkpoint", "default") and model.cfg.normalization != want:
+        what = "checkpoint" if cfg.model.source == "checkpoint" else "shipped model"
+        warnings.warn(f"data.normalization: {want} differs from the {what}'s own convention "
                       f"({model.cfg.normalization}), which `bayesim evaluate` uses; Fashion-MNIST (ood) is "
                       f"normalised differently: set data.normalization: {model.cfg.normalization} to compare with "
                       f"it", UserWarning, stacklevel=3)
