@@ -172,9 +172,10 @@ def test_plugin_card_errors(tmp_path):
     dev = load_device(write(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
                                       "params: {g_min_uS: 1, g_max_uS: 2e1}\n", "sci.yaml"))
     assert dev.g_max == 20.0
-    # quoted, it is the string it says it is (the plug-in gets '2e1' and refuses it itself)
-    expect(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
-                     "params: {g_min_uS: 1, g_max_uS: '2e1'}\n", "params", "rejected its parameters")
+    # quoted or tagged, it is the string it says it is (the plug-in gets '2e1' and refuses it itself)
+    for written in ("'2e1'", "!!str 2e1"):
+        expect(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
+                         f"params: {{g_min_uS: 1, g_max_uS: {written}}}\n", "params", "rejected its parameters")
     # a measured CSV given where a device goes: what it is and how to use it
     with pytest.raises(ConfigError, match=r"example_measured\.csv: a CSV file is a device's measured programming "
                                           r"table .* as devices/measured_pcm_drift\.yaml does"):

@@ -157,6 +157,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 children = [(v, _join(path, i)) for i, v in enumerate(node.value)]
             stack.extend(reversed(children))  # depth first in document order
 
+    def compose_scalar_node(self, anchor):
+        """PyYAML's, marking a scalar that was resolved from its plain text (no explicit tag such as `!!str`):
+        only such a scalar can be a YAML 1.2 number that YAML 1.1 read as a string (see PlainExponent)."""
+        event = self.peek_event()
+        node = super().compose_scalar_node(anchor)
+        node.resolved = event.tag in (None, "!")
+        return node
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             seen: dict = {}
@@ -182,12 +190,12 @@ _EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0
 class PlainExponent(str):
     """A plain (unquoted) YAML scalar written as a number in exponent notation that YAML 1.1 reads as a string
     (`2e1`). It is the str it always was everywhere; a plug-in's params take it as the number it is written as,
-    while a quoted '2e1' stays a plain str, so the two can be told apart after loading."""
+    while a quoted '2e1' or a tagged `!!str 2e1` stays a plain str, so they can be told apart after loading."""
 
 
 def _construct_str(loader, node):
     value = loader.construct_scalar(node)
-    if node.style is None and _EXPONENT_NUMBER.fullmatch(value.strip()):
+    if node.style is None and getattr(node, "resolved", False) and _EXPONENT_NUMBER.fullmatch(value.strip()):
         return PlainExponent(value)
     return value
 
