@@ -163,10 +163,11 @@ def override_bits(card: CrossbarCard, path, dac: Optional[int] = None, adc: Opti
         card_bits = getattr(card, which).bits
         if card_bits is None:  # an ideal converter: no energy model to scale
             continue
-        e = getattr(card.energy, f"{which}_J") * 2.0 ** (bits - card_bits)
+        e0 = getattr(card.energy, f"{which}_J")
+        e = e0 * 2.0 ** (bits - card_bits)
         if e > MAX_CONVERSION_J:
-            raise ConfigError(f"{bits} bits scale crossbar card {path}'s {which}_J = {getattr(card.energy, f'{which}_J'):g} J "
-                              f"(at {card_bits} bits) by 2^{bits - card_bits} to {e:g} J per conversion, beyond "
-                              f"{MAX_CONVERSION_J:g} J", key=f"hardware.bits.{which}")
+            raise ConfigError(f"{bits} bits scale crossbar card {path}'s {which}_J = {e0:g} J (at {card_bits} bits) by "
+                              f"2^{bits - card_bits} to {e:g} J per conversion, beyond {MAX_CONVERSION_J:g} J",
+                              key=f"hardware.bits.{which}")
         d["energy"][f"{which}_J"] = e
     return with_path(crossbar_from_dict(d, source=f"{path} (with hardware.bits overrides)"), card.path)

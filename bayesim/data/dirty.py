@@ -169,9 +169,9 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
     the user named (`data_dir` or $BAYESIM_DATA) always gives full data, as False does: a folder that lacks
     the files is an error listing them (after a download attempt), never a silent fallback to the subset.
     True forces the subset; False forces full data (downloading what is missing). `limit` keeps a random
-    subset of that many rows drawn with `seed`. `ambiguous_seed` and `ambiguous_size` (images per split; None = the official files or
-    the full generated set) name the Ambiguous-MNIST set: the data set stays fixed whatever the
-    experiment's seed.
+    subset of that many rows drawn with `seed`. `ambiguous_seed` and `ambiguous_size` (images per split;
+    None = the official files or the full generated set) name the Ambiguous-MNIST set: the data set stays
+    fixed whatever the experiment's seed.
     """
     if name not in SPLITS:
         raise ConfigError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}", key="split")

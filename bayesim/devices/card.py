@@ -264,13 +264,14 @@ def _check_table_values(table: "MeasuredTable", g_max: float, name: str, source:
     bad = np.flatnonzero(np.abs(vals - targets) > g_max)
     if bad.size:
         i = int(bad[0])
-        raise ConfigError(f"{name}: a measured {what} of {float(vals[i]):g} uS at target {float(targets[i]):g} uS is further "
-                          f"from its target than the whole scale g_max_uS = {g_max:g} (wrong units?)", source, key)
+        raise ConfigError(f"{name}: a measured {what} of {float(vals[i]):g} uS at target {float(targets[i]):g} uS is "
+                          f"further from its target than the whole scale g_max_uS = {g_max:g} (wrong units?)",
+                          source, key)
     wide = np.flatnonzero(table.std > g_max)
     if wide.size:
         i = int(wide[0])
-        raise ConfigError(f"{name}: the std at target {table.levels[i]:g} uS is {table.std[i]:g} uS, more than the whole "
-                          f"scale g_max_uS = {g_max:g} (wrong units?)", source, key)
+        raise ConfigError(f"{name}: the std at target {table.levels[i]:g} uS is {table.std[i]:g} uS, more than the "
+                          f"whole scale g_max_uS = {g_max:g} (wrong units?)", source, key)
 
 
 def resolve_file(name: str, card_source: str) -> Path:

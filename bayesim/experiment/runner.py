@@ -375,9 +375,10 @@ def result_table(result: dict) -> str:
     model = result["model"]
     rows.append(f"model {model['arch']} {model.get('kind', '')} | {model['quantization']}".replace("  ", " "))
     if result["strategy"] != "fp":
+        ptq = model["quantization"] != "as trained"
         rows.append("  (the software column is the same network with quantization off, so the deltas include the "
                     "quantization" + (": post-training here, its software-only effect is what `bayesim evaluate "
-                                      "--strategy S --bits B` shows)" if model["quantization"] != "as trained" else ")"))
+                                      "--strategy S --bits B` shows)" if ptq else ")"))
     rows.append(f"strategy {result['strategy']} bits {result['bits']} | device {hwd['device']} | crossbar "
                 f"{hwd['crossbar']} | {hwd['tiles']} tiles, {hwd['cells']} cells"
                 + (f" ({hwd['array_area_mm2']:.3g} mm^2 of cells)" if hwd.get("array_area_mm2") else "")
