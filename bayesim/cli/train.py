@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("config", help="training config YAML (see configs/train_*.yaml)")
     p.add_argument("--out", help="checkpoint path (overrides `out` of the config)")
     p.add_argument("--epochs", type=int, help="override epochs")
-    p.add_argument("--limit", type=int, help="use only this many training rows (quick runs)")
+    p.add_argument("--limit", type=int, help="train on a seeded random subset of this many rows (quick runs)")
     p.add_argument("--data-dir", help="data folder (default: $BAYESIM_DATA or the cache)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
