@@ -86,16 +86,20 @@ def test_table_errors_name_the_csv(tmp_path):
     # slipped units: a mean further from its target than the whole scale, a std beyond it (nS for uS)
     (tmp_path / "m.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,0.1\n7,70.2,0.3\n40,39.5,0.5\n")
     expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 1.0, g_max_uS: 40.0}\nprogramming: {file: m.csv}\n",
-           "programming.file", "a measured mean of 70.2 uS at target 7 uS is further from its target than the whole "
+           "programming.file", "the measured mean at target 7 uS is 70.2 uS, further from its target than the whole "
            "scale g_max_uS = 40")
     (tmp_path / "s.csv").write_text("target_uS,mean_uS,std_uS\n1,1.1,400\n40,39.5,1500\n")
     expect(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 1.0, g_max_uS: 40.0}\nprogramming: {file: s.csv}\n",
            "programming.file", "the std at target 1 uS is 400 uS, more than the whole scale")
-    (tmp_path / "smp.csv").write_text("target_uS,sample_uS\n1,1.1\n1,0.9\n40,39\n40,41000\n")
+    (tmp_path / "smp.csv").write_text("target_uS,sample_uS\n1,1.1\n1,0.9\n"
+                                      + "".join(f"40,{v}\n" for v in (39, 40, 41) * 3) + "40,300\n")
     expect(tmp_path, "name: x\nmodel: table\nrange: {clip: nonnegative}\nprogramming: {file: smp.csv}\n",
-           "programming.file", "a measured sample of 41000 uS at target 40 uS")
+           "programming.file", "a measured sample of 300 uS lies further than the whole scale g_max_uS = 40 outside "
+           "[1, 40] uS")
     # real readings scatter beyond the range's ends (the clip applies) and a narrow table may be noisy: accepted
-    (tmp_path / "top.csv").write_text("target_uS,sample_uS\n0,0.1\n0,0.0\n25,25.6\n25,24.2\n")
+    # (a stuck-on cell at a low target, an instrument offset below 0 at the top one)
+    (tmp_path / "top.csv").write_text("target_uS,sample_uS\n0,0.1\n0,0.0\n2,2.1\n2,1.9\n2,28.0\n"
+                                      "25,25.6\n25,24.2\n25,-0.03\n")
     assert load_device(write(tmp_path, "name: x\nmodel: table\nrange: {g_min_uS: 0, g_max_uS: 25, clip: range}\n"
                                        "programming: {file: top.csv}\n", "top.yaml")).g_max == 25.0
     (tmp_path / "two.csv").write_text("target_uS,mean_uS,std_uS\n10,10.2,1.2\n11,11.1,1.2\n")
@@ -172,6 +176,11 @@ def test_plugin_card_errors(tmp_path):
     dev = load_device(write(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"
                                       "params: {g_min_uS: 1, g_max_uS: 2e1}\n", "sci.yaml"))
     assert dev.g_max == 20.0
+    # inside lists and mappings too
+    from bayesim.config.schema import safe_load
+    from bayesim.devices.registry import _param_value
+
+    assert _param_value(safe_load("a: [2e1, '1e3', !!str 5e0, {b: .5e1}]")["a"]) == [20.0, "1e3", "5e0", {"b": 5.0}]
     # quoted or tagged, it is the string it says it is (the plug-in gets '2e1' and refuses it itself)
     for written in ("'2e1'", "!!str 2e1"):
         expect(tmp_path, f"name: sci\nmodel: {DEV / 'examples' / 'my_device.py'}:MyDevice\n"

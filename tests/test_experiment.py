@@ -364,6 +364,11 @@ def test_a_normalization_unlike_the_models_is_pointed_out(checkpoint, tmp_path):
         warnings.simplefilter("error", UserWarning)
         r = run_experiment(load_experiment(None, base=base), None, progress=False, log=None)
     assert r["model"]["quantization"] == "none (fp)"  # strategy fp: quantization switched off
+    from bayesim.experiment.runner import apply_strategy
+
+    act4 = build_model(build(ModelConfig, {"arch": "lenet5", "activation": {"kind": "bounded", "upper": 4.0,
+                                                                             "bits": 4}}))
+    assert apply_strategy(act4, load_experiment(None, base=base).hardware)[1] == "fp weights, 4-bit activations"
     shipped = {"name": "t", "model": {"source": "default"}, "data": {"embedded": True, "limit": 20, "splits": ["mnist"],
                                                                    "normalization": "own"},
                "samples": 2, "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "fp"}}

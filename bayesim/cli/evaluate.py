@@ -106,8 +106,6 @@ def prepare_model(args):
                     w_bits=bits["w_bits"] or b or q.w_bits,
                     range=args.range or ("max" if q.range == "learned" else q.range))
         model.set_quant(q)
-    info["quantization"] = ("post-training quantization" if requant and q.strategy != "fp" else
-                            "as stored" if q.strategy != "fp" else "none (fp)")
     if args.activation or args.act_upper or bits["act_bits"] is not None:
         a = model.cfg.activation
         kind = args.activation or ("bounded" if (args.act_upper or bits["act_bits"]) else a.kind)
@@ -131,6 +129,10 @@ def prepare_model(args):
             uppers = model.activation_uppers()  # keep each layer's own (possibly learned) clip level
         act = ActivationConfig(kind=kind, upper=upper, bits=bits["act_bits"] if kind == "bounded" else None)
         model.set_activation(act, uppers)
+    act_bits = model.cfg.activation.bits
+    info["quantization"] = ("post-training quantization" if requant and q.strategy != "fp" else
+                            "as stored" if q.strategy != "fp" else
+                            "none (fp)" if act_bits is None else f"fp weights, {act_bits}-bit activations")
     return model, info
 
 

@@ -232,7 +232,7 @@ def _check_physics(card: DeviceCard, source: str) -> None:
         raise ConfigError(f"the table's targets [{table.levels[0]}, {table.levels[-1]}] uS must lie in [g_min_uS, "
                           f"g_max_uS] = [{g_min}, {g_max}]", source, "programming.file")
     if table is not None:
-        _check_table_values(table, g_max, card.programming.file, source)
+        _check_table_values(table, g_min, g_max, card.programming.file, source)
     if r.levels_uS is not None and (r.levels_uS[0] < g_min or r.levels_uS[-1] > g_max):
         raise ConfigError(f"levels must lie in [g_min_uS, g_max_uS] = [{g_min}, {g_max}]", source,
                           "range.levels_uS")
@@ -250,23 +250,26 @@ def _check_physics(card: DeviceCard, source: str) -> None:
                                   f">= 0 over [g_min_uS, g_max_uS]", source, f"{sec}.coeffs_uS")
 
 
-def _check_table_values(table: "MeasuredTable", g_max: float, name: str, source: str) -> None:
+def _check_table_values(table: "MeasuredTable", g_min: float | None, g_max: float, name: str, source: str) -> None:
     """Measured values a device could have given: a slipped unit (nS for uS) is refused, not simulated. Every
-    level's mean (or sample) lies within g_max of its target, and its std is at most g_max: readings scatter
-    around their targets, beyond the range's ends too (the card's clip then applies), but never by more than the
-    device's whole conductance scale."""
+    level's mean lies within g_max of its target, every raw sample within g_max of the range [g_min, g_max]
+    (a stuck cell may read anywhere in it, an instrument offset a little outside; the card's clip then
+    applies), and every std is at most g_max: never more than the device's whole conductance scale."""
     key = "programming.file"
-    if table.has_samples:
-        targets = table.levels[np.repeat(np.arange(table.levels.size), table.count)]
-        vals, what = targets + table.dev_sorted, "sample"
-    else:
-        targets, vals, what = table.levels, table.levels + table.offset, "mean"
-    bad = np.flatnonzero(np.abs(vals - targets) > g_max)
+    targets, means = table.levels, table.levels + table.offset
+    bad = np.flatnonzero(np.abs(means - targets) > g_max)
     if bad.size:
         i = int(bad[0])
-        raise ConfigError(f"{name}: a measured {what} of {float(vals[i]):g} uS at target {float(targets[i]):g} uS is "
+        raise ConfigError(f"{name}: the measured mean at target {float(targets[i]):g} uS is {float(means[i]):g} uS, "
                           f"further from its target than the whole scale g_max_uS = {g_max:g} (wrong units?)",
                           source, key)
+    if table.has_samples:
+        vals = table.levels[np.repeat(np.arange(table.levels.size), table.count)] + table.dev_sorted
+        g_min = float(table.levels[0]) if g_min is None else g_min
+        out = np.flatnonzero((vals < g_min - g_max) | (vals > 2 * g_max))
+        if out.size:
+            raise ConfigError(f"{name}: a measured sample of {float(vals[out[0]]):g} uS lies further than the whole "
+                              f"scale g_max_uS = {g_max:g} outside [{g_min:g}, {g_max:g}] uS (wrong units?)", source, key)
     wide = np.flatnonzero(table.std > g_max)
     if wide.size:
         i = int(wide[0])

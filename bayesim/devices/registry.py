@@ -130,10 +130,15 @@ def _short(e: BaseException, limit: int = 300) -> str:
 
 def _param_value(v):
     """A plug-in parameter as written: YAML 1.1 reads an unquoted 2e1 or 1.5e3 (no dot or no exponent sign) as a
-    string; it reaches the plug-in as the number it is, as built-in card fields do. A quoted '2e1' stays a string."""
+    string; it reaches the plug-in as the number it is, as built-in card fields do, inside lists and mappings too.
+    A quoted '2e1' or a tagged `!!str 2e1` stays a string."""
     if isinstance(v, PlainExponent):
         f = float(v)
         return f if math.isfinite(f) else str(v)
+    if isinstance(v, list):
+        return [_param_value(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _param_value(x) for k, x in v.items()}
     return v
 
 

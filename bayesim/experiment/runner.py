@@ -67,7 +67,8 @@ def apply_strategy(model, hw):
 
     A model already trained (QAT) with this strategy and these bits is used as stored; otherwise a copy
     is post-training quantized (ranges recalibrated from its parameters). Returns (network, how):
-    "as trained", "post-training quantization" or "none (fp)" (quantization switched off).
+    "as trained", "post-training quantization", "none (fp)" (quantization switched off), or "fp weights, B-bit
+    activations".
     """
     from bayesim.bnn import QuantConfig
 
@@ -92,8 +93,9 @@ def apply_strategy(model, hw):
             out = copy.deepcopy(model)
         uppers = [float(m.upper.item()) for m in out.layers if hasattr(m, "upper")]
         out.set_activation(replace(out.cfg.activation, bits=b.act), uppers)
-    if want.strategy == "fp":
-        return out, "none (fp)"
+    if want.strategy == "fp":  # weights at full precision; the software reference keeps activation bits too
+        act = out.cfg.activation.bits
+        return out, "none (fp)" if act is None else f"fp weights, {act}-bit activations"
     return out, ("as trained" if same else "post-training quantization")
 
 
