@@ -65,6 +65,27 @@ class DeviceModel(Protocol):
         ...
 
 
+_ATTRIBUTES = ("name", "g_min", "g_max")
+_METHODS = ("levels", "program", "read", "program_sigma", "read_sigma")
+
+
 def is_device(obj) -> bool:
-    """True when `obj` provides the whole `DeviceModel` protocol."""
-    return isinstance(obj, DeviceModel)
+    """True when `obj` provides the whole `DeviceModel` protocol (its attributes, and its methods callable).
+
+    The members are checked in a fixed order, not as `isinstance(obj, DeviceModel)` does (a set, in an order
+    that changes with the interpreter's hash seed): a member that raises when read is re-raised only when
+    nothing is missing, so a broken plug-in gets the same message in every process."""
+    raised = None
+    for m in _ATTRIBUTES + _METHODS:
+        try:
+            v = getattr(obj, m)
+        except AttributeError:
+            return False
+        except Exception as e:  # noqa: BLE001 - a raising property: reported below unless something is missing
+            raised = raised or e
+            continue
+        if m in _METHODS and not callable(v):
+            return False
+    if raised is not None:
+        raise raised
+    return True
