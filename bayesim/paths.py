@@ -31,6 +31,26 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     return cache_dir() / "data"
 
 
+def data_dir_named(explicit: str | os.PathLike | None = None) -> bool:
+    """Did the user name the data folder (an argument or $BAYESIM_DATA), rather than leave it to the cache?"""
+    return bool(explicit) or bool(os.environ.get("BAYESIM_DATA"))
+
+
+def beside_config(ref: str | os.PathLike | None, config_file: Path, present=Path.exists) -> str | None:
+    """A relative path written in a config file, resolved against that file's folder when something `present`
+    accepts is there (else None: the caller keeps it relative to the current folder)."""
+    if not ref or Path(ref).expanduser().is_absolute():
+        return None
+    cand = Path(config_file).parent / ref
+    return str(cand) if present(cand) else None
+
+
+def searched_folders(ref: str | os.PathLike, config_file: Path) -> str:
+    """" (looked beside the config, in A, and in B)": where a relative path from a config file was looked for."""
+    sub = Path(ref).parent
+    return f" (looked beside the config, in {Path(config_file).parent / sub}, and in {Path.cwd() / sub})"
+
+
 def named_data_dir_problem(value: str | os.PathLike) -> str | None:
     """Why a data folder the user named (a flag or a config key) cannot be used, or None. It must exist even
     where the embedded subsets would leave it unused: a mistyped path must not pass unnoticed."""

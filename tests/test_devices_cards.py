@@ -151,6 +151,7 @@ def test_plugin_card_errors(tmp_path):
                     "class Cplx(Prog):\n    def program(self, t, k, c): return t + 1j\n"
                     "class E(Exception):\n    def __str__(self): raise ValueError('no str')\n"
                     "class NoStr(Prog):\n    def program(self, t, k, c): raise E()\n"
+                    "class Exit(Prog):\n    def read(self, h, t, k, c): __import__('sys').exit(0)\n"
                     "class Half:\n    name = 'h'\n    g_min = 1.0\n    levels = None\n"
                     "    def __init__(self, **kw): pass\n"
                     "    @property\n    def g_max(self): raise RuntimeError('boom')\n", "more.py")
@@ -160,14 +161,7 @@ def test_plugin_card_errors(tmp_path):
     dev = load_device(write(tmp_path, "name: x\nmodel: more.py:NoStr\n", "nostr.yaml"))
     with pytest.raises(BayesimError, match=r"NoStr\.program\(\) failed: E: \(its message cannot be printed\)"):
         dev.program(np.ones(3, np.float32), 1, 2)
-    write(tmp_path, "import sys\nimport numpy as np\nclass Exit:\n    name = 'e'\n    g_min, g_max = 1.0, 10.0\n"
-                    "    def __init__(self, **kw): pass\n"
-                    "    def levels(self, n, spacing='linear'): return np.linspace(1, 10, n).astype('float32')\n"
-                    "    def program(self, t, k, c): return t\n"
-                    "    def program_sigma(self, g): return g * 0\n    def read_sigma(self, g, t): return g * 0\n"
-                    "    def read(self, h, t, k, c): sys.exit(0)\n",
-          "exits.py")
-    dev = load_device(write(tmp_path, "name: x\nmodel: exits.py:Exit\n", "exits.yaml"))
+    dev = load_device(write(tmp_path, "name: x\nmodel: more.py:Exit\n", "exits.yaml"))
     with pytest.raises(BayesimError, match=r"exits\.yaml: plug-in Exit\.read\(\) failed: SystemExit: 0$"):
         dev.read(np.ones(3, np.float32), 1.0, 1, 2)
     expect(tmp_path, "name: x\nmodel: more.py:Half\n", "model",

@@ -34,6 +34,11 @@ def evaluate_splits(model, splits: dict, samples: int, seed: int, batch_size: in
     return out
 
 
+def fp_quantization(act_bits: int | None) -> str:
+    """`model.quantization` of a network whose weights are full precision (strategy fp), for metrics.json."""
+    return "none (fp)" if act_bits is None else f"fp weights, {act_bits}-bit activations"
+
+
 def evaluate_model(model, splits: dict, samples: int, seed: int, model_info: dict | None = None,
                    batch_size: int = 1000) -> dict:
     """Full metrics.json content for `model` on `splits`."""

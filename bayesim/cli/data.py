@@ -88,12 +88,11 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
     """Sizes and class counts of every split; nothing is downloaded or generated here. A named folder
     (`data_dir` or $BAYESIM_DATA) without a split's files reports them missing; with no folder named and
     none in the default place, the test splits are the embedded subset (as `bayesim run` and `evaluate`)."""
-    import os
-
     from bayesim.data.dirty import (SPLITS, ambiguous_available, check_named_folder,
                                     load_ambiguous_checked, load_test_split)
     from bayesim.data.sources import has_files, load_mnist
     from bayesim.errors import DataMissing
+    from bayesim.paths import data_dir_named
 
     folder = check_named_folder(data_dir)
     out: dict = {"data_dir": str(folder), "normalization": normalization, "train": {}, "test": {}}
@@ -111,7 +110,7 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
         except DataMissing:
             amb_train = None  # not generated yet (a corrupt file is an error)
     out["train"]["ambiguous_pairs"] = amb_train
-    named = bool(data_dir) or bool(os.environ.get("BAYESIM_DATA"))
+    named = data_dir_named(data_dir)
     files = {"mnist": ("mnist", "MNIST"), "ood": ("fashion", "Fashion-MNIST")}
     for name in SPLITS:
         if named and name in files and not has_files(files[name][0], "test", data_dir):

@@ -68,6 +68,7 @@ def prepare_model(args):
 
     from bayesim.bnn.checkpoint import load_model
     from bayesim.bnn.config import ActivationConfig
+    from bayesim.bnn.evaluate import fp_quantization
     from bayesim.bnn.pyro_import import import_pyro
 
     if args.strategy is not None and args.strategy not in STRATEGIES:
@@ -132,7 +133,7 @@ def prepare_model(args):
     act_bits = model.cfg.activation.bits
     info["quantization"] = ("post-training quantization" if requant and q.strategy != "fp" else
                             "as stored" if q.strategy != "fp" else
-                            "none (fp)" if act_bits is None else f"fp weights, {act_bits}-bit activations")
+                            fp_quantization(act_bits))
     return model, info
 
 

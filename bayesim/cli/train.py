@@ -58,17 +58,14 @@ def _init_from_beside_config(cfg, config: Path):
     from dataclasses import replace
 
     from bayesim.errors import ConfigError
+    from bayesim.paths import beside_config, searched_folders
 
     if not cfg.init_from:
         return cfg
+    if (found := beside_config(cfg.init_from, config, Path.is_file)):
+        return replace(cfg, init_from=found)
     p = Path(cfg.init_from).expanduser()
-    if p.is_absolute():
-        if not p.is_file():
-            raise ConfigError(f"{p}: checkpoint not found", str(config), "init_from")
-        return cfg
-    if (config.parent / p).is_file():
-        return replace(cfg, init_from=str(config.parent / p))
     if not p.is_file():
-        raise ConfigError(f"{p}: checkpoint not found (looked beside the config, in {config.parent / p.parent}, and "
-                          f"in {Path.cwd() / p.parent})", str(config), "init_from")
+        where = "" if p.is_absolute() else searched_folders(p, config)
+        raise ConfigError(f"{p}: checkpoint not found{where}", str(config), "init_from")
     return cfg

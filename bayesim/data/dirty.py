@@ -24,6 +24,7 @@ import numpy as np
 
 from bayesim.errors import ConfigError, DataError
 from bayesim.paths import data_dir as resolve_data_dir
+from bayesim.paths import data_dir_named
 from bayesim.rng import NORMAL_TABLE, derive_key, generator, normal
 from bayesim.data.sources import has_files, load_fashion, load_mnist
 
@@ -181,10 +182,9 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
     if not use_embedded:
         check_named_folder(data_dir)
     if embedded is None:
-        named = bool(data_dir) or bool(os.environ.get("BAYESIM_DATA"))
         if name == "ambiguous" and not ambiguous_available():
             use_embedded, why = True, "the Ambiguous-MNIST module is not installed"
-        elif not named and not full_data_available(data_dir):
+        elif not data_dir_named(data_dir) and not full_data_available(data_dir):
             use_embedded = True
             why = (f"no MNIST and Fashion-MNIST test files in the default data folder {resolve_data_dir(None)}; "
                    "`bayesim data prepare` fetches them, or name a folder")
@@ -223,8 +223,7 @@ def check_named_folder(data_dir) -> Path:
     exist: a mistyped path would otherwise fall back to the embedded subset without a word. The default
     cache folder may be missing."""
     folder = resolve_data_dir(data_dir)
-    named = data_dir if data_dir else os.environ.get("BAYESIM_DATA")
-    if named and not folder.is_dir():
+    if data_dir_named(data_dir) and not folder.is_dir():
         how = "is a file, not a folder" if folder.exists() else "does not exist"
         src = "the data folder" if data_dir else "$BAYESIM_DATA"
         raise DataError(f"{folder}: {src} {how}; name an existing folder (or leave it out to use the embedded "

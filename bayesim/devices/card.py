@@ -250,7 +250,7 @@ def _check_physics(card: DeviceCard, source: str) -> None:
                                   f">= 0 over [g_min_uS, g_max_uS]", source, f"{sec}.coeffs_uS")
 
 
-def _check_table_values(table: "MeasuredTable", g_min: float | None, g_max: float, name: str, source: str) -> None:
+def _check_table_values(table: "MeasuredTable", g_min: float, g_max: float, name: str, source: str) -> None:
     """Measured values a device could have given: a slipped unit (nS for uS) is refused, not simulated. Every
     level's mean lies within g_max of its target, every raw sample within g_max of the range [g_min, g_max]
     (a stuck cell may read anywhere in it, an instrument offset a little outside; the card's clip then
@@ -265,7 +265,6 @@ def _check_table_values(table: "MeasuredTable", g_min: float | None, g_max: floa
                           source, key)
     if table.has_samples:
         vals = table.levels[np.repeat(np.arange(table.levels.size), table.count)] + table.dev_sorted
-        g_min = float(table.levels[0]) if g_min is None else g_min
         out = np.flatnonzero((vals < g_min - g_max) | (vals > 2 * g_max))
         if out.size:
             raise ConfigError(f"{name}: a measured sample of {float(vals[out[0]]):g} uS lies further than the whole "

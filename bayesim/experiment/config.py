@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from bayesim.config import apply_overrides, build, load_yaml, spec
 from bayesim.config.schema import INT64_MAX
 from bayesim.errors import ConfigError
-from bayesim.paths import named_data_dir_problem
+from bayesim.paths import beside_config, named_data_dir_problem, searched_folders
 
 SPLITS = ("mnist", "ambiguous", "ood")
 
@@ -128,7 +128,7 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
         raise
     if path is not None:
         cfg = _relative_to_config(cfg, Path(path), overrides)
-    check_files(cfg, source, overrides, Path(path).parent if path is not None else None)
+    check_files(cfg, source, overrides, Path(path) if path is not None else None)
     return cfg
 
 
@@ -138,20 +138,14 @@ def _relative_to_config(cfg: ExperimentConfig, path: Path, overrides) -> Experim
     such as "pcm" stays a name; a card path given with --set is the command line's, as on any command line)."""
     from dataclasses import replace
 
-    def beside(ref, present):
-        if not ref or Path(ref).expanduser().is_absolute():
-            return None
-        cand = path.parent / ref
-        return str(cand) if present(cand) else None
-
-    if (p := beside(cfg.model.path, Path.exists)):
+    if (p := beside_config(cfg.model.path, path, Path.exists)):
         cfg = replace(cfg, model=replace(cfg.model, path=p))
-    if (p := beside(cfg.data.dir, Path.is_dir)):
+    if (p := beside_config(cfg.data.dir, path, Path.is_dir)):
         cfg = replace(cfg, data=replace(cfg.data, dir=p))
     for key in ("device", "crossbar"):
         ref = getattr(cfg.hardware, key)
         looks_like_path = "/" in ref or os.sep in ref or ref.lower().endswith((".yaml", ".yml"))
-        if looks_like_path and not _from_set(f"hardware.{key}", overrides) and (p := beside(ref, Path.is_file)):
+        if looks_like_path and not _from_set(f"hardware.{key}", overrides) and (p := beside_config(ref, path, Path.is_file)):
             cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: p}))
     return cfg
 
@@ -162,10 +156,10 @@ def _from_set(key: str, overrides) -> bool:
     return any(key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".") for k in set_keys)
 
 
-def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_dir: Path | None = None) -> None:
+def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_file: Path | None = None) -> None:
     """Files named by the config exist: a missing one is a ConfigError naming the config and its key
     (`source (--set)` when the key came from a `--set` override) and, for a relative path from the config
-    file, both folders it was looked for in (`config_dir`, the config file's folder, and the current one).
+    file, both folders it was looked for in (`config_file`'s folder and the current one).
 
     The path rules are the runner's: hardware.device is a card file when it ends in .yaml/.yml (or is a
     file), hardware.crossbar when it ends in .yaml/.yml or exists; otherwise they are names (an unknown
@@ -179,8 +173,8 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_dir: Pa
             fail(f"{p} is a folder; expected {what}", key)
         if not p.is_file():
             where = ""
-            if config_dir is not None and not p.expanduser().is_absolute() and not _from_set(key, overrides):
-                where = f" (looked beside the config, in {config_dir / p.parent}, and in {Path.cwd() / p.parent})"
+            if config_file is not None and not p.expanduser().is_absolute() and not _from_set(key, overrides):
+                where = searched_folders(p, config_file)
             fail(f"{p}: file not found{where}; expected {what}", key)
 
     dev = Path(cfg.hardware.device).expanduser()

@@ -94,8 +94,9 @@ def apply_strategy(model, hw):
         uppers = [float(m.upper.item()) for m in out.layers if hasattr(m, "upper")]
         out.set_activation(replace(out.cfg.activation, bits=b.act), uppers)
     if want.strategy == "fp":  # weights at full precision; the software reference keeps activation bits too
-        act = out.cfg.activation.bits
-        return out, "none (fp)" if act is None else f"fp weights, {act}-bit activations"
+        from bayesim.bnn.evaluate import fp_quantization
+
+        return out, fp_quantization(out.cfg.activation.bits)
     return out, ("as trained" if same else "post-training quantization")
 
 
