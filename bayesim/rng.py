@@ -94,6 +94,23 @@ def derive_key(seed: int, *ids) -> int:
     return k
 
 
+@nb.njit(cache=True)
+def _extend_grid(key, n_r, n_c, out):
+    """out[r, c] = derive_key's step for the ids r, c after `key` (numba: the same uint64 arithmetic)."""
+    for r in range(n_r):
+        kr = mix64(key ^ mix64(np.uint64(r) + GOLDEN))
+        for c in range(n_c):
+            out[r, c] = mix64(kr ^ mix64(np.uint64(c) + GOLDEN))
+
+
+def derive_key_grid(seed: int, ids: tuple, n_r: int, n_c: int) -> np.ndarray:
+    """uint64 [n_r, n_c]: derive_key(seed, *ids, r, c) for every r < n_r, c < n_c (one key per tile), in
+    one call instead of n_r * n_c."""
+    out = np.empty((n_r, n_c), np.uint64)
+    _extend_grid(np.uint64(derive_key(seed, *ids)), n_r, n_c, out)
+    return out
+
+
 def _mix64_py(z: int) -> int:
     mask = (1 << 64) - 1
     z &= mask

@@ -46,7 +46,7 @@ def test_bench_report_names_every_number(monkeypatch):
     assert r["throughput_vs_blas_if_build_free"] == r["rounds"][0]["blas_s"] / r["rounds"][0]["gemm_adc_s"]
     text = bench.format_report(r)
     for line in ("time per sample", "BLAS float32 matmul", "numpy baseline", "throughput vs BLAS", "speed vs numpy",
-                 "16-bit inverse-CDF table", "12-bit table",
+                 "16-bit inverse-CDF table", "12-bit table", "12-bit quantile table of each level pair",
                  "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5"):
         assert line in text
     assert 0 <= r["machine"]["other_processes_cpu_fraction"] <= 1
@@ -71,21 +71,21 @@ def test_bench_floor_adds_up_and_names_its_parts():
     r = {"blas_time_per_sample_s": 1e-3, "stages_per_sample_s": {"gemm_adc": 1.2e-3, "weight_build": 2e-3}}
     f = bench.floor(r)
     c = f["ns_per_item_one_thread"]
-    assert set(c) == {"eps (16-bit table)", "device (12-bit table)", "pcm read"} and min(c.values()) > 0
-    per = c["eps (16-bit table)"] + 7 * c["device (12-bit table)"] + 2 * c["pcm read"]
+    assert set(c) == {"eps (16-bit table)", "device (12-bit table)"} and min(c.values()) > 0
+    per = c["eps (16-bit table)"] + 4 * c["device (12-bit table)"]
     assert f["floor_ns_per_weight_one_thread"] == pytest.approx(per)
     assert f["weight_build_floor_s"] == pytest.approx(bench.N_IN * bench.N_OUT * per * 1e-9 / f["threads"])
     assert f["best_throughput_vs_blas"] == pytest.approx(1e-3 / (f["weight_build_floor_s"] + 1.2e-3))
     assert f["weight_build_ns_per_weight_one_thread"] == pytest.approx(2e-3 * f["threads"] / (784 * 512) * 1e9)
     text = bench.format_floor(f)
-    for phrase in ("eps (16-bit table)", "x 1 per weight", "x 7 per weight", "PCM cell read", "x 2 per weight",
+    for phrase in ("eps (16-bit table)", "x 1 per weight", "x 4 per weight",
                    "measured weight build: 2.00 ms", "GEMM + ADC (1.20 ms)", "target >= 0.5"):
         assert phrase in text
 
 
 def test_bench_floor_counts_are_those_of_the_workload():
-    """The draw and read counts of the floor hold for the benchmark's layer: stored mu/sigma cells read by
-    the fused kernel (3 draws), the Bayesian draw (1), two programmed cells with the PCM law (2 + 2)."""
+    """The draw counts of the floor hold for the benchmark's layer: stored mu/sigma cells read by the fused
+    kernel (3 draws), the Bayesian draw (1), the programmed cell pair drawn from its tabulated law (1)."""
     device, _ = bench._device()
     card = load_crossbar(REPO / "crossbars" / "default.yaml")
     op, x = bench._workload()
@@ -93,4 +93,5 @@ def test_bench_floor_counts_are_those_of_the_workload():
     layer.calibrate_adc(x[:4], range(1))  # programs the stored arrays
     assert layer.stored and layer.fused_read and layer.cell_law and layer.quantized and not layer.offset
     assert layer.sampler == "digital" and not layer.lumped
-    assert sum(bench.DRAWS_PER_WEIGHT.values()) == 1 + 3 + 2 + 2 and bench.READS_PER_WEIGHT == 2
+    assert layer.pair_law and layer.summary()["path"] == "pair law (fused device law)"
+    assert sum(bench.DRAWS_PER_WEIGHT.values()) == 1 + 3 + 1

@@ -190,6 +190,7 @@ class AnalogBNN:
         try:
             for layer in self.layers.values():
                 layer.cache_samples(len(starts) > 1)
+                layer.plan_samples(samples)
             for b, i in enumerate(starts):
                 h = x[i:i + batch_size]
                 for k in range(first):  # digital ops before the first crossbar layer (sample-independent)
@@ -211,6 +212,8 @@ class AnalogBNN:
         return out
 
     def _predict_samples_outer(self, x, samples, batch_size, progress, first_index=0):
+        for layer in self.layers.values():
+            layer.plan_samples(samples)
         out = None
         for s in range(samples):
             for i in range(0, x.shape[0], batch_size):

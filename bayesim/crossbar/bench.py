@@ -27,7 +27,6 @@ import numpy as np
 
 from bayesim import rng
 from bayesim.crossbar.kernels import DEVICE_TABLE, _eps_indices, _gather3, _table_fields4
-from bayesim.devices.kernels import read_cells32
 
 N_IN, N_OUT, BATCH, SAMPLES, BITS = 784, 512, 256, 32, 4
 _REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +96,7 @@ def numpy_baseline(op, device, card, x, samples, adc_range, t_read=1.0, t_comput
     values = log_levels(q.sigma_max, q.sigma_bits)[::-1].astype(np.float64)
     gs = ladder[ladder.size - 1 - log_codes(op.sigma_w, q.sigma_max, q.sigma_bits)].astype(np.float32)
     held_s = program(gs)
-    nu_p, nu_m, nu_s, nu_a, nu_b = (g.standard_normal(gp.shape, dtype=np.float32) for _ in range(5))
+    nu_p, nu_m, nu_s = (g.standard_normal(gp.shape, dtype=np.float32) for _ in range(3))  # drawn at programming
     wmax = (np.abs(op.mu_w) + 4.33 * op.sigma_w).max(axis=1, keepdims=True)
     kmax = np.clip(np.rint(wmax / q.w_step), 1, m_w)
     qd = (1 << (card.dac.bits - 1 + (1 if not card.dac.signed else 0))) - 1
@@ -113,6 +112,7 @@ def numpy_baseline(op, device, card, x, samples, adc_range, t_read=1.0, t_comput
         sg_r = np.interp(np.log(np.maximum(rs, 1e-30)), np.log(ladder), values).astype(np.float32)
         w = mu_r + sg_r * g.standard_normal(mu_r.shape, dtype=np.float32)
         kq = np.clip(np.rint(w / q.w_step), -kmax, kmax)
+        nu_a, nu_b = (g.standard_normal(gp.shape, dtype=np.float32) for _ in range(2))  # this programming's
         tp = read(program(device.g_min + np.maximum(kq, 0) * span / kmax), nu_a, t_compute)
         tm = read(program(device.g_min + np.maximum(-kq, 0) * span / kmax), nu_b, t_compute)
         wn = ((tp - tm) / span).astype(np.float32)
@@ -143,7 +143,7 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
     """
     import numba
 
-    from bayesim.crossbar import AnalogLayer, kernels, load_crossbar
+    from bayesim.crossbar import AnalogLayer, kernels, load_crossbar, pairlaw
 
     device, device_note = _device()
     card = load_crossbar(_REPO / "crossbars" / "default.yaml")
@@ -151,6 +151,7 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
     layer = AnalogLayer(op, device, card, layer_index=0, seed=1)
     layer.calibrate_adc(x, range(2))
     layer.forward(x, 0)  # compile / warm up
+    layer.plan_samples(samples + 1)  # the timed loops run samples 1 .. samples
     w = np.ascontiguousarray(op.mu_w)
     np.matmul(x, w.T)
     base_samples = max(1, samples // 4)
@@ -203,7 +204,11 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
         "precision": {"weights_and_products": "float32",
                       "gaussian": f"{rng.NORMAL_BITS}-bit inverse-CDF table for eps (|z| <= "
                                   f"{float(np.abs(rng.NORMAL_TABLE).max()):.2f}), {kernels.DEVICE_NORMAL_BITS}-bit "
-                                  "table for device programming/read noise",
+                                  "table for the stored cells' read noise" + (
+                                      f"; programmed cell pairs: {kernels.DEVICE_NORMAL_BITS}-bit quantile table of "
+                                      "each level pair's (G+ - G-) law, from 2^"
+                                      f"{pairlaw.N_DRAWS.bit_length() - 1} full-precision draws per level"
+                                      if layer.pair_law else "; programming noise of the programmed cells"),
                       "dac_bits": card.dac.bits, "adc_bits": card.adc.bits,
                       "numpy_baseline_gaussian": "numpy PCG64 float32 standard_normal (full precision)"},
         "time_per_sample_s": ta,
@@ -285,12 +290,11 @@ def format_report(r: dict) -> str:
 
 # ------------------------------------------------------------------ floor: the work no kernel can skip
 
-#: Gaussian draws per weight and sample in the benchmark's workload (JQ, digital sampler, PCM through the
-#: fused device law): the Bayesian draw eps, reads of the three stored cells (mu pair, sigma cell),
-#: programming noise of the two programmed cells, read noise of the two programmed cells.
-DRAWS_PER_WEIGHT = {"eps (16-bit table)": 1, "device (12-bit table)": 7}
-#: PCM cell reads (drift exponent, drift, 1/f noise: a log and two exps each) per weight and sample.
-READS_PER_WEIGHT = 2
+#: Table draws per weight and sample in the benchmark's workload (JQ, digital sampler, PCM on the pair-law
+#: path): the Bayesian draw eps; the read noise of the three stored cells (mu pair, sigma cell); the weight of
+#: the programmed cell pair, one lookup in its 12-bit quantile table (the same work as a 12-bit Gaussian
+#: draw: a hash field, a table load).
+DRAWS_PER_WEIGHT = {"eps (16-bit table)": 1, "device (12-bit table)": 4}
 _FLOOR_CELLS = 256  # one row tile of the default card: the unit the weight kernel works on
 
 
@@ -321,18 +325,6 @@ def _eps_draws(key, reps, table, out):
             out[k] += table[idx[k]]
 
 
-@nb.njit(cache=True)
-def _pcm_reads(g0, z_nu, z, reps, law, read, out):
-    """reps x len(out) cell reads with the weight kernel's read law (read_cells32) on copies of g0;
-    read=False: the copies alone (their time is taken off)."""
-    n = out.shape[0]
-    for _ in range(reps):
-        for k in range(n):
-            out[k] = g0[k]
-        if read:
-            read_cells32(out, z_nu, z, n, *law)
-
-
 def _ns_per_item(fn, items_per_call: int, reps: int = 4000, rounds: int = 5) -> float:
     """Best of `rounds` timings of fn(reps), in ns per item (the floor is a lower bound: best case)."""
     fn(2)
@@ -345,40 +337,29 @@ def _ns_per_item(fn, items_per_call: int, reps: int = 4000, rounds: int = 5) -> 
 
 
 def floor(r: dict | None = None, samples: int = SAMPLES, repeat: int = 3) -> dict:
-    """A lower bound of the weight build, from what every sample must do per weight: the Gaussian draws
-    (DRAWS_PER_WEIGHT) and the PCM reads of the two programmed cells (READS_PER_WEIGHT), each timed alone
-    on one thread, hot in L1 cache, as the weight kernel does them (draws over a 256-cell row tile; reads
-    over 2,048 cells a call, without the kernel's cost per call). Everything else the build does
-    (stored-array streaming, sigma decode, quantization, level lookups, clipping) counts as free, and the
-    threads as scaling perfectly. With the run's own GEMM + ADC and BLAS times `r` (run()
-    if None), it bounds the best throughput ratio to BLAS this physics allows with these primitives."""
+    """A lower bound of the weight build, from what every sample must do per weight: its table draws
+    (DRAWS_PER_WEIGHT), each timed alone on one thread, hot in L1 cache, as the weight kernel makes them
+    (over a 256-cell row tile). Everything else the build does (stored-array streaming, sigma decode,
+    quantization, clipping) counts as free, and the threads as scaling perfectly. With the run's own
+    GEMM + ADC and BLAS times `r` (run() if None), it bounds the best throughput ratio to BLAS this
+    physics allows with these primitives."""
     import numba
 
     r = run(samples=samples, repeat=repeat) if r is None else r
-    device, _ = _device()
-    law = tuple(np.float32(v) if isinstance(v, float) else v for v in device.read_cell_law(1.0))
-    g = np.random.default_rng(0)
     n = _FLOOR_CELLS
     acc = np.zeros(n, np.float32)
-    # the reads over 8 row tiles a call: the per-call cost of the kernel's 256-cell calls is left out
-    nr = 8 * n
-    g0 = g.uniform(0.0, device.g_max, nr).astype(np.float32)
-    z_nu, z = (g.standard_normal(nr).astype(np.float32) for _ in range(2))
-    cells = np.empty(nr, np.float32)
     cost = {
         "eps (16-bit table)": _ns_per_item(lambda k: _eps_draws(np.uint64(7), k, rng.NORMAL_TABLE, acc), n),
         "device (12-bit table)": _ns_per_item(lambda k: _device_draws(np.uint64(7), k, DEVICE_TABLE, acc),
                                               4 * n),
-        "pcm read": (_ns_per_item(lambda k: _pcm_reads(g0, z_nu, z, k, law, True, cells), nr, reps=250)
-                     - _ns_per_item(lambda k: _pcm_reads(g0, z_nu, z, k, law, False, cells), nr, reps=250)),
     }
-    per_weight = sum(DRAWS_PER_WEIGHT[k] * cost[k] for k in DRAWS_PER_WEIGHT) + READS_PER_WEIGHT * cost["pcm read"]
+    per_weight = sum(DRAWS_PER_WEIGHT[k] * cost[k] for k in DRAWS_PER_WEIGHT)
     threads = numba.get_num_threads()
     weights = N_IN * N_OUT
     build_floor = weights * per_weight * 1e-9 / threads
     tb, tg, tw = r["blas_time_per_sample_s"], r["stages_per_sample_s"]["gemm_adc"], r["stages_per_sample_s"]["weight_build"]
     return {"ns_per_item_one_thread": cost, "draws_per_weight": dict(DRAWS_PER_WEIGHT),
-            "pcm_reads_per_weight": READS_PER_WEIGHT, "floor_ns_per_weight_one_thread": per_weight,
+            "floor_ns_per_weight_one_thread": per_weight,
             "threads": threads, "weights": weights,
             "weight_build_floor_s": build_floor, "weight_build_s": tw,
             "weight_build_ns_per_weight_one_thread": tw * threads / weights * 1e9,
@@ -393,9 +374,7 @@ def format_floor(f: dict) -> str:
     lines = [
         "floor of the weight build: what every sample must do per weight, each part timed alone on one thread "
         "(hot in L1 cache), the rest counted as free, threads as scaling perfectly",
-        *(f"  Gaussian draw, {k}: {c[k]:6.3f} ns  x {d[k]} per weight" for k in d),
-        f"  PCM cell read (drift exponent, drift, 1/f noise): {c['pcm read']:6.3f} ns  x {f['pcm_reads_per_weight']} "
-        "per weight",
+        *(f"  table draw, {k}: {c[k]:6.3f} ns  x {d[k]} per weight" for k in d),
         f"  floor: {f['floor_ns_per_weight_one_thread']:.2f} ns per weight per thread = "
         f"{f['weight_build_floor_s'] * 1e3:.2f} ms per sample on {f['threads']} threads "
         f"(measured weight build: {f['weight_build_s'] * 1e3:.2f} ms, "

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 import numba as nb
 import numpy as np
 
-from bayesim.devices.kernels import read_cells32
-from bayesim.rng import NORMAL_BITS, bits64, normal
+from bayesim.devices.kernels import read_cell32, read_cells32
+from bayesim.rng import NORMAL_BITS, bits64, normal, normal_exact
 
 DEVICE_NORMAL_BITS = 12
 
@@ -98,7 +98,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 lvl, sd_prog, sd_read, g_lo, g_hi, g_base, g_span, offset, ref_sd_prog, ref_sd_read,
                 tile_keys, row_starts, tile_rows, tile_cols, out_kind, out_a, out_b,
                 stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_mean,
-                sigma_log, ladder, thresholds, sigma_values, sigma_slopes, sigma_max, sigma_gain,
+                sigma_log, sigma_rungs, sigma_kinks, sigma_ends, sigma_max, sigma_gain,
                 cell_law, nu_a, nu_b, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind, read_coeffs,
                 q_coeff, q_exp, q_max, inv_gmax):
     """Effective weights of one layer for one sample (see module docstring).
@@ -153,9 +153,8 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
         y0, y1, y2, y3 = buf[8], buf[9], buf[10], buf[11]  # table draws and level lookups
         if cell_law and not drift:
             buf[6:8] = zero  # no drift: the drift normals are not used, zeros keep the read law's inputs finite
-        ib = np.empty((6, tile_rows), np.int32)
-        lo_b, q_b, i0, i1, i2, i3 = ib[0], ib[1], ib[2], ib[3], ib[4], ib[5]
-        seg = np.empty((3, tile_rows), np.float64)  # sigma decode: the log ladder's segment of each cell
+        ib = np.empty((5, tile_rows), np.int32)
+        q_b, i0, i1, i2, i3 = ib[0], ib[1], ib[2], ib[3], ib[4]
         c = j // tile_cols
         jl = j - c * tile_cols
         for r in range(n_blocks):
@@ -174,7 +173,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r, inv_unit,
                              sigma_gain[r, c], glo, ghi, wb, sb)
                 if sigma_log:
-                    _decode_sigma_log(sb, lo_b, rows_r, ladder, thresholds, sigma_values, sigma_slopes, seg)
+                    _decode_sigma_log(sb, rows_r, sigma_rungs, sigma_kinks, sigma_ends, y2)
                 else:
                     for kl in range(rows_r):
                         v = np.float64((sb[kl] - g_base) / g_span)
@@ -367,56 +366,38 @@ def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_
 
 
 @nb.njit(cache=True)
-def _decode_sigma_log(sb, lo_b, n, ladder, thresholds, values, slopes, seg):
-    """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma:
-    piecewise linear between the rungs of the log ladder (exact on them), constant beyond both ends.
-
-    The rung below each read: thresholds[t] is the smallest float32 >= ladder[t], so the float32 test
-    x >= thresholds[t] is exactly float64(x) >= ladder[t]. Up to 32 rungs, the count of rungs passed (one
-    compare per rung over all cells: SIMD, no gathers); beyond, a branch-free binary search. seg: float64
-    [3, >= n] work space. Not inlined into build_tiles, to keep that parallel kernel's compile time down
-    (see read_cells32)."""
-    n_rungs = ladder.shape[0]
-    last = n_rungs - 2
+def _decode_sigma_log(sb, n, rungs, kinks, ends, acc):
+    """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma: piecewise
+    linear between the rungs of the log ladder, constant beyond both ends (ends = [first rung, last rung,
+    sigma there]). Written as a sum of ramps, sigma = sum_t kinks[t] * max(g - rungs[t], 0) (kinks: the slope
+    changes at the rungs), so every rung is one SIMD pass with no table lookups; float32, within 1e-6 of
+    the float64 interpolation (all ramps are >= 0: no cancellation). acc: float32 [>= n] work space. Not
+    inlined into the parallel kernels, to keep their compile time down (see read_cells32)."""
+    zero = np.float32(0.0)
     for kl in range(n):
-        lo_b[kl] = 0
-    if n_rungs <= 32:
-        for t in range(1, last + 1):
-            th = thresholds[t]
-            for kl in range(n):
-                lo_b[kl] += sb[kl] >= th
-    else:
-        step = 1
-        while step * 2 <= last:
-            step *= 2
-        while step > 0:
-            for kl in range(n):
-                cand = min(lo_b[kl] + step, last)
-                lo_b[kl] = cand if sb[kl] >= thresholds[cand] else lo_b[kl]
-            step //= 2
-    l0 = ladder[0]
-    ln = ladder[n_rungs - 1]
-    v0 = np.float32(values[0])
-    vn = np.float32(values[n_rungs - 1])
-    slope, rung, value = seg[0], seg[1], seg[2]
-    for kl in range(n):  # the segment's constants (scalar loads), then the arithmetic (SIMD)
-        lo = lo_b[kl]
-        slope[kl] = slopes[lo]
-        rung[kl] = ladder[lo]
-        value[kl] = values[lo]
+        acc[kl] = zero
+    for t in range(rungs.shape[0]):
+        rt = rungs[t]
+        kt = kinks[t]
+        for kl in range(n):
+            acc[kl] += kt * max(sb[kl] - rt, zero)
+    l0, ln, v0, vn = ends[0], ends[1], ends[2], ends[3]
     for kl in range(n):
-        x = np.float64(sb[kl])
-        s = np.float32(slope[kl] * (x - rung[kl]) + value[kl])
-        s = v0 if x <= l0 else s
+        x = sb[kl]
+        s = v0 if x <= l0 else acc[kl] + v0
         sb[kl] = vn if x >= ln else s
 
 
-def ladder_thresholds(ladder: np.ndarray) -> np.ndarray:
-    """For each rung (float64, uS), the smallest float32 >= it (see _decode_sigma_log)."""
-    t = np.asarray(ladder, np.float64).astype(np.float32)
-    low = t.astype(np.float64) < ladder
-    t[low] = np.nextafter(t[low], np.float32(np.inf))
-    return t
+def sigma_decode_coefficients(ladder: np.ndarray, values: np.ndarray):
+    """(rungs, kinks, ends) float32 of _decode_sigma_log for the piecewise-linear map ladder (uS, ascending)
+    -> values: ramps start at every rung but the last; kinks[0] is the first segment's slope."""
+    ladder = np.asarray(ladder, np.float64)
+    values = np.asarray(values, np.float64)
+    d = np.diff(ladder)
+    slopes = np.diff(values) / np.where(d != 0, d, 1.0)
+    kinks = np.diff(slopes, prepend=0.0)
+    ends = np.array([ladder[0], ladder[-1], values[0], values[-1]], np.float32)
+    return ladder[:-1].astype(np.float32), kinks.astype(np.float32), ends
 
 
 _MAGIC32 = np.float32(12582912.0)  # 1.5 * 2^23
@@ -439,3 +420,124 @@ def normals_serial(key, n, table):
     for i in range(n):
         out[i] = normal(key, i, table)
     return out
+
+
+# ------------------------------------------------------------------ pair-law path (differential cells read by a law)
+
+#: Equiprobable quantiles per table of the pair-law path (12 bits, as DEVICE_TABLE).
+PAIR_QUANTILES = 1 << DEVICE_NORMAL_BITS
+
+
+@nb.njit(parallel=True, cache=True)
+def cell_law_draws(levels, sd_prog, key, n, glo, ghi, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                   read_coeffs, q_coeff, q_exp, q_max, inv_gmax, out):
+    """out[a, i] (float32, uS): draw i of the read of a cell programmed at levels[a] with programming std
+    sd_prog[a]: clip(level + sd z1) read by the device's per-cell law (bayesim.devices.kernels.read_cell32:
+    drift with the exponent normal z_nu, 1/f noise z), exactly the float32 arithmetic of build_tiles'
+    per-cell path. z1, z_nu, z: full-precision normals (Box-Muller) of stream `key` at counters 3c, 3c+1,
+    3c+2, c = a*n + i."""
+    m = levels.shape[0]
+    for c in nb.prange(m * n):
+        a = c // n
+        z1 = np.float32(normal_exact(key, 3 * c))
+        z_nu = np.float32(normal_exact(key, 3 * c + 1))
+        z = np.float32(normal_exact(key, 3 * c + 2))
+        g0 = min(max(levels[a] + sd_prog[a] * z1, glo), ghi)
+        out[a, c - a * n] = read_cell32(g0, z_nu, z, log_ratio, noise_t, drift_kind, nu_mean, nu_std, read_kind,
+                                        read_coeffs, q_coeff, q_exp, q_max, inv_gmax, glo, ghi)
+
+
+@nb.njit(parallel=True, cache=True)
+def pair_quantiles(on, off, inv_norm, k_quantiles, out):
+    """out[q] (float32 [k_quantiles]): the equiprobable quantiles (at (i + 1/2)/k_quantiles) of the law of
+    (on[q, i] - off[i]) * inv_norm, from the n draws of each row (float32 arithmetic, as build_tiles)."""
+    n = off.shape[0]
+    for q in nb.prange(on.shape[0]):
+        d = np.empty(n, np.float32)
+        for i in range(n):
+            d[i] = (on[q, i] - off[i]) * inv_norm
+        d.sort()
+        for t in range(k_quantiles):
+            out[q, t] = d[((2 * t + 1) * n) // (2 * k_quantiles)]
+
+
+@nb.njit(parallel=True, cache=True)
+def build_pair_tiles(mu, sigma, eps_keys, table, dtable, binary, w_step, kmax_grp, grp, pair, pair_zero,
+                     tile_keys, row_starts, tile_rows, tile_cols, out,
+                     stored, held_p, held_m, held_s, sd_p, sd_m, sd_s, read_keys, inv_mu_unit, mu_mean,
+                     sigma_log, sigma_rungs, sigma_kinks, sigma_ends, sigma_max, sigma_gain, g_base, g_span,
+                     g_lo, g_hi):
+    """Normalised effective weights of one layer for len(eps_keys) Monte-Carlo samples on the pair-law path
+    (differential mapping, no IR drop): out[i] (block layout) is the sample of eps_keys[i],
+    tile_keys[i], read_keys[i]. Each weight takes the steps of build_tiles up to its level index q, then
+    (G+ - G-)/span is drawn in one lookup from the law of its cell pair: pair[(pair_zero[g] + q) * K + u],
+    K = PAIR_QUANTILES quantiles per q (bayesim.crossbar.pairlaw), u a 12-bit uniform index. The two cells
+    of a pair are programmed and read independently of each other and of every other cell, so drawing their
+    difference from its law is exact in distribution (up to the table's 12-bit precision).
+
+    Several samples per call: the stored arrays (seven float32 streams per weight) are read from memory
+    once for all of them (the later samples find the row tile in L1 cache); memory bandwidth, not
+    arithmetic, bounds this kernel. Every sample's values are those of a call with that sample alone.
+
+    Random streams: eps as build_tiles; stored arrays read with the first three 12-bit fields of the hash
+    of read_keys[i, r, c] at the cell's counter (as build_tiles), u its fourth field; without stored arrays
+    u is the first field of the hash of tile_keys[i, r, c]."""
+    n_out, n_in = mu.shape
+    n_blocks = row_starts.shape[0] - 1
+    n_samples = eps_keys.shape[0]
+    glo = np.float32(g_lo)
+    ghi = np.float32(g_hi)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for j in nb.prange(n_out):
+        buf = np.empty((5, tile_rows), np.float32)
+        wb, sb, y0, y1, y2 = buf[0], buf[1], buf[2], buf[3], buf[4]
+        ib = np.empty((5, tile_rows), np.int32)
+        q_b, i0, i1, i2, i3 = ib[0], ib[1], ib[2], ib[3], ib[4]
+        c = j // tile_cols
+        jl = j - c * tile_cols
+        for r in range(n_blocks):
+            r0 = row_starts[r]
+            rows_r = row_starts[r + 1] - r0
+            base = n_out * r0 + j * rows_r
+            ub = np.uint64(base)
+            g = grp[r, j]
+            kmf = np.float32(kmax_grp[g])
+            row0 = np.int32(pair_zero[g])
+            for si in range(n_samples):
+                if stored:
+                    _table_fields4(read_keys[si, r, c], jl, tile_cols, rows_r, i0, i1, i2, i3)
+                    _gather3(dtable, i0, i1, i2, rows_r, y0, y1, y2)
+                    _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r,
+                                 inv_mu_unit[g], sigma_gain[r, c], glo, ghi, wb, sb)
+                    if sigma_log:
+                        _decode_sigma_log(sb, rows_r, sigma_rungs, sigma_kinks, sigma_ends, y2)
+                    else:
+                        for kl in range(rows_r):
+                            v = np.float64((sb[kl] - g_base) / g_span)
+                            sb[kl] = np.float32(max(v, 0.0) * sigma_max)
+                else:
+                    wb[:rows_r] = mu[j, r0: r0 + rows_r]
+                    sb[:rows_r] = sigma[j, r0: r0 + rows_r]
+                    _table_fields1(tile_keys[si, r, c], jl, tile_cols, rows_r, i3)
+                _eps_indices(eps_keys[si], j * n_in + r0, rows_r, i0)
+                for kl in range(rows_r):
+                    y0[kl] = table[i0[kl]]
+                for kl in range(rows_r):
+                    wb[kl] = wb[kl] + sb[kl] * y0[kl]
+                for kl in range(rows_r):
+                    if binary:
+                        qf = one if wb[kl] >= zero else -one
+                    else:
+                        qf = _rint32(wb[kl] / w_step)
+                    q_b[kl] = ((row0 + np.int32(min(max(qf, -kmf), kmf))) << DEVICE_NORMAL_BITS) + i3[kl]
+                o = out[si]
+                for kl in range(rows_r):
+                    o[ub + np.uint64(kl)] = pair[q_b[kl]]
+
+
+@nb.njit(inline="always", cache=True)
+def _table_fields1(key, jl, tile_cols, n, i0):
+    """The first 12-bit field of the hash of cells (kl, jl), kl < n (SIMD)."""
+    for kl in range(n):
+        i0[kl] = _field(bits64(key, kl * tile_cols + jl), _S0)

@@ -20,9 +20,14 @@ Device paths: a device with the `gaussian_programming` contract (Gaussian progra
 programmed and read inside the fused weight kernel from per-level std tables; a device with Gaussian
 programming and a per-cell read law (`gaussian_program`, `read_cell_law`, `read_moments`: PCM drift and
 1/f noise) is programmed and read there too, with the device's own per-cell law
-(bayesim.devices.kernels.read_cell) and the same per-cell drift streams as the generic path, and its
-stored VPQ arrays are read as drifted mean (fixed per cell at t_read, computed once at programming) plus
-fresh read noise. Other devices take the generic per-tile device.program / device.read path.
+(bayesim.devices.kernels.read_cell) and the same drift-exponent streams as the generic path (drawn at
+each programming: see bayesim.devices.base), and its stored VPQ arrays are read as drifted mean (fixed
+per cell at t_read, computed once at programming) plus fresh read noise. With differential pairs and no
+IR drop such a device takes the pair-law path: the two cells of a weight are independent of each other
+and of every other cell, so the weight (G+ - G-)/span is drawn in one lookup from the tabulated law of
+its level pair (bayesim.crossbar.pairlaw), and each call of that kernel builds two samples (the stored
+arrays are read from memory once for both). Other devices take the generic per-tile device.program /
+device.read path.
 
 Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + accumulation in one
 numba kernel (periphery.mvm_adc); wider layers one BLAS GEMM per row tile, then adc_accumulate. Conv
@@ -44,7 +49,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bayesim import rng
-from bayesim.crossbar import irdrop, kernels, periphery
+from bayesim.crossbar import irdrop, kernels, pairlaw, periphery
 from bayesim.crossbar.card import EXACT_IR_MAX_CELLS, CrossbarCard
 from bayesim.errors import BayesimError
 
@@ -120,6 +125,11 @@ def _expected_clipped(mean, sd, lo: float, hi: float) -> np.ndarray:
     return np.where(s > 0, e, np.clip(m, lo, hi))
 
 
+#: Monte-Carlo samples whose weights the pair-law kernel builds in one pass (the sample asked for and the
+#: next one): the stored arrays, read from memory once, serve both; two weight buffers per layer.
+PAIR_SAMPLES_PER_PASS = 2
+
+
 class AnalogLayer:
     """A BayesLinearOp / BayesConvOp mapped onto crossbar tiles of `crossbar` with cells of `device`."""
 
@@ -192,6 +202,9 @@ class AnalogLayer:
         self.cell_law = (not self.table_noise and bool(getattr(device, "gaussian_program", False))
                          and hasattr(device, "read_cell_law"))
         self.fused_cells = self.table_noise or self.cell_law
+        # pair-law path (cell-law devices, differential pairs, no IR drop): each sampled weight is one draw from
+        # the tabulated law of its two cells (bayesim.crossbar.pairlaw); _setup_mapping may still turn it off
+        self.pair_law = self.quantized and self.cell_law and not self.offset and not self.ir
         # lumped path
         why = None
         if sampler != "digital":
@@ -211,6 +224,9 @@ class AnalogLayer:
         self._programmed = False
         self.stored_program_events = 0  # cells of the stored arrays programmed once (`program`)
         self._built = None
+        self._ahead = None  # the sample whose weights the pair-law kernel built ahead (in self._pass[1])
+        self._last_sample = None  # plan_samples
+        self._no_keys = np.zeros((1, 1, 1), np.uint64)
         self._sample_cache = None
         self._fused_mvm = self.out_features <= FUSED_MVM_MAX_OUT and not self.lumped
         self._setup_mapping()
@@ -237,6 +253,8 @@ class AnalogLayer:
             m = max((1 << (int(q.w_bits) - 1)) - 1, 1)
             kmax = np.clip(np.rint(wmax / float(q.w_step)), 1, m).astype(np.int64)
             self.kmax = kmax
+            if self.pair_law and pairlaw.level_draws(kmax) > pairlaw.MAX_LEVEL_DRAWS:
+                self.pair_law = False  # too many distinct grids: the tables would cost more than they save
             self.w_scale_grp = (kmax * np.float64(q.w_step)).astype(np.float32)
         else:
             self.kmax = np.ones(self.n_groups, np.int64)
@@ -316,6 +334,7 @@ class AnalogLayer:
         cells are counted in `stored_program_events`, not in the per-sample `stats.program_events`."""
         self._programmed = True
         self._fixed_args = None  # the kernel arguments that hold for every sample, rebuilt on next use
+        self._ahead = None
         if not self.stored:
             return
         q = self.quant
@@ -528,7 +547,13 @@ class AnalogLayer:
                 self._mean_n = self._wn
             self._built = s
             return
-        self._build_fresh(s)
+        if self._ahead == s:  # built with the previous sample by the pair-law kernel
+            self._wn = self._pass[1]
+            self._ahead = None
+            self._count_sample_events()
+            self._built = s
+        else:
+            self._build_fresh(s)
         if cache is not None:
             cache[s] = (self._wn.copy(), self._sn.copy() if self.lumped else None)
 
@@ -553,8 +578,6 @@ class AnalogLayer:
             mu, sigma = self._read_stored(s)
         else:
             mu, sigma = self.mu, self.sigma
-        if fused:
-            self.stats.cell_reads += 3 * self.mu.size
         if not hasattr(self, "_wn"):
             self._wn = np.empty(self.mu.size, np.float32)
         eps_key = np.uint64(rng.derive_key(self.seed, "eps_w", s, self.layer))
@@ -577,10 +600,17 @@ class AnalogLayer:
                 self._gb = np.empty(self.mu.size, np.float32)
             self._run_kernel(mu, sigma, eps_key, use_eps, kernels.OUT_CONDUCTANCE, self._ga, self._gb, s=s)
             self._finish_conductances(s)
-        # every strategy writes each sample's weights into the compute cells (fp/vpq: exactly, at full precision,
-        # an idealisation without programming noise; spq/jq and the device sampler: with the device's noise)
-        self.stats.program_events += self._cells_per_layer()
+        self._count_sample_events()
         self._built = s
+
+    def _count_sample_events(self):
+        """The cell events of one sample's weights: reads of the stored arrays (read inside the weight kernel) and
+        the writes of the compute cells (every strategy writes each sample's weights: fp/vpq exactly, at full
+        precision, an idealisation without programming noise; spq/jq and the device sampler with the device's
+        noise)."""
+        if self.stored and self.fused_read:
+            self.stats.cell_reads += 3 * self.mu.size
+        self.stats.program_events += self._cells_per_layer()
 
     def _cells_per_layer(self):
         if self.offset:
@@ -588,8 +618,8 @@ class AnalogLayer:
         return 2 * self.mu.size
 
     def _keys(self, *ids):
-        return np.array([[rng.derive_key(self.seed, *ids, r, c) for c in range(self.n_ct)]
-                         for r in range(self.n_rt)], dtype=np.uint64)
+        """derive_key(seed, *ids, r, c) of every tile (r, c): uint64 [row tiles, column tiles]."""
+        return rng.derive_key_grid(self.seed, ids, self.n_rt, self.n_ct)
 
     def _sample_independent_args(self):
         """(stored, stored-array arguments, cell-law arguments, noise tables) of build_tiles that are the same for every
@@ -608,30 +638,25 @@ class AnalogLayer:
                 mu_mean = mu_mean.copy()
                 self._scale_tiles(mu_mean, self.drift_gains["mu"])
                 sigma_gain = self.drift_gains["sigma"].astype(np.float32)
-            ladder, values = self._ladder
-            d = np.diff(ladder)
-            slopes = np.append(np.diff(values) / np.where(d != 0, d, 1.0), 0.0)
-            st = (True, hp, hm, hs, sp, sm, ss, inv_unit, mu_mean,
-                  getattr(q, "sigma_kind", "log") == "log", ladder, kernels.ladder_thresholds(ladder), values, slopes,
-                  float(q.sigma_max), sigma_gain)
+            st = (True, hp, hm, hs, sp, sm, ss, inv_unit, mu_mean, getattr(q, "sigma_kind", "log") == "log",
+                  *kernels.sigma_decode_coefficients(*self._ladder), float(q.sigma_max), sigma_gain)
         else:
             z = np.zeros(1, np.float32)
-            st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True, np.ones(2), np.ones(2, np.float32),
-                  np.zeros(2), np.zeros(2), 1.0, np.ones((1, 1), np.float32))
+            st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True,
+                  *kernels.sigma_decode_coefficients(np.ones(2), np.zeros(2)), 1.0, np.ones((1, 1), np.float32))
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
+        pair = None
         if noisy and self.cell_law:
             law = self.device.read_cell_law(self.t_compute)
-            names = ("w", "ref") if self.offset else ("w+", "w-")
-            nu_keys = np.array([[[rng.derive_key(rng.derive_key(self.seed, "cells", self.layer, r, c, nm), "nu")
-                                  for nm in names] for c in range(self.n_ct)] for r in range(self.n_rt)], np.uint64)
             f32 = np.float32
-            nu_a = np.zeros(self.mu.size if law[2] != 0 and law[0] > 0 else 1, np.float32)
-            nu_b = np.zeros_like(nu_a)
-            if nu_a.size > 1:  # drift: the cells' fixed drift-exponent normals, drawn once
-                kernels.cell_normals(nu_keys, self.row_starts, self.out_features, self.card.tile.cols, self.offset,
-                                     rng.NORMAL_TABLE, nu_a, nu_b)
-            cl = (True, nu_a, nu_b, f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6],
-                  f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
+            law32 = (f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6], f32(law[7]),
+                     f32(law[8]), f32(law[9]), f32(law[10]))
+            if self.pair_law:
+                pair = pairlaw.pair_tables(self.lvl, self.sd_prog, self.kmax,
+                                           (*law32, f32(self.g_clip[0]), f32(self.g_clip[1])), self.span)
+            # drift: buffers for the cells' drift-exponent normals, drawn at each programming (_run_kernel)
+            nu_a = np.zeros(self.mu.size if law[2] != 0 and law[0] > 0 and not self.pair_law else 1, np.float32)
+            cl = (True, nu_a, np.zeros_like(nu_a), *law32)
         else:
             z32 = np.float32(0.0)
             no_nu = np.zeros(1, np.float32)
@@ -640,15 +665,23 @@ class AnalogLayer:
         noise = ((self.sd_prog, self.sd_read, np.float32(self.ref_sd[0]), np.float32(self.ref_sd[1])) if noisy else
                  (np.zeros_like(self.lvl), np.zeros_like(self.lvl), np.float32(0.0), np.float32(0.0)))
         if self._programmed:
-            self._fixed_args = (stored, st, cl, noise)
-        return stored, st, cl, noise
+            self._fixed_args = (stored, st, cl, noise, pair)
+        return stored, st, cl, noise, pair
 
     def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
         t = self.card.tile
         keys = self._keys("prog", s, self.layer)
-        stored, st, cl, (sd_prog, sd_read, ref_sd_prog, ref_sd_read) = self._sample_independent_args()
+        stored, st, cl, (sd_prog, sd_read, ref_sd_prog, ref_sd_read), pair = self._sample_independent_args()
         read_keys = self._keys("read_stored", s, self.layer) if stored else keys
         st = (*st[:7], read_keys, *st[7:])
+        if pair is not None and use_eps and out_kind == kernels.OUT_NORMALISED:
+            return self._run_pair_kernel(mu, sigma, s, st, pair)
+        if cl[1].size > 1:  # drift: the programmed cells' drift-exponent normals, new at each programming
+            names = ("w", "ref") if self.offset else ("w+", "w-")
+            nu_keys = np.array([[[rng.derive_key(self._programmed_cells_key(r, c, nm, s), "nu") for nm in names]
+                                 for c in range(self.n_ct)] for r in range(self.n_rt)], np.uint64)
+            kernels.cell_normals(nu_keys, self.row_starts, self.out_features, t.cols, self.offset, rng.NORMAL_TABLE,
+                                 cl[1], cl[2])
         kernels.build_tiles(
             mu, sigma, eps_key, use_eps, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, self.quantized,
             bool(self.quantized and int(self.quant.w_bits) == 1),
@@ -658,6 +691,35 @@ class AnalogLayer:
             keys, self.row_starts, t.rows, t.cols, out_kind,
             out_a, np.empty(1, np.float32) if out_b is None else out_b, *st, *cl)
         return out_a
+
+    def _run_pair_kernel(self, mu, sigma, s, st, pair):
+        """The pair-law kernel for sample s and, unless s is the last sample planned (`plan_samples`) or the
+        stored arrays were read outside the kernel, for s + 1 too (built ahead: the kernel reads the stored
+        arrays once for both). Returns s's weights."""
+        t = self.card.tile
+        last = self._last_sample
+        stored = st[0]
+        # not ahead past the last sample, nor when mu and sigma are this sample's reads (made outside the kernel)
+        alone = (last is not None and s >= last) or (self.stored and not stored)
+        ids = [s] if alone else [s, s + 1]
+        if getattr(self, "_pass", None) is None:
+            self._pass = np.empty((PAIR_SAMPLES_PER_PASS, self.mu.size), np.float32)
+        eps_keys = np.array([rng.derive_key(self.seed, "eps_w", i, self.layer) for i in ids], np.uint64)
+        tile_keys = np.stack([self._keys("prog", i, self.layer) for i in ids]) if not stored else self._no_keys
+        read_keys = np.stack([self._keys("read_stored", i, self.layer) for i in ids]) if stored else self._no_keys
+        kernels.build_pair_tiles(
+            mu, sigma, eps_keys, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, int(self.quant.w_bits) == 1,
+            np.float32(self.quant.w_step), self.kmax, self.grp, pair[0], pair[1], tile_keys, self.row_starts,
+            t.rows, t.cols, self._pass, *st[:7], read_keys, *st[8:], np.float32(self.g_min), np.float32(self.span),
+            np.float32(self.g_clip[0]), np.float32(self.g_clip[1]))
+        self._ahead = ids[1] if len(ids) > 1 else None
+        self._wn = self._pass[0]
+        return self._wn
+
+    def plan_samples(self, n: int | None) -> None:
+        """Tell the layer that samples 0 .. n-1 will be run (None: not known). The pair-law path builds each
+        sample's weights together with the next one's; it does not build past the last sample planned."""
+        self._last_sample = None if n is None else int(n) - 1
 
     def _finish_conductances(self, s):
         """Generic device program/read per tile (when no per-level tables), IR drop, -> normalised."""
@@ -696,7 +758,12 @@ class AnalogLayer:
         ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
         held = self.device.program(np.ascontiguousarray(targets), key, ck)
         rkey = rng.derive_key(self.seed, "read", s, self.layer, r, c, name)
-        return self.device.read(held, self.t_compute, rkey, ck)
+        return self.device.read(held, self.t_compute, rkey, self._programmed_cells_key(r, c, name, s))
+
+    def _programmed_cells_key(self, r, c, name, s):
+        """The `cell_key` of the reads of compute cells programmed for sample s (see bayesim.devices.base:
+        the cells as programmed, so what is drawn at programming, e.g. a PCM drift exponent, is new each time)."""
+        return rng.derive_key(rng.derive_key(self.seed, "cells", self.layer, r, c, name), "programmed", s)
 
     # ------------------------------------------------------------------ forward
     def _bias(self, s):
@@ -877,6 +944,7 @@ class AnalogLayer:
                 "in": self.in_features, "out": self.out_features, "row_tiles": self.n_rt,
                 "col_tiles": self.n_ct, "cells": self._cells_per_layer() + (3 * self.mu.size if self.stored else 0),
                 "path": "lumped" if self.lumped else ("per-cell (level tables)" if self.quantized and self.table_noise
+                                                      else "pair law (fused device law)" if self.pair_law
                                                       else "per-cell (fused device law)" if self.quantized and self.cell_law
                                                       else "per-cell"),
                 "lumped_fallback": self.lumped_reason, "sigma_shortfall": self.sigma_shortfall,

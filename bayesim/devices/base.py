@@ -8,8 +8,13 @@ All conductances are in microsiemens (uS), times in seconds (s), arrays float32 
 Randomness is passed as 64-bit stream keys (see `bayesim.rng`), never as hidden global state:
 - `key` identifies one *event* (one programming pulse train, one read); fresh for each event;
 - `cell_key` identifies the *physical cells* of one tile; fixed for the life of the hardware, so
-  stuck-at faults, device-to-device variation and per-cell drift exponents stay with their cell across
-  re-programming (SPQ programs the same cells for every Monte-Carlo sample).
+  stuck-at faults and device-to-device variation (drawn in `program`) stay with their cell across
+  re-programming (SPQ programs the same cells for every Monte-Carlo sample). The `cell_key` given to
+  `read` names the cells *as programmed*: what is drawn at programming and then stays until the next
+  programming, such as a PCM cell's drift exponent (a new amorphous plug at each RESET; aihwkit's
+  PCMLikeNoiseModel draws it at each programming too). The crossbar passes the physical key for the
+  stored arrays (programmed once) and rng.derive_key(cell_key, "programmed", sample) for cells it
+  programs for each Monte-Carlo sample.
 Element i of the array is cell i of the tile (C order), so the same cell gets the same fault whatever
 the batch shape or thread count. Built-in models do this in numba kernels on the counter-based streams
 of `bayesim.rng`; a numpy plug-in may use `bayesim.rng.generator(key)`.

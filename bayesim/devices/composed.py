@@ -144,8 +144,9 @@ class ComposedDevice:
     # ------------------------------------------------------------------ fast contract (fused crossbar kernels)
     def read_cell_law(self, t_read: float) -> tuple:
         """Parameters of `bayesim.devices.kernels.read_cell` for reads at t_read (s): a numba kernel that
-        programs a cell itself reads it as read(): read_cell(g0, z_nu, z, *law), z_nu the cell's fixed
-        normal (stream derive_key(cell_key, "nu") at the cell index), z fresh per read."""
+        programs a cell itself reads it as read(): read_cell(g0, z_nu, z, *law), z_nu the normal of the cell's
+        drift exponent (stream derive_key(cell_key, "nu") at the cell index, read's cell_key naming the cells as
+        programmed: see bayesim.devices.base), z fresh per read."""
         dr, rd = self.card.drift, self.card.read
         log_ratio, noise_t = K.read_law(float(t_read), _DRIFT[dr.model], dr.nu, dr.nu_std, dr.t0_s,
                                         _READ[rd.model], rd.t_pulse_s, rd.t0_s)
