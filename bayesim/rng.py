@@ -15,6 +15,7 @@ key) and stay deterministic too.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numba as nb
@@ -84,14 +85,19 @@ def derive_key(seed: int, *ids) -> int:
     mask = (1 << 64) - 1
     k = (int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & mask
     for i in ids:
-        if isinstance(i, str):
-            v = 0
-            for ch in i.encode():
-                v = (v * 1099511628211 ^ ch) & mask
-        else:
-            v = int(i) & mask
+        v = _string_id(i) if isinstance(i, str) else int(i) & mask
         k = _mix64_py((k ^ _mix64_py(v + 0x9E3779B97F4A7C15)) & mask)
     return k
+
+
+@functools.lru_cache(maxsize=1024)
+def _string_id(name: str) -> int:
+    """The 64-bit identifier of a string in derive_key (FNV-style over its UTF-8 bytes)."""
+    mask = (1 << 64) - 1
+    v = 0
+    for ch in name.encode():
+        v = (v * 1099511628211 ^ ch) & mask
+    return v
 
 
 @nb.njit(cache=True)

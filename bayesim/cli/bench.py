@@ -18,8 +18,8 @@ def register(subparsers) -> None:
                         "weight: a lower bound of the weight build and of the best ratio to BLAS")
     p.add_argument("--samples", type=int, default=32,
                    help=f"Monte-Carlo samples, 1 to {MAX_SAMPLES} (default 32)")
-    p.add_argument("--repeat", type=int, default=3,
-                   help=f"interleaved timing rounds, 1 to {MAX_REPEAT}; medians reported (default 3)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help=f"interleaved timing rounds, 1 to {MAX_REPEAT}; medians reported (default 5)")
     p.set_defaults(func=_handler)
 
 
