@@ -186,12 +186,8 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
                 _gather3(dtable, i0, i1, i2, rows_r, y0, y1, y2)
                 _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r, inv_unit,
                              sigma_gain[r, c], glo, ghi, wb, sb)
-                if sigma_log:
-                    _decode_sigma_log(sb, rows_r, sigma_rungs, sigma_kinks, sigma_ends, y2)
-                else:
-                    for kl in range(rows_r):
-                        v = np.float64((sb[kl] - g_base) / g_span)
-                        sb[kl] = np.float32(max(v, 0.0) * sigma_max)
+                _decode_sigma(sb, rows_r, sigma_log, sigma_rungs, sigma_kinks, sigma_ends, g_base, g_span, sigma_max,
+                              y2)
             else:
                 wb[:rows_r] = mu[j, r0: r0 + rows_r]
                 sb[:rows_r] = sigma[j, r0: r0 + rows_r]
@@ -380,6 +376,18 @@ def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_
 
 
 @nb.njit(cache=True)
+def _decode_sigma(sb, n, sigma_log, rungs, kinks, ends, g_base, g_span, sigma_max, acc):
+    """Conductances read from sigma cells (sb[:n], uS) -> sigma in place: the log ladder's decode
+    (_decode_sigma_log), or linear in g - g_base (a uniform sigma grid)."""
+    if sigma_log:
+        _decode_sigma_log(sb, n, rungs, kinks, ends, acc)
+        return
+    for kl in range(n):
+        v = np.float64((sb[kl] - g_base) / g_span)
+        sb[kl] = np.float32(max(v, 0.0) * sigma_max)
+
+
+@nb.njit(cache=True)
 def _decode_sigma_log(sb, n, rungs, kinks, ends, acc):
     """Conductances read from sigma cells (sb[:n]) -> sigma in place, as AnalogLayer._g_to_sigma: piecewise
     linear between the rungs of the log ladder, constant beyond both ends (ends = [first rung, last rung,
@@ -540,12 +548,8 @@ def build_pair_tiles(mu, sigma, eps_keys, table, dtable, binary, w_step, kmax_gr
                         y2[kl] = dtable[_field(b, _S2)]
                     _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r,
                                  inv_mu_unit[g], sigma_gain[r, c], glo, ghi, wb, sb)
-                    if sigma_log:
-                        _decode_sigma_log(sb, rows_r, sigma_rungs, sigma_kinks, sigma_ends, y2)
-                    else:
-                        for kl in range(rows_r):
-                            v = np.float64((sb[kl] - g_base) / g_span)
-                            sb[kl] = np.float32(max(v, 0.0) * sigma_max)
+                    _decode_sigma(sb, rows_r, sigma_log, sigma_rungs, sigma_kinks, sigma_ends, g_base, g_span,
+                                  sigma_max, y2)
                 else:
                     wb[:rows_r] = mu[j, r0: r0 + rows_r]
                     sb[:rows_r] = sigma[j, r0: r0 + rows_r]
