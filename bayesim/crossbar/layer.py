@@ -670,12 +670,12 @@ class AnalogLayer:
 
     def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
         t = self.card.tile
-        keys = self._keys("prog", s, self.layer)
         stored, st, cl, (sd_prog, sd_read, ref_sd_prog, ref_sd_read), pair = self._sample_independent_args()
-        read_keys = self._keys("read_stored", s, self.layer) if stored else keys
-        st = (*st[:7], read_keys, *st[7:])
         if pair is not None and use_eps and out_kind == kernels.OUT_NORMALISED:
             return self._run_pair_kernel(mu, sigma, s, st, pair)
+        keys = self._keys("prog", s, self.layer)
+        read_keys = self._keys("read_stored", s, self.layer) if stored else keys
+        st = (*st[:7], read_keys, *st[7:])
         if cl[1].size > 1:  # drift: the programmed cells' drift-exponent normals, new at each programming
             names = ("w", "ref") if self.offset else ("w+", "w-")
             nu_keys = np.array([[[rng.derive_key(self._programmed_cells_key(r, c, nm, s), "nu") for nm in names]
@@ -710,7 +710,7 @@ class AnalogLayer:
         kernels.build_pair_tiles(
             mu, sigma, eps_keys, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, int(self.quant.w_bits) == 1,
             np.float32(self.quant.w_step), self.kmax, self.grp, pair[0], pair[1], tile_keys, self.row_starts,
-            t.rows, t.cols, self._pass, *st[:7], read_keys, *st[8:], np.float32(self.g_min), np.float32(self.span),
+            t.rows, t.cols, self._pass, *st[:7], read_keys, *st[7:], np.float32(self.g_min), np.float32(self.span),
             np.float32(self.g_clip[0]), np.float32(self.g_clip[1]))
         self._ahead = ids[1] if len(ids) > 1 else None
         self._wn = self._pass[0]
