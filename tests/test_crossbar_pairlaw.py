@@ -49,9 +49,11 @@ def test_pair_tables_follow_the_analytic_law_of_clipped_drifting_cells():
     sd, t, k = 0.5, 1e4, 3
     dev = _device(sd_prog=sd)
     layer = AnalogLayer(_spq_op(), dev, CARD, 0, 1, t_compute=t)
-    assert layer.pair_law and layer.summary()["path"] == "pair law (fused device law)"
+    assert not layer.pair_law  # 4,096 weights: the tables would cost more than they save (pairlaw.pays_off)
+    layer.pair_law = True
+    assert layer.summary()["path"] == "pair law (fused device law)"
     assert np.all(layer.kmax == k)  # one grid (3 bits: levels 0 .. 3) for every group
-    pair, zero = layer._sample_independent_args()[4]
+    pair, zero = layer._pair_tables()
     tab = pair.reshape(-1, kernels.PAIR_QUANTILES).astype(np.float64)
     assert tab.shape[0] == 2 * k + 1 and np.all(zero == k)
     assert np.all(np.diff(tab, axis=1) >= 0)  # quantiles ascend
@@ -72,9 +74,23 @@ def test_pair_tables_follow_the_analytic_law_of_clipped_drifting_cells():
 def test_pair_tables_are_cached_by_content_and_the_same_for_every_seed():
     dev = _device()
     a, b = (AnalogLayer(_spq_op(), dev, CARD, 0, seed, t_compute=10.0) for seed in (1, 2))
-    ta, tb = a._sample_independent_args()[4], b._sample_independent_args()[4]
-    np.testing.assert_array_equal(ta[0], tb[0])
+    np.testing.assert_array_equal(a._pair_tables()[0], b._pair_tables()[0])
     assert pairlaw.level_draws(np.array([3, 3, 7])) == (3 + 2) + (7 + 2)
+
+
+def test_the_pair_law_is_taken_where_its_tables_pay_for_themselves():
+    """pairlaw.pays_off: NOMINAL_SAMPLES samples of the layer must save more than its tables cost (by the cost
+    model's constants, hand-computed here); it depends on the layer, not on the seed."""
+    k = np.array([7, 7, 3])  # two grids: 9 + 5 = 14 cell levels to draw
+    need = 14 * pairlaw.TABLE_S_PER_LEVEL / (pairlaw.NOMINAL_SAMPLES * pairlaw.SAVED_S_PER_WEIGHT_SAMPLE)
+    assert pairlaw.pays_off(int(need) + 1, k) and not pairlaw.pays_off(int(need) - 1, k)
+    op, dev, card, x = _pcm_jq()  # 9,600 weights
+    assert not any(AnalogLayer(op, dev, card, 0, seed).pair_law for seed in (0, 1))
+    from bayesim.crossbar import bench, load_crossbar
+
+    big = AnalogLayer(*bench._workload()[:1], bench._device()[0],
+                      load_crossbar(bench._REPO / "crossbars" / "default.yaml"), 0, 1)
+    assert big.pair_law and big.summary()["path"] == "pair law (fused device law)"
 
 
 def _pcm_jq(out=48, inn=200, seed=3, t=1e4, mapping="differential"):
@@ -98,8 +114,8 @@ def test_pair_law_path_draws_the_weights_of_the_per_cell_path():
     outputs (mean and spread per output)."""
     op, dev, card, x = _pcm_jq()
     layers = [AnalogLayer(op, dev, card, 0, 5, t_read=1e4, t_compute=1e4) for _ in range(2)]
-    layers[1].pair_law = False  # the per-cell fused device law
-    assert layers[0].pair_law and not layers[1].pair_law
+    layers[0].pair_law = True  # forced on this small layer (pays_off would keep the per-cell law)
+    assert not layers[1].pair_law
     w, y = [], []
     for layer in layers:
         ws, ys = [], []
@@ -118,16 +134,24 @@ def test_pair_law_path_draws_the_weights_of_the_per_cell_path():
     assert abs(s0.mean() / s1.mean() - 1) < 0.05
 
 
-def test_samples_built_ahead_equal_samples_built_alone():
+def test_samples_built_ahead_equal_samples_built_alone(monkeypatch):
     """The pair-law kernel builds sample s + 1 with sample s; its weights and the event counts are those of a
-    layer that builds every sample alone (plan_samples stops it one sample ahead of the last)."""
+    layer that builds every sample alone (plan_samples stops it one sample ahead of the last), on one thread
+    as on two."""
+    import numba
+
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # this small layer too runs on the thread pool
     op, dev, card, x = _pcm_jq(t=1.0)
     ahead = AnalogLayer(op, dev, card, 0, 9)
     alone = AnalogLayer(op, dev, card, 0, 9)
+    ahead.pair_law = alone.pair_law = True
+    before = numba.get_num_threads()
     for s in range(4):
+        numba.set_num_threads(min(1 + s % 2, numba.config.NUMBA_NUM_THREADS))
         ahead._build(s)
         alone._ahead = None  # forget what was built ahead: every sample from scratch
         alone._build(s)
+        numba.set_num_threads(before)
         np.testing.assert_array_equal(ahead._wn, alone._wn)
     assert ahead.stats.to_dict() == alone.stats.to_dict()
     assert ahead.stats.program_events == 4 * 2 * op.mu_w.size and ahead.stats.cell_reads == 4 * 3 * op.mu_w.size
@@ -144,15 +168,17 @@ def test_samples_built_ahead_equal_samples_built_alone():
 def test_the_drift_exponent_is_drawn_at_each_programming():
     """Noise-free cells with a spread of drift exponents (nu = 0.1 +- 0.01), SPQ with sigma = 0 (every
     weight keeps its level): the weights change from sample to sample only through the exponents drawn
-    at each programming, log w spreading by nu_std * ln(1 + t), on the pair-law path and on the generic
-    device.program/read path alike."""
-    from tests.test_crossbar_layer import _GenericOnly
+    at each programming, log w spreading by nu_std * ln(1 + t), on the pair-law path, the per-cell fused
+    path and the generic device.program/read path alike."""
+    from test_crossbar_layer import _GenericOnly
 
     t, nu_std = 1e6, 0.01
     dev = _device(sd_prog=0.0, nu_std=nu_std)
     op = _spq_op(sigma=0.0)
-    for d, path in ((dev, "pair law (fused device law)"), (_GenericOnly(dev), "per-cell")):
+    for d, path in ((dev, "pair law (fused device law)"), (_GenericOnly(dev), "per-cell"),
+                    (dev, "per-cell (fused device law)")):
         layer = AnalogLayer(op, d, CARD, 0, 4, t_compute=t)
+        layer.pair_law = path.startswith("pair")
         assert layer.summary()["path"] == path
         w = np.stack([(layer._build(s), layer._wn.copy())[1] for s in range(48)]).astype(np.float64)
         on = np.all(w != 0, axis=0)  # q != 0 (a zero conductance does not drift)

@@ -253,8 +253,8 @@ class AnalogLayer:
             m = max((1 << (int(q.w_bits) - 1)) - 1, 1)
             kmax = np.clip(np.rint(wmax / float(q.w_step)), 1, m).astype(np.int64)
             self.kmax = kmax
-            if self.pair_law and pairlaw.level_draws(kmax) > pairlaw.MAX_LEVEL_DRAWS:
-                self.pair_law = False  # too many distinct grids: the tables would cost more than they save
+            if self.pair_law and not pairlaw.pays_off(self.mu.size, kmax):
+                self.pair_law = False  # a small layer or many grids: the tables would cost more than they save
             self.w_scale_grp = (kmax * np.float64(q.w_step)).astype(np.float32)
         else:
             self.kmax = np.ones(self.n_groups, np.int64)
@@ -645,18 +645,13 @@ class AnalogLayer:
             st = (False, z, z, z, z, z, z, np.ones(1, np.float32), z, True,
                   *kernels.sigma_decode_coefficients(np.ones(2), np.zeros(2)), 1.0, np.ones((1, 1), np.float32))
         noisy = self.quantized and self.fused_cells and self.sampler == "digital"
-        pair = None
         if noisy and self.cell_law:
             law = self.device.read_cell_law(self.t_compute)
             f32 = np.float32
-            law32 = (f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6], f32(law[7]),
-                     f32(law[8]), f32(law[9]), f32(law[10]))
-            if self.pair_law:
-                pair = pairlaw.pair_tables(self.lvl, self.sd_prog, self.kmax,
-                                           (*law32, f32(self.g_clip[0]), f32(self.g_clip[1])), self.span)
             # drift: buffers for the cells' drift-exponent normals, drawn at each programming (_run_kernel)
-            nu_a = np.zeros(self.mu.size if law[2] != 0 and law[0] > 0 and not self.pair_law else 1, np.float32)
-            cl = (True, nu_a, np.zeros_like(nu_a), *law32)
+            nu_a = np.zeros(self.mu.size if law[2] != 0 and law[0] > 0 else 1, np.float32)
+            cl = (True, nu_a, np.zeros_like(nu_a), f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5],
+                  law[6], f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
         else:
             z32 = np.float32(0.0)
             no_nu = np.zeros(1, np.float32)
@@ -665,14 +660,23 @@ class AnalogLayer:
         noise = ((self.sd_prog, self.sd_read, np.float32(self.ref_sd[0]), np.float32(self.ref_sd[1])) if noisy else
                  (np.zeros_like(self.lvl), np.zeros_like(self.lvl), np.float32(0.0), np.float32(0.0)))
         if self._programmed:
-            self._fixed_args = (stored, st, cl, noise, pair)
-        return stored, st, cl, noise, pair
+            self._fixed_args = (stored, st, cl, noise)
+        return stored, st, cl, noise
+
+    def _pair_tables(self):
+        """(pair, pair_zero) of bayesim.crossbar.pairlaw.pair_tables for this layer's grids and read law (built on
+        first use; cached there by content)."""
+        if getattr(self, "_pair", None) is None:
+            law = self.device.read_cell_law(self.t_compute)
+            law32 = tuple(np.float32(v) if isinstance(v, float) else v for v in (*law[:11], *self.g_clip))
+            self._pair = pairlaw.pair_tables(self.lvl, self.sd_prog, self.kmax, law32, self.span)
+        return self._pair
 
     def _run_kernel(self, mu, sigma, eps_key, use_eps, out_kind, out_a, out_b=None, s=0):
         t = self.card.tile
-        stored, st, cl, (sd_prog, sd_read, ref_sd_prog, ref_sd_read), pair = self._sample_independent_args()
-        if pair is not None and use_eps and out_kind == kernels.OUT_NORMALISED:
-            return self._run_pair_kernel(mu, sigma, s, st, pair)
+        stored, st, cl, (sd_prog, sd_read, ref_sd_prog, ref_sd_read) = self._sample_independent_args()
+        if self.pair_law and use_eps and out_kind == kernels.OUT_NORMALISED:
+            return self._run_pair_kernel(mu, sigma, s, st, self._pair_tables())
         keys = self._keys("prog", s, self.layer)
         read_keys = self._keys("read_stored", s, self.layer) if stored else keys
         st = (*st[:7], read_keys, *st[7:])

@@ -5,7 +5,7 @@ mapping; no IR drop) a sampled weight at level index q is one draw from the law 
 programmed at level m + max(q, 0), cell - at level m + max(-q, 0), each programmed (clip(level + sd z))
 and read by the device's law (drift with an exponent drawn at programming, 1/f noise) independently of
 the other and of every other cell. That law is tabulated once per layer as PAIR_QUANTILES equiprobable
-quantiles, estimated from N_DRAWS full-precision Monte-Carlo draws of each cell; the weight kernel then
+quantiles, estimated from N_DRAWS Monte-Carlo draws of each cell (16-bit table normals); the weight kernel then
 draws the weight with one table lookup instead of two programming draws, two read draws and two cell
 laws (three transcendental functions each).
 
@@ -23,10 +23,14 @@ from bayesim.crossbar import kernels
 #: Monte-Carlo draws per cell level behind each table: 64 per quantile; the variance of a table is within
 #: about 0.3% (sqrt(2 / N_DRAWS)) of the law's.
 N_DRAWS = 1 << 18
-#: Above this many cell levels to draw (sum over the layer's distinct level grids of levels + 1), a layer
-#: keeps the per-cell path: its tables would take longer to build than they save (many bits per weight
-#: with a different grid per column).
-MAX_LEVEL_DRAWS = 96
+#: The cost model that decides where a layer takes the pair-law path (AnalogLayer._setup_mapping), measured on
+#: the 2-core machine of the benchmark: the weight kernel saves about 4 ns per weight and sample (2.2-2.6 ms
+#: against 0.6 ms for the bench's 401,408 weights), and the tables cost about 1.2 ms per cell level drawn
+#: (`level_draws`). The path is taken where NOMINAL_SAMPLES samples save more than the tables cost, so the
+#: choice (and with it the random streams) depends on the layer alone, never on the run.
+SAVED_S_PER_WEIGHT_SAMPLE = 4e-9
+TABLE_S_PER_LEVEL = 1.2e-3
+NOMINAL_SAMPLES = 32
 _KEY_ON, _KEY_OFF = (np.uint64(rng.derive_key(0, "pair law", side)) for side in ("on", "off"))
 _CACHE: dict[bytes, np.ndarray] = {}
 _CACHE_MAX = 256
@@ -35,6 +39,11 @@ _CACHE_MAX = 256
 def level_draws(kmax: np.ndarray) -> int:
     """Cell levels the tables of a layer with these per-group grid sizes must draw."""
     return int(sum(int(k) + 2 for k in np.unique(kmax)))
+
+
+def pays_off(n_weights: int, kmax: np.ndarray) -> bool:
+    """Whether NOMINAL_SAMPLES samples of a layer of n_weights weights save more than its tables cost."""
+    return n_weights * NOMINAL_SAMPLES * SAVED_S_PER_WEIGHT_SAMPLE >= level_draws(kmax) * TABLE_S_PER_LEVEL
 
 
 def pair_tables(lvl: np.ndarray, sd_prog: np.ndarray, kmax: np.ndarray, law: tuple, span: float):
@@ -68,10 +77,10 @@ def _grid_tables(levels: np.ndarray, sd: np.ndarray, law: tuple, inv_norm: np.fl
     k = levels.size - 1
     on = np.empty((k + 1, N_DRAWS), np.float32)
     off = np.empty((1, N_DRAWS), np.float32)
-    kernels.cell_law_draws(levels.astype(np.float32), sd.astype(np.float32), _KEY_ON, N_DRAWS, lo, hi, *law[:-2],
-                           on)
-    kernels.cell_law_draws(levels[:1].astype(np.float32), sd[:1].astype(np.float32), _KEY_OFF, N_DRAWS, lo, hi,
-                           *law[:-2], off)
+    kernels.cell_law_draws(levels.astype(np.float32), sd.astype(np.float32), _KEY_ON, N_DRAWS, rng.NORMAL_TABLE, lo,
+                           hi, *law[:-2], on)
+    kernels.cell_law_draws(levels[:1].astype(np.float32), sd[:1].astype(np.float32), _KEY_OFF, N_DRAWS,
+                           rng.NORMAL_TABLE, lo, hi, *law[:-2], off)
     pos = np.empty((k + 1, kernels.PAIR_QUANTILES), np.float32)
     kernels.pair_quantiles(on, off[0], inv_norm, kernels.PAIR_QUANTILES, pos)
     # q < 0: the pair swapped, the law of -D_|q|: its quantiles are those of D_|q| negated, in reverse order
