@@ -42,12 +42,13 @@ def test_bench_report_names_every_number(monkeypatch):
         assert r[key] > 0
     assert r["throughput_vs_blas"] == r["rounds"][0]["blas_s"] / r["rounds"][0]["analog_s"]
     stages = r["stages_per_sample_s"]
-    assert stages["weight_build"] > 0 and stages["gemm_adc"] > 0
+    assert stages["weight_build"] > 0 and stages["gemm_adc"] > 0 and r["setup_s"] > 0
     assert r["throughput_vs_blas_if_build_free"] == r["rounds"][0]["blas_s"] / r["rounds"][0]["gemm_adc_s"]
     text = bench.format_report(r)
     for line in ("time per sample", "BLAS float32 matmul", "numpy baseline", "throughput vs BLAS", "speed vs numpy",
                  "16-bit inverse-CDF table", "12-bit table", "12-bit quantile table of each level pair",
-                 "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5"):
+                 "weight build", "GEMM + ADC", "with a free weight build", "DAC 8 / ADC 8 bits", "target >= 0.5",
+                 "once per layer, not in the time per sample", "the pair-law tables"):
         assert line in text
     assert 0 <= r["machine"]["other_processes_cpu_fraction"] <= 1
     for other, busy in ((0.05, False), (0.3, True), (None, False)):
