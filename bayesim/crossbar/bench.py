@@ -226,7 +226,7 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
                                   "table for the stored cells' read noise" + (
                                       f"; programmed cell pairs: {kernels.DEVICE_NORMAL_BITS}-bit quantile table of "
                                       "each level pair's (G+ - G-) law, from 2^"
-                                      f"{pairlaw.N_DRAWS.bit_length() - 1} full-precision draws per level"
+                                      f"{pairlaw.N_DRAWS.bit_length() - 1} draws per level (16-bit table normals)"
                                       if layer.pair_law else "; programming noise of the programmed cells"),
                       "dac_bits": card.dac.bits, "adc_bits": card.adc.bits,
                       "numpy_baseline_gaussian": "numpy PCG64 float32 standard_normal (full precision)"},
