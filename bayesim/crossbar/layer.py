@@ -227,6 +227,7 @@ class AnalogLayer:
         self._ahead = None  # the sample whose weights the pair-law kernel built ahead (in self._pass[1])
         self._last_sample = None  # plan_samples
         self._no_keys = np.zeros((1, 1, 1), np.uint64)
+        self._cell_keys = {}  # _cells_key
         self._sample_cache = None
         self._fused_mvm = self.out_features <= FUSED_MVM_MAX_OUT and not self.lumped
         self._setup_mapping()
@@ -362,7 +363,7 @@ class AnalogLayer:
             for r, c, off, rows_r, c0, c1 in self._tiles():
                 tgt = self._tile_view(arr, off, rows_r, c0, c1)
                 key = rng.derive_key(self.seed, "prog_stored", self.layer, r, c, name)
-                ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                ck = self._cells_key(r, c, name)
                 self._tile_view(held, off, rows_r, c0, c1)[...] = self.device.program(tgt, key, ck)
             self.held[name] = held
         # one-time programming, before any inference: counted apart from the per-sample events (stats are
@@ -386,7 +387,7 @@ class AnalogLayer:
                 for name, held in self.held.items():
                     mean, sd = np.empty_like(held), np.empty_like(held)
                     for r, c, off, rows_r, c0, c1 in self._tiles():
-                        ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                        ck = self._cells_key(r, c, name)
                         m_, s_ = moments(self._tile_view(held, off, rows_r, c0, c1), self.t_read, ck)
                         self._tile_view(mean, off, rows_r, c0, c1)[...] = m_
                         self._tile_view(sd, off, rows_r, c0, c1)[...] = s_
@@ -419,7 +420,7 @@ class AnalogLayer:
                 m_, s_ = (self._tile_view(a[name], off, rows_r, c0, c1) for a in (self.read_mean, self.read_sd))
                 return _expected_clipped(m_, s_, lo, hi).sum(axis=1)
             h = np.ascontiguousarray(self._tile_view(self.held[name], off, rows_r, c0, c1), np.float32)
-            ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+            ck = self._cells_key(r, c, name)
             if self.table_noise:
                 g = _expected_clipped(h, np.asarray(self.device.read_sigma(h, t)), lo, hi)
             elif moments is not None:
@@ -500,7 +501,7 @@ class AnalogLayer:
             for r, c, off, rows_r, c0, c1 in self._tiles():
                 h = self._tile_view(held, off, rows_r, c0, c1)
                 key = rng.derive_key(self.seed, "read_stored", s, self.layer, r, c, name)
-                ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+                ck = self._cells_key(r, c, name)
                 self._tile_view(out, off, rows_r, c0, c1)[...] = self.device.read(h, self.t_read, key, ck)
             reads[name] = out
         mu_blocks = self._decode_mu_blocks(reads["mu+"], reads["mu-"])
@@ -648,10 +649,10 @@ class AnalogLayer:
         if noisy and self.cell_law:
             law = self.device.read_cell_law(self.t_compute)
             f32 = np.float32
-            # drift: buffers for the cells' drift-exponent normals, drawn at each programming (_run_kernel)
-            nu_a = np.zeros(self.mu.size if law[2] != 0 and law[0] > 0 else 1, np.float32)
-            cl = (True, nu_a, np.zeros_like(nu_a), f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5],
-                  law[6], f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
+            self._drift = law[2] != 0 and law[0] > 0  # the per-cell path draws drift normals (_run_kernel)
+            no_nu = np.zeros(1, np.float32)
+            cl = (True, no_nu, no_nu, f32(law[0]), f32(law[1]), law[2], f32(law[3]), f32(law[4]), law[5], law[6],
+                  f32(law[7]), f32(law[8]), f32(law[9]), f32(law[10]))
         else:
             z32 = np.float32(0.0)
             no_nu = np.zeros(1, np.float32)
@@ -680,12 +681,15 @@ class AnalogLayer:
         keys = self._keys("prog", s, self.layer)
         read_keys = self._keys("read_stored", s, self.layer) if stored else keys
         st = (*st[:7], read_keys, *st[7:])
-        if cl[1].size > 1:  # drift: the programmed cells' drift-exponent normals, new at each programming
+        if cl[0] and self._drift:  # the programmed cells' drift-exponent normals, new at each programming
+            if getattr(self, "_nu", None) is None:
+                self._nu = (np.empty(self.mu.size, np.float32), np.empty(self.mu.size, np.float32))
             names = ("w", "ref") if self.offset else ("w+", "w-")
             nu_keys = np.array([[[rng.derive_key(self._programmed_cells_key(r, c, nm, s), "nu") for nm in names]
                                  for c in range(self.n_ct)] for r in range(self.n_rt)], np.uint64)
             kernels.cell_normals(nu_keys, self.row_starts, self.out_features, t.cols, self.offset, rng.NORMAL_TABLE,
-                                 cl[1], cl[2])
+                                 *self._nu)
+            cl = (cl[0], *self._nu, *cl[3:])
         kernels.build_tiles(
             mu, sigma, eps_key, use_eps, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, self.quantized,
             bool(self.quantized and int(self.quant.w_bits) == 1),
@@ -759,15 +763,22 @@ class AnalogLayer:
 
     def _program_read(self, targets, s, r, c, name):
         key = rng.derive_key(self.seed, "prog", s, self.layer, r, c, name)
-        ck = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+        ck = self._cells_key(r, c, name)
         held = self.device.program(np.ascontiguousarray(targets), key, ck)
         rkey = rng.derive_key(self.seed, "read", s, self.layer, r, c, name)
         return self.device.read(held, self.t_compute, rkey, self._programmed_cells_key(r, c, name, s))
 
+    def _cells_key(self, r, c, name):
+        """The `cell_key` of the physical cells `name` of tile (r, c) (fixed for the layer; derived once)."""
+        k = self._cell_keys.get((r, c, name))
+        if k is None:
+            k = self._cell_keys[(r, c, name)] = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
+        return k
+
     def _programmed_cells_key(self, r, c, name, s):
         """The `cell_key` of the reads of compute cells programmed for sample s (see bayesim.devices.base:
         the cells as programmed, so what is drawn at programming, e.g. a PCM drift exponent, is new each time)."""
-        return rng.derive_key(rng.derive_key(self.seed, "cells", self.layer, r, c, name), "programmed", s)
+        return rng.derive_key(self._cells_key(r, c, name), "programmed", s)
 
     # ------------------------------------------------------------------ forward
     def _bias(self, s):
