@@ -51,6 +51,7 @@ def test_bench_report_names_every_number(monkeypatch):
                  "once per layer, not in the time per sample", "the pair-law tables"):
         assert line in text
     assert 0 <= r["machine"]["other_processes_cpu_fraction"] <= 1
+    assert r["machine"]["cpu"] and f"CPUs ({r['machine']['cpu']})" in text  # ratios depend on the core: named
     for other, busy in ((0.05, False), (0.3, True), (None, False)):
         r["machine"]["other_processes_cpu_fraction"] = other
         assert ("NOTE: other processes used 30% of the machine's CPU time" in bench.format_report(r)) == busy

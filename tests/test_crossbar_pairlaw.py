@@ -135,34 +135,42 @@ def test_pair_law_path_draws_the_weights_of_the_per_cell_path():
 
 
 def test_samples_built_ahead_equal_samples_built_alone(monkeypatch):
-    """The pair-law kernel builds sample s + 1 with sample s; its weights and the event counts are those of a
-    layer that builds every sample alone (plan_samples stops it one sample ahead of the last), on one thread
-    as on two."""
+    """The pair-law kernel builds samples s + 1 .. s + P - 1 with sample s (P = PAIR_SAMPLES_PER_PASS); their
+    weights and the event counts are those of a layer that builds every sample alone, on one thread as on
+    two, and plan_samples stops it at the last sample planned."""
     import numba
 
+    from bayesim.crossbar.layer import PAIR_SAMPLES_PER_PASS as P
+
+    assert P >= 2
     monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # this small layer too runs on the thread pool
     op, dev, card, x = _pcm_jq(t=1.0)
     ahead = AnalogLayer(op, dev, card, 0, 9)
     alone = AnalogLayer(op, dev, card, 0, 9)
     ahead.pair_law = alone.pair_law = True
     before = numba.get_num_threads()
-    for s in range(4):
+    n = 2 * P + 1  # two whole passes and the first sample of a third
+    for s in range(n):
         numba.set_num_threads(min(1 + s % 2, numba.config.NUMBA_NUM_THREADS))
         ahead._build(s)
-        alone._ahead = None  # forget what was built ahead: every sample from scratch
+        alone._ahead = {}  # forget what was built ahead: every sample from scratch
         alone._build(s)
         numba.set_num_threads(before)
         np.testing.assert_array_equal(ahead._wn, alone._wn)
     assert ahead.stats.to_dict() == alone.stats.to_dict()
-    assert ahead.stats.program_events == 4 * 2 * op.mu_w.size and ahead.stats.cell_reads == 4 * 3 * op.mu_w.size
-    ahead._build(4)
-    assert ahead._ahead == 5
-    ahead.plan_samples(6)  # samples 0 .. 5
-    ahead._build(5)  # the one built ahead
-    assert ahead._ahead is None
+    assert ahead.stats.program_events == n * 2 * op.mu_w.size and ahead.stats.cell_reads == n * 3 * op.mu_w.size
+    assert sorted(ahead._ahead) == list(range(2 * P + 1, 3 * P))  # the rest of the third pass
+    ahead.plan_samples(2 * P + 3)  # samples 0 .. 2P + 2: the next one was built ahead
+    ahead._build(2 * P + 1)
+    assert 2 * P + 1 not in ahead._ahead
+    ahead._ahead = {}
     ahead._built = None
-    ahead._build(5)  # the last sample planned: built alone, nothing past it
-    assert ahead._ahead is None
+    ahead._build(2 * P + 1)  # a pass from here stops at the last sample planned
+    assert sorted(ahead._ahead) == [2 * P + 2]
+    ahead._built = None
+    ahead._ahead = {}
+    ahead._build(2 * P + 2)  # the last sample planned: built alone, nothing past it
+    assert ahead._ahead == {}
 
 
 def test_the_drift_exponent_is_drawn_at_each_programming():

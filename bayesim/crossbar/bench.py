@@ -243,11 +243,28 @@ def run(samples: int = SAMPLES, repeat: int = 3) -> dict:
         "analog_gmacs": macs / t_analog / 1e9,
         "blas_gmacs": macs / t_blas / 1e9,
         "targets": {"throughput_vs_blas": 0.5, "speedup_vs_numpy": 4.0},
-        "machine": {"cpus": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "numba_threads": numba.get_num_threads(),
                     "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                     "other_processes_cpu_fraction": other_cpu,
                     "python": platform.python_version(), "numpy": np.__version__},
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform) and the LLVM target numba compiles for:
+    ratios to BLAS depend on the core (SIMD width, caches, memory bandwidth), so a report names it."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    try:
+        import llvmlite.binding as ll
+
+        return f"{name}, LLVM target {ll.get_host_cpu_name()}"
+    except Exception:  # llvmlite is numba's; the name alone is still worth printing
+        return name
 
 
 #: above this share of the machine's CPU time taken by other processes while the bench ran, its times are
@@ -300,7 +317,8 @@ def format_report(r: dict) -> str:
         + (", the pair-law tables)" if "pair law" in w["path"] else ")"),
         f"  throughput vs BLAS:  {r['throughput_vs_blas']:.2f}  (target >= {r['targets']['throughput_vs_blas']})",
         f"  speed vs numpy:      {r['speedup_vs_numpy']:.1f}x (target >= {r['targets']['speedup_vs_numpy']}x)",
-        f"  machine: {r['machine']['cpus']} CPUs, {r['machine']['numba_threads']} numba threads, "
+        f"  machine: {r['machine']['cpus']} CPUs ({r['machine'].get('cpu', 'unknown CPU')}), "
+        f"{r['machine']['numba_threads']} numba threads, "
         f"load average {_fmt_load(r['machine']['load_average_1min'])} (ratios are medians of {len(r['rounds'])} interleaved rounds)",
     ]
     other = r["machine"].get("other_processes_cpu_fraction")

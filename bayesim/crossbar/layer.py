@@ -25,8 +25,8 @@ each programming: see bayesim.devices.base), and its stored VPQ arrays are read 
 per cell at t_read, computed once at programming) plus fresh read noise. With differential pairs and no
 IR drop such a device takes the pair-law path: the two cells of a weight are independent of each other
 and of every other cell, so the weight (G+ - G-)/span is drawn in one lookup from the tabulated law of
-its level pair (bayesim.crossbar.pairlaw), and each call of that kernel builds two samples (the stored
-arrays are read from memory once for both). Other devices take the generic per-tile device.program /
+its level pair (bayesim.crossbar.pairlaw), and each call of that kernel builds up to four samples (the
+stored arrays are read from memory once for all of them). Other devices take the generic per-tile device.program /
 device.read path.
 
 Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + accumulation in one
@@ -126,8 +126,9 @@ def _expected_clipped(mean, sd, lo: float, hi: float) -> np.ndarray:
 
 
 #: Monte-Carlo samples whose weights the pair-law kernel builds in one pass (the sample asked for and the
-#: next one): the stored arrays, read from memory once, serve both; two weight buffers per layer.
-PAIR_SAMPLES_PER_PASS = 2
+#: next ones, up to the last sample planned): the stored arrays, read from memory once, serve them all;
+#: this many weight buffers per layer.
+PAIR_SAMPLES_PER_PASS = 4
 
 
 class AnalogLayer:
@@ -224,7 +225,7 @@ class AnalogLayer:
         self._programmed = False
         self.stored_program_events = 0  # cells of the stored arrays programmed once (`program`)
         self._built = None
-        self._ahead = None  # the sample whose weights the pair-law kernel built ahead (in self._pass[1])
+        self._ahead = {}  # sample -> row of self._pass: the samples the pair-law kernel built ahead
         self._last_sample = None  # plan_samples
         self._no_keys = np.zeros((1, 1, 1), np.uint64)
         self._cell_keys = {}  # _cells_key
@@ -335,7 +336,7 @@ class AnalogLayer:
         cells are counted in `stored_program_events`, not in the per-sample `stats.program_events`."""
         self._programmed = True
         self._fixed_args = None  # the kernel arguments that hold for every sample, rebuilt on next use
-        self._ahead = None
+        self._ahead = {}
         if not self.stored:
             return
         q = self.quant
@@ -548,9 +549,8 @@ class AnalogLayer:
                 self._mean_n = self._wn
             self._built = s
             return
-        if self._ahead == s:  # built with the previous sample by the pair-law kernel
-            self._wn = self._pass[1]
-            self._ahead = None
+        if s in self._ahead:  # built with an earlier sample by the pair-law kernel
+            self._wn = self._pass[self._ahead.pop(s)]
             self._count_sample_events()
             self._built = s
         else:
@@ -701,15 +701,15 @@ class AnalogLayer:
         return out_a
 
     def _run_pair_kernel(self, mu, sigma, s, st, pair):
-        """The pair-law kernel for sample s and, unless s is the last sample planned (`plan_samples`) or the
-        stored arrays were read outside the kernel, for s + 1 too (built ahead: the kernel reads the stored
-        arrays once for both). Returns s's weights."""
+        """The pair-law kernel for sample s and, unless the stored arrays were read outside the kernel, for the
+        next PAIR_SAMPLES_PER_PASS - 1 samples too, up to the last sample planned (`plan_samples`): built ahead,
+        the kernel reads the stored arrays once for all of them. Returns s's weights."""
         t = self.card.tile
         last = self._last_sample
         stored = st[0]
         # not ahead past the last sample, nor when mu and sigma are this sample's reads (made outside the kernel)
-        alone = (last is not None and s >= last) or (self.stored and not stored)
-        ids = [s] if alone else [s, s + 1]
+        n = 1 if self.stored and not stored else PAIR_SAMPLES_PER_PASS
+        ids = list(range(s, s + n if last is None else max(min(s + n, last + 1), s + 1)))
         if getattr(self, "_pass", None) is None:
             self._pass = np.empty((PAIR_SAMPLES_PER_PASS, self.mu.size), np.float32)
         eps_keys = np.array([rng.derive_key(self.seed, "eps_w", i, self.layer) for i in ids], np.uint64)
@@ -720,13 +720,13 @@ class AnalogLayer:
             np.float32(self.quant.w_step), self.kmax, self.grp, pair[0], pair[1], tile_keys, self.row_starts,
             t.rows, t.cols, self._pass, *st[:7], read_keys, *st[7:], np.float32(self.g_min), np.float32(self.span),
             np.float32(self.g_clip[0]), np.float32(self.g_clip[1]))
-        self._ahead = ids[1] if len(ids) > 1 else None
+        self._ahead = {i: k for k, i in enumerate(ids) if k > 0}
         self._wn = self._pass[0]
         return self._wn
 
     def plan_samples(self, n: int | None) -> None:
         """Tell the layer that samples 0 .. n-1 will be run (None: not known). The pair-law path builds each
-        sample's weights together with the next one's; it does not build past the last sample planned."""
+        sample's weights together with the next ones'; it does not build past the last sample planned."""
         self._last_sample = None if n is None else int(n) - 1
 
     def _finish_conductances(self, s):
