@@ -30,7 +30,9 @@ stored arrays are read from memory once for all of them). Other devices take the
 device.read path.
 
 Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + accumulation in one
-numba kernel (periphery.mvm_adc); wider layers one BLAS GEMM per row tile, then adc_accumulate. Conv
+numba kernel over blocks of input rows (periphery.mvm_adc: a single-threaded sgemm per block and row
+tile, or dot products for the narrowest layers); wider layers over blocks of output columns
+(periphery.gemm_adc: the same, per block of columns); the lumped path one GEMM per row tile. Conv
 inputs go through one fused im2col + DAC kernel (`prepare`, reusable across samples).
 
 Global drift compensation (`drift_compensation="global"`): one digital gain per tile and stored array,
@@ -819,9 +821,10 @@ class AnalogLayer:
         n = xn.shape[0]
         u = np.empty((self.n_rt, n, out), np.float32)
         if self._fused_mvm:  # the products of the fused forward kernel, bit for bit
-            periphery.mvm_adc(xn, self._wn, self.row_starts, u, 1, np.ones(n, np.float32), self.w_scale,
-                              self.w_scale, 0, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, np.zeros(n, np.int64), True,
-                              u)
+            with kernels.blas_single_thread():
+                periphery.mvm_adc(xn, self._wn, self.row_starts, u, 1, np.ones(n, np.float32), self.w_scale,
+                                  self.w_scale, 0, 0.0, np.uint64(0), 0, rng.NORMAL_TABLE, np.zeros(n, np.int64),
+                                  True, u)
             return u
         if not self.lumped:  # BLAS inside the numba tasks, products written straight into u
             with kernels.blas_single_thread():
@@ -904,9 +907,10 @@ class AnalogLayer:
             # few outputs: products, ADC and accumulation fused, written straight in NCHW order
             n_img, per = (geo[0], geo[1] * geo[2]) if geo is not None else (n, 1)
             y = np.empty((n_img, self.out_features, per), np.float32)
-            periphery.mvm_adc(xn, self._wn, self.row_starts, y, per, xs, self.w_scale,
-                              self.adc_range if qmax else self.w_scale, qmax, float(card.output_noise), nkey, row0,
-                              rng.NORMAL_TABLE, sat, False, y)
+            with kernels.blas_single_thread():
+                periphery.mvm_adc(xn, self._wn, self.row_starts, y, per, xs, self.w_scale,
+                                  self.adc_range if qmax else self.w_scale, qmax, float(card.output_noise), nkey,
+                                  row0, rng.NORMAL_TABLE, sat, False, y)
             if b is not None:
                 y += b[:, None]
             y = y.reshape(n_img, self.out_features, geo[1], geo[2]) if geo is not None else y.reshape(n, -1)

@@ -280,7 +280,11 @@ def _dot32_at(x, w, w0, k):
 
 
 #: Input rows per task of `mvm_adc` (fixed: the tasks' results do not depend on the thread count).
-MVM_ROWS = 64
+MVM_ROWS = 128
+#: Layers with at least this many outputs take mvm_adc's products from BLAS (one sgemm per task and row
+#: tile); narrower ones row by row (`_dot32_at`), where a BLAS call on so thin a block costs more than it
+#: saves (LeNet-5's first conv layer: 6 outputs of 25 inputs)
+MVM_BLAS_MIN_OUT = 8
 
 
 @nb.njit(parallel=True, cache=True)
@@ -294,15 +298,20 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
     products into u [tiles, N, out] instead (ADC calibration sees exactly the values the forward pass
     converts).
 
-    Each task takes MVM_ROWS input rows: the dot products (`_dot32_at`, vectorised along the row) into a
-    [rows, out] block, then the noise, ADC and accumulation of the whole block as flat SIMD loops (the
+    Each task takes MVM_ROWS input rows: their products with each row tile into a [rows, out] block (one
+    single-threaded sgemm, the caller holding BLAS to one thread, crossbar.kernels.blas_single_thread; or,
+    below MVM_BLAS_MIN_OUT outputs, `_dot32_at` per output), then the noise, ADC and accumulation of the whole block as flat SIMD loops (the
     per-column range, step and scale repeated per row so that the loop needs no index arithmetic). Every
     value is a function of its own element: identical for any thread count."""
-    n_rows = xn.shape[0]
+    n_rows, n_in = xn.shape
     n_cols = w_scale.shape[1]
     n_tiles = row_starts.shape[0] - 1
     q = np.float32(qmax)
     width = MVM_ROWS * n_cols
+    if n_rows == 0:
+        return
+    if xn.strides[1] != 4 or xn.strides[0] != 4 * n_in or w_blocks.strides[0] != 4:  # BLAS gets raw addresses
+        raise ValueError("mvm_adc: xn and w_blocks must be C-contiguous float32 arrays")
     # per-conversion constants of a block [row, column], the column's repeated for every row
     rg_t = np.empty((n_tiles, width), np.float32)
     step_t = np.empty((n_tiles, width), np.float32)
@@ -327,11 +336,15 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
         for r in range(n_tiles):
             r0 = row_starts[r]
             k = row_starts[r + 1] - r0
-            w_r = w_blocks[n_cols * r0: n_cols * (r0 + k)]
-            for i in range(nr):
-                x_r = xn[n0 + i, r0:r0 + k]
-                for j in range(n_cols):
-                    v[i * n_cols + j] = _dot32_at(x_r, w_r, np.uint64(j * k), k)
+            if n_cols >= MVM_BLAS_MIN_OUT:
+                sgemm_nt(nr, n_cols, k, xn[n0, r0:].ctypes.data, n_in, w_blocks[n_cols * r0:].ctypes.data, k,
+                         v.ctypes.data, n_cols)
+            else:
+                w_r = w_blocks[n_cols * r0: n_cols * (r0 + k)]
+                for i in range(nr):
+                    x_r = xn[n0 + i, r0:r0 + k]
+                    for j in range(n_cols):
+                        v[i * n_cols + j] = _dot32_at(x_r, w_r, np.uint64(j * k), k)
             if raw:
                 for i in range(nr):
                     for j in range(n_cols):
