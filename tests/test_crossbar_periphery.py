@@ -92,13 +92,13 @@ def _tiled_case(seed, n, k, out, starts):
     return xn, starts, blocks, xs, ws, u
 
 
-@pytest.mark.parametrize("n, out", [(50, 5), (300, 12)])  # dot products / sgemm (>= MVM_BLAS_MIN_OUT), 3 blocks
+@pytest.mark.parametrize("n, out", [(50, 5), (300, 12)])  # one block / three (the last one partial)
 def test_fused_mvm_adc_matches_blas_then_adc(n, out):
     """Products + ADC + accumulation in one kernel = BLAS products then adc_accumulate (up to float32
     summation order, which can move a value across an ADC step only at a tie; none here)."""
     from bayesim.crossbar import kernels
 
-    assert (out >= periphery.MVM_BLAS_MIN_OUT) == (n == 300) and periphery.MVM_ROWS < 300 / 2
+    assert n <= periphery.MVM_ROWS or periphery.MVM_ROWS * 2 < n < periphery.MVM_ROWS * 3
     xn, starts, blocks, xs, ws, u = _tiled_case(1, n, 70, out, [0, 32, 64, 70])
     rg = (np.abs(u).max(axis=1) * 0.8).astype(np.float32)  # some saturate
     y_ref = np.zeros((n, out), np.float32)

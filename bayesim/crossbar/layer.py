@@ -31,7 +31,7 @@ device.read path.
 
 Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + accumulation in one
 numba kernel over blocks of input rows (periphery.mvm_adc: a single-threaded sgemm per block and row
-tile, or dot products for the narrowest layers); wider layers over blocks of output columns
+tile); wider layers over blocks of output columns
 (periphery.gemm_adc: the same, per block of columns); the lumped path one GEMM per row tile. Conv
 inputs go through one fused im2col + DAC kernel (`prepare`, reusable across samples).
 

@@ -266,25 +266,8 @@ def gemm_adc(xn, w_blocks, row_starts, x_scale, w_scale, col_range, qmax, noise_
                                      noise_key, table, acc, y)
 
 
-@nb.njit(cache=True, fastmath={"reassoc", "nsz"})
-def _dot32_at(x, w, w0, k):
-    """sum_i x[i] * w[w0 + i] for i < k in float32, vectorised (reassociated partial sums); w0 unsigned, so
-    no view of w per call and no negative-index wraparound. A function of its own, called from the
-    parallel kernel rather than inlined into it: numba compiles fastmath reductions inside a parallel loop
-    differently on a fresh compile and from its cache (1-ulp different sums); a serial function gives the
-    same code, and so the same numbers, either way."""
-    acc = np.float32(0.0)
-    for i in range(k):
-        acc += x[i] * w[w0 + np.uint64(i)]
-    return acc
-
-
 #: Input rows per task of `mvm_adc` (fixed: the tasks' results do not depend on the thread count).
 MVM_ROWS = 128
-#: Layers with at least this many outputs take mvm_adc's products from BLAS (one sgemm per task and row
-#: tile); narrower ones row by row (`_dot32_at`), where a BLAS call on so thin a block costs more than it
-#: saves (LeNet-5's first conv layer: 6 outputs of 25 inputs)
-MVM_BLAS_MIN_OUT = 8
 
 
 @nb.njit(parallel=True, cache=True)
@@ -299,8 +282,7 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
     converts).
 
     Each task takes MVM_ROWS input rows: their products with each row tile into a [rows, out] block (one
-    single-threaded sgemm, the caller holding BLAS to one thread, crossbar.kernels.blas_single_thread; or,
-    below MVM_BLAS_MIN_OUT outputs, `_dot32_at` per output), then the noise, ADC and accumulation of the whole block as flat SIMD loops (the
+    single-threaded sgemm; the caller holds BLAS to one thread, crossbar.kernels.blas_single_thread), then the noise, ADC and accumulation of the whole block as flat SIMD loops (the
     per-column range, step and scale repeated per row so that the loop needs no index arithmetic). Every
     value is a function of its own element: identical for any thread count."""
     n_rows, n_in = xn.shape
@@ -336,15 +318,8 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
         for r in range(n_tiles):
             r0 = row_starts[r]
             k = row_starts[r + 1] - r0
-            if n_cols >= MVM_BLAS_MIN_OUT:
-                sgemm_nt(nr, n_cols, k, xn[n0, r0:].ctypes.data, n_in, w_blocks[n_cols * r0:].ctypes.data, k,
-                         v.ctypes.data, n_cols)
-            else:
-                w_r = w_blocks[n_cols * r0: n_cols * (r0 + k)]
-                for i in range(nr):
-                    x_r = xn[n0 + i, r0:r0 + k]
-                    for j in range(n_cols):
-                        v[i * n_cols + j] = _dot32_at(x_r, w_r, np.uint64(j * k), k)
+            sgemm_nt(nr, n_cols, k, xn[n0, r0:].ctypes.data, n_in, w_blocks[n_cols * r0:].ctypes.data, k,
+                     v.ctypes.data, n_cols)
             if raw:
                 for i in range(nr):
                     for j in range(n_cols):
