@@ -442,8 +442,21 @@ def test_warnings_print_as_one_line(capsys, monkeypatch):
     assert text == "bayesim: warning: the cache is corrupt; regenerating\n"
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test, as under an interactive shell: a process that a
+    non-interactive shell starts in the background (`cmd &`, as some CI runners do) inherits SIGINT
+    ignored, and Python then leaves it ignored."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("signal_after", ["SIGINT", "SIGTERM"])
-def test_interrupt_after_the_outputs_are_written_exits_0(tmp_path, monkeypatch, capsys, signal_after):
+def test_interrupt_after_the_outputs_are_written_exits_0(tmp_path, monkeypatch, capsys, signal_after,
+                                                         python_ctrl_c):
     """A Ctrl-C or SIGTERM that lands after `wrote ...` (every output complete) no longer turns the exit code
     into an interruption's; one that lands before still does. The console script then ignores Ctrl-C for the
     interpreter's shutdown."""

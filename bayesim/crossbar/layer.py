@@ -26,13 +26,13 @@ per cell at t_read, computed once at programming) plus fresh read noise. With di
 IR drop such a device takes the pair-law path: the two cells of a weight are independent of each other
 and of every other cell, so the weight (G+ - G-)/span is drawn in one lookup from the tabulated law of
 its level pair (bayesim.crossbar.pairlaw), and each call of that kernel builds up to four samples (the
-stored arrays are read from memory once for all of them). Other devices take the generic per-tile device.program /
-device.read path.
+stored arrays are read from memory once for all of them). Other devices take the generic per-tile
+device.program / device.read path.
 
 Products: layers with at most FUSED_MVM_MAX_OUT outputs run products + ADC + accumulation in one
 numba kernel over blocks of input rows (periphery.mvm_adc: a single-threaded sgemm per block and row
-tile); wider layers over blocks of output columns
-(periphery.gemm_adc: the same, per block of columns); the lumped path one GEMM per row tile. Conv
+tile); wider layers the same over blocks of output columns (periphery.gemm_adc); the lumped path one
+GEMM per row tile. Conv
 inputs go through one fused im2col + DAC kernel (`prepare`, reusable across samples).
 
 Global drift compensation (`drift_compensation="global"`): one digital gain per tile and stored array,

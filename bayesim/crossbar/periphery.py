@@ -282,9 +282,10 @@ def mvm_adc(xn, w_blocks, row_starts, y, per, x_scale, w_scale, col_range, qmax,
     converts).
 
     Each task takes MVM_ROWS input rows: their products with each row tile into a [rows, out] block (one
-    single-threaded sgemm; the caller holds BLAS to one thread, crossbar.kernels.blas_single_thread), then the noise, ADC and accumulation of the whole block as flat SIMD loops (the
-    per-column range, step and scale repeated per row so that the loop needs no index arithmetic). Every
-    value is a function of its own element: identical for any thread count."""
+    single-threaded sgemm; the caller holds BLAS to one thread, crossbar.kernels.blas_single_thread), then
+    the noise, ADC and accumulation of the whole block as flat SIMD loops (the per-column range, step and
+    scale repeated per row so that the loop needs no index arithmetic). The blocks are fixed, so the values
+    are identical for any thread count."""
     n_rows, n_in = xn.shape
     n_cols = w_scale.shape[1]
     n_tiles = row_starts.shape[0] - 1
