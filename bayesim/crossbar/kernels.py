@@ -174,9 +174,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
         c = j // tile_cols
         jl = j - c * tile_cols
         for r in range(n_blocks):
-            r0 = row_starts[r]
-            rows_r = row_starts[r + 1] - r0
-            base = n_out * r0 + j * rows_r
+            r0, rows_r, base = _block_cells(row_starts, r, n_out, j)
             ub = np.uint64(base)  # this output's cells of row tile r: ub + kl (unsigned: see below)
             g = grp[r, j]
             key = tile_keys[r, c]
@@ -299,6 +297,15 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
 
 
 @nb.njit(inline="always", cache=True)
+def _block_cells(row_starts, r, n_out, j):
+    """(r0, rows, base) of output j in row tile r: the tile's first input row, its number of rows, and the
+    flat offset of the output's cells in the block layout (cells base .. base + rows - 1; see build_tiles)."""
+    r0 = row_starts[r]
+    rows_r = row_starts[r + 1] - r0
+    return r0, rows_r, n_out * r0 + j * rows_r
+
+
+@nb.njit(inline="always", cache=True)
 def _table_fields3(key, jl, tile_cols, n, i0, i1, i2):
     """Table indices of the first three 12-bit fields of the hash of cells (kl, jl), kl < n (SIMD)."""
     for kl in range(n):
@@ -367,9 +374,7 @@ def cell_normals(nu_keys, row_starts, n_out, tile_cols, offset, table, nu_a, nu_
         c = j // tile_cols
         jl = j - c * tile_cols
         for r in range(row_starts.shape[0] - 1):
-            r0 = row_starts[r]
-            rows_r = row_starts[r + 1] - r0
-            base = n_out * r0 + j * rows_r
+            _, rows_r, base = _block_cells(row_starts, r, n_out, j)
             k0 = nu_keys[r, c, 0]
             k1 = nu_keys[r, c, 1]
             for kl in range(rows_r):
@@ -577,9 +582,7 @@ def build_pair_tiles(mu, sigma, eps_keys, table, dtable, binary, w_step, kmax_gr
         c = j // tile_cols
         jl = j - c * tile_cols
         for r in range(n_blocks):
-            r0 = row_starts[r]
-            rows_r = row_starts[r + 1] - r0
-            base = n_out * r0 + j * rows_r
+            r0, rows_r, base = _block_cells(row_starts, r, n_out, j)
             ub = np.uint64(base)
             g = grp[r, j]
             kmf = np.float32(kmax_grp[g])

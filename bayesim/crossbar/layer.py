@@ -710,8 +710,8 @@ class AnalogLayer:
         last = self._last_sample
         stored = st[0]
         # not ahead past the last sample, nor when mu and sigma are this sample's reads (made outside the kernel)
-        n = 1 if self.stored and not stored else PAIR_SAMPLES_PER_PASS
-        ids = list(range(s, s + n if last is None else max(min(s + n, last + 1), s + 1)))
+        end = s + (1 if self.stored and not stored else PAIR_SAMPLES_PER_PASS)
+        ids = list(range(s, end if last is None else max(min(end, last + 1), s + 1)))
         if getattr(self, "_pass", None) is None:
             self._pass = np.empty((PAIR_SAMPLES_PER_PASS, self.mu.size), np.float32)
         eps_keys = np.array([rng.derive_key(self.seed, "eps_w", i, self.layer) for i in ids], np.uint64)
