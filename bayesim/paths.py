@@ -80,3 +80,24 @@ def is_writable(folder: Path) -> bool:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return probe.is_dir() and (probe.stat().st_mode & 0o222) != 0 and os.access(probe, os.W_OK | os.X_OK)
+
+
+def is_card_path(ref: str | os.PathLike) -> bool:
+    """Whether a card reference (hardware.device, hardware.crossbar, `devices show NAME`) is a file path rather
+    than a name: it ends in .yaml / .yml (any case), or has a folder separator or a leading ~. Anything else is a
+    name (`pcm`, `default`), whatever files the current folder holds: a folder or file called `default` there
+    must not take the shipped card's place."""
+    s = str(ref)
+    seps = [os.sep, "/"] + ([os.altsep] if os.altsep else [])
+    return s.lower().endswith((".yaml", ".yml")) or any(c in s for c in seps) or s.startswith("~")
+
+
+def local_path_hint(ref: str) -> str:
+    """' (./ref is a file in the current folder: write a path as ./ref)' when something named `ref` is in the
+    current folder, else '': the hint of an unknown card name that was meant as a path."""
+    p = Path(ref)
+    if not p.exists():
+        return ""
+    what = "folder" if p.is_dir() else "file"
+    return f" (./{ref} is a {what} in the current folder; a card path is written with a / or a .yaml ending, " \
+           f"e.g. ./{ref})"

@@ -373,8 +373,101 @@ def test_plugin_outputs_are_checked_and_the_card_named(tmp_path):
                                            r"\(min -1.17\); it must return finite stds >= 0"):
         dev.program_sigma(np.float32([5.0, 20.0]))
     dev = load_device(write(tmp_path, "name: desc\nmodel: plug.py:Descending\n", "desc.yaml"))
-    with pytest.raises(BayesimError, match=r"Descending.levels\(\) returned levels that do not ascend; it must "
-                                           r"return finite ascending levels"):
+    with pytest.raises(BayesimError, match=r"Descending.levels\(\) returned levels that do not strictly ascend; it "
+                                           r"must return strictly ascending levels in \[g_min, g_max\]"):
         dev.levels(4)
     good = load_device(DEV / "examples" / "my_device.yaml")
     assert good.program(targets, 1, 2).shape == (3, 4) and np.isfinite(good.levels(5, "linear")).all()
+
+
+def test_plugin_conductances_levels_and_lists_are_checked(tmp_path):
+    """Conductances outside [0, 1e5] uS, repeated levels or levels beyond [g_min, g_max] stop with the card and
+    the method named; a list comes back as an array (what the callers compute with); a __slots__ class, whose
+    methods cannot be wrapped on the instance, is checked through a proxy."""
+    write(tmp_path, "import numpy as np\n"
+                    f"import sys; sys.path.insert(0, {str(DEV / 'examples')!r})\n"
+                    "from my_device import MyDevice\n"
+                    "class Neg(MyDevice):\n"
+                    "    def program(self, targets, key, cell_key):\n"
+                    "        return super().program(targets, key, cell_key) - 1000\n"
+                    "class Huge(MyDevice):\n"
+                    "    def read(self, held, t_read, key, cell_key):\n"
+                    "        return np.asarray(held) * 1e30\n"
+                    "class Flat(MyDevice):\n"
+                    "    def levels(self, n, spacing='linear'):\n"
+                    "        return np.full(n, 5.0, np.float32)\n"
+                    "class Beyond(MyDevice):\n"
+                    "    def levels(self, n, spacing='linear'):\n"
+                    "        return np.linspace(self.g_min, 2 * self.g_max, n).astype(np.float32)\n"
+                    "class Listy(MyDevice):\n"
+                    "    def program(self, targets, key, cell_key):\n"
+                    "        return super().program(targets, key, cell_key).tolist()\n"
+                    "class Slotted:\n"
+                    "    __slots__ = ('name', 'g_min', 'g_max')\n"
+                    "    def __init__(self):\n"
+                    "        self.name, self.g_min, self.g_max = 'slotted', 1.0, 20.0\n"
+                    "    def levels(self, n, spacing='linear'):\n"
+                    "        return np.linspace(1.0, 20.0, n).astype(np.float32)\n"
+                    "    def program(self, targets, key, cell_key):\n"
+                    "        return np.full(np.shape(targets), np.nan, np.float32)\n"
+                    "    def read(self, held, t_read, key, cell_key):\n"
+                    "        return np.asarray(held, np.float32)\n"
+                    "    def program_sigma(self, g):\n"
+                    "        return np.zeros(np.shape(g), np.float32)\n"
+                    "    def read_sigma(self, g, t_read):\n"
+                    "        return np.zeros(np.shape(g), np.float32)\n", "plug.py")
+    targets = np.full((3, 4), 5.0, np.float32)
+
+    def dev(cls):
+        return load_device(write(tmp_path, f"name: {cls.lower()}\nmodel: plug.py:{cls}\n", f"{cls}.yaml"))
+
+    with pytest.raises(BayesimError, match=r"Neg.yaml: plug-in Neg.program\(\) returned 12 conductances outside "
+                                           r"\[0, 1e\+05\] uS \(min -99"):
+        dev("Neg").program(targets, 1, 2)
+    with pytest.raises(BayesimError, match=r"Huge.yaml: plug-in Huge.read\(\) returned 12 conductances outside"):
+        dev("Huge").read(targets, 1.0, 1, 2)
+    with pytest.raises(BayesimError, match=r"Flat.levels\(\) returned levels that do not strictly ascend"):
+        dev("Flat").levels(4)
+    with pytest.raises(BayesimError, match=r"Beyond.levels\(\) returned levels 1 .. 40 uS outside its range g_min "
+                                           r"\.\. g_max = 1 \.\. 20 uS"):
+        dev("Beyond").levels(4)
+    got = dev("Listy").program(targets, 1, 2)
+    assert isinstance(got, np.ndarray) and got.shape == (3, 4) and np.isfinite(got).all()
+    slotted = dev("Slotted")
+    assert slotted.g_max == 20.0 and slotted.levels(3).tolist() == [1.0, 10.5, 20.0]
+    with pytest.raises(BayesimError, match=r"Slotted.yaml: plug-in Slotted.program\(\) returned 12 NaN"):
+        slotted.program(targets, 1, 2)
+
+
+@pytest.mark.parametrize("attrs, problem", [
+    ("g_min = None", r"g_min is None; it must be a finite number of uS in \[0, 100000\]"),
+    ("g_max = '20'", r"g_max is '20'; it must be a finite number"),
+    ("g_min = -5.0", r"g_min is -5.0"),
+    ("g_max = 1e30", r"g_max is 1e\+30"),
+    ("g_max = float('nan')", r"g_max is nan"),
+    ("g_max = True", r"g_max is True"),
+    ("g_max = 1.0", r"g_max \(1 uS\) must exceed g_min \(1 uS\)"),
+])
+def test_plugin_range_is_checked_when_it_loads(tmp_path, attrs, problem):
+    """A plug-in's g_min / g_max get a card's bounds (finite, 0 <= g_min < g_max <= 1e5 uS) before anything
+    uses them: one message naming the card and its model key, not a TypeError deep in the crossbar."""
+    write(tmp_path, f"import sys; sys.path.insert(0, {str(DEV / 'examples')!r})\n"
+                    "from my_device import MyDevice\n"
+                    "class Odd(MyDevice):\n"
+                    "    def __init__(self, **kw):\n"
+                    "        super().__init__(**kw)\n"
+                    f"        self.{attrs}\n", "plug.py")
+    p = write(tmp_path, "name: odd\nmodel: plug.py:Odd\n", "odd.yaml")
+    with pytest.raises(ConfigError, match=r"odd.yaml: model: plug-in Odd[.:]") as e:
+        load_device(p)
+    assert e.match(problem)
+
+
+def test_plugin_params_refuse_nan(tmp_path):
+    plug = DEV / "examples" / "my_device.py"
+    p = write(tmp_path, f"name: x\nmodel: {plug}:MyDevice\nparams: {{g_max_uS: .nan}}\n", "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml: params.g_max_uS: is NaN"):
+        load_device(p)
+    p = write(tmp_path, f"name: x\nmodel: {plug}:MyDevice\nparams: {{taus: [1.0, .nan]}}\n", "y.yaml")
+    with pytest.raises(ConfigError, match=r"y.yaml: params.taus\[1\]: is NaN"):
+        load_device(p)

@@ -89,7 +89,7 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     assert main(["run", "--set", "hardware.bits.w=17", "--out", str(out)]) == 2
     assert "hardware.bits.w: 17 is out of range; allowed [1, 16]" in capsys.readouterr().err
     assert main(["run", "--set", "hardware.crossbar=nosuch", "--out", str(out)]) == 2
-    assert "<built-in quickstart>: hardware.crossbar: no crossbar card 'nosuch'" in capsys.readouterr().err
+    assert "<built-in quickstart> (--set): hardware.crossbar: no crossbar card 'nosuch'" in capsys.readouterr().err
     dev = tmp_path / "dev.yaml"
     dev.write_text("hardware: {device: nosuch}\n")
     assert main(["run", str(dev), "--out", str(out)]) == 2
@@ -374,3 +374,65 @@ def test_a_normalization_unlike_the_models_is_pointed_out(checkpoint, tmp_path):
                "samples": 2, "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "fp"}}
     with pytest.warns(UserWarning, match=r"differs from the shipped model's own convention \(mnist\)"):
         run_experiment(load_experiment(None, base=shipped), None, progress=False, log=None)
+
+
+def test_files_in_the_current_folder_do_not_take_card_names(tmp_path, monkeypatch):
+    """A card reference is a path only when it ends in .yaml/.yml or has a folder separator: a folder called
+    `default` or a file called `pcm` in the current folder leaves the names alone (an unknown name points at the
+    stray file). A user's ./crossbars and ./devices cards are found by name, before shipped cards of that name."""
+    import shutil
+
+    from bayesim.devices import list_devices
+    from bayesim.devices.registry import resolve_device
+    from bayesim.experiment.runner import resolve_crossbar
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    (tmp_path / "pcm").write_text("notes\n")
+    _, path = resolve_crossbar(load_experiment(None, base={"name": "q"}))
+    assert path == REPO / "crossbars" / "default.yaml"
+    dev, card = resolve_device("pcm")
+    assert dev.name == "pcm" and type(dev).__name__ == "ComposedDevice" and card is None
+    with pytest.raises(ConfigError, match=r"no crossbar card 'pcm'; known cards: default, ideal, irdrop .*\(\./pcm "
+                                          r"is a file in the current folder; a card path is written with a /"):
+        resolve_crossbar(load_experiment(None, base={"name": "q", "hardware": {"crossbar": "pcm"}}))
+
+    (tmp_path / "crossbars").mkdir()
+    shutil.copy(REPO / "crossbars" / "irdrop.yaml", tmp_path / "crossbars" / "mine.yaml")
+    (tmp_path / "crossbars" / "other.yaml").write_text(
+        (REPO / "crossbars" / "ideal.yaml").read_text().replace("name: ideal", "name: default"))
+    for ref, want in (("mine", "mine.yaml"), ("default", "other.yaml"), ("ideal", None)):
+        _, path = resolve_crossbar(load_experiment(None, base={"name": "q", "hardware": {"crossbar": ref}}))
+        assert path == (tmp_path / "crossbars" / want if want else REPO / "crossbars" / "ideal.yaml"), ref
+
+    (tmp_path / "devices").mkdir()
+    mine = tmp_path / "devices" / "copy.yaml"
+    mine.write_text((REPO / "devices" / "gaussian_mlc.yaml").read_text().replace("g_max_uS: 40", "g_max_uS: 10"))
+    dev, card = resolve_device("gaussian_mlc")
+    assert dev.g_max == 10.0 and card.path == str(mine)
+    rows = [r for r in list_devices() if r["name"] == "gaussian_mlc"]
+    assert [r["where"] for r in rows] == [str(mine), str(REPO / "devices" / "gaussian_mlc.yaml")]
+    assert "note" not in rows[0] and rows[1]["note"] == f"load it by path: the name 'gaussian_mlc' gives the card {mine}"
+
+
+def test_metrics_name_the_device_card_and_a_signed_dac_clipping(checkpoint, tmp_path):
+    """hardware.device_card is the card file the device came from (None for a built-in given by name); a signed
+    DAC that clips has a fixed range too small for the inputs, and the warning says that."""
+    import yaml
+
+    from bayesim.experiment import result_table
+
+    xb = tmp_path / "tiny_dac.yaml"
+    d = yaml.safe_load((REPO / "crossbars" / "ideal.yaml").read_text())
+    d["dac"] = {"bits": 8, "signed": True, "scaling": "fixed", "range": 1e-3}
+    xb.write_text(yaml.safe_dump(d))
+    dev = REPO / "devices" / "gaussian_mlc.yaml"
+    r = run_experiment(load_experiment(None, base=_cfg(checkpoint, device=str(dev), crossbar=str(xb))), None,
+                       progress=False, log=None)
+    hw = r["hardware"]
+    assert hw["device_card"] == str(dev) and hw["dac_signed"] is True and hw["dac_clip_rate"] > 0.5
+    table = result_table(r)
+    assert "fall outside its range (a fixed dac.range smaller than the inputs)" in table
+    assert "unsigned" not in table
+    r = run_experiment(load_experiment(None, base=_cfg(checkpoint)), None, progress=False, log=None)
+    assert r["hardware"]["device_card"] is None and r["hardware"]["device"] == "ideal"

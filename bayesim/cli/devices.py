@@ -65,7 +65,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from bayesim._io import check_out_file
     from bayesim.config.schema import INT64_MAX, to_dict
-    from bayesim.devices import load_device
+    from bayesim.devices.composed import PRESETS
+    from bayesim.devices.registry import resolve_device
     from bayesim.devices.stats import level_overlap, max_distinguishable_levels
     from bayesim.errors import BayesimError
 
@@ -79,8 +80,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise BayesimError(f"--seed must be in [0, 2^63 - 1], got {args.seed}")
     if args.plot is not None:
         check_out_file(args.plot, "--plot")
-    dev = load_device(args.name, _cards(args))
-    card = getattr(dev, "card", None)
+    dev, card = resolve_device(args.name, _cards(args))
+    card = card if card is not None else getattr(dev, "card", None)  # a built-in by name: its preset card
     measured = dev.measured_levels() if hasattr(dev, "measured_levels") else None
     if args.spacing == "measured" and measured is None:
         raise BayesimError(f"--spacing measured: device {dev.name!r} has no measured levels (a programming "
@@ -98,7 +99,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         for k in ("model", "source", "path"):
             if d.get(k):
                 print(f"{k}: {d[k]}")
-        for sec in ("range", "programming", "read", "drift", "faults", "d2d"):
+        plugin = card.model not in PRESETS  # a plug-in's card: its params, not the built-in components
+        for sec in () if plugin else ("range", "programming", "read", "drift", "faults", "d2d"):
             keep = _RELEVANT.get((sec, d[sec].get("model")))
             items = [(k, v) for k, v in d[sec].items() if v not in (None, [], "")
                      and (keep is None or k == "model" or k in keep)]

@@ -40,7 +40,11 @@ def run(args) -> int:
         result = run_experiment(cfg, out, progress=not args.no_progress)
     except ConfigError as e:
         if e.source is None and e.key:  # a config value that named no usable card: say which file
-            raise ConfigError(e.message, source=args.config or "<built-in quickstart>", key=e.key) from e
+            from bayesim.experiment.config import from_set
+
+            source = args.config or "<built-in quickstart>"
+            raise ConfigError(e.message, source=f"{source} (--set)" if from_set(e.key, args.overrides) else source,
+                              key=e.key) from e
         raise
     print(result_table(result))
     wrote(f"wrote {out / 'metrics.json'}")

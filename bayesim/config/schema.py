@@ -261,6 +261,42 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
     return data
 
 
+def folder_cards(folder: str | os.PathLike) -> dict[str, Path]:
+    """Card name -> file for the *.yaml / *.yml cards of one folder: the names the cards give (`name:`) first,
+    then their file stems (a card's own name wins over another card's file stem). An unreadable card is listed
+    by its stem only; loading it reports what is wrong."""
+    d = Path(folder)
+    if not d.is_dir():
+        return {}
+    files = sorted([*d.glob("*.yaml"), *d.glob("*.yml")])
+    named: dict[str, Path] = {}
+    for p in files:
+        try:
+            name = load_yaml(p).get("name")
+        except ConfigError:
+            name = None
+        if isinstance(name, str) and 0 < len(name) <= 128:
+            named.setdefault(name, p)
+    for p in files:
+        named.setdefault(p.stem, p)
+    return named
+
+
+def find_named_cards(folders) -> dict[str, Path]:
+    """Card name -> file over several folders, the first folder that has a name winning (a user's folder
+    listed before the shipped one overrides a shipped card of the same name)."""
+    found: dict[str, Path] = {}
+    seen = []
+    for d in folders:
+        d = Path(d).resolve()
+        if d in seen:
+            continue
+        seen.append(d)
+        for name, p in folder_cards(d).items():
+            found.setdefault(name, p)
+    return found
+
+
 def _join(key: str, sub: str | int) -> str:
     if isinstance(sub, int):
         return f"{key}[{sub}]"

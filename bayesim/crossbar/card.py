@@ -10,6 +10,7 @@ differential cell driven at full-scale input. ADC ranges are given in those unit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 from bayesim.config.schema import build, load_yaml, spec, to_dict, with_path
@@ -128,6 +129,18 @@ def _fail(message: str, key: str):
 def crossbar_from_dict(mapping: dict, source: str = "<dict>") -> CrossbarCard:
     """Validated card from a mapping (e.g. an inline `crossbar:` section of an experiment config)."""
     return build(CrossbarCard, mapping, source=source)
+
+
+#: The shipped crossbar cards (`crossbars/` of the repository).
+SHIPPED_CROSSBARS = Path(__file__).resolve().parents[2] / "crossbars"
+
+
+def find_crossbar_cards() -> dict:
+    """Crossbar card name (its `name:` or file stem) -> file: ./crossbars first, then the shipped cards (a user's
+    card of a shipped card's name takes its place), as device cards are found."""
+    from bayesim.config.schema import find_named_cards
+
+    return find_named_cards([Path.cwd() / "crossbars", SHIPPED_CROSSBARS])
 
 
 def load_crossbar(path) -> CrossbarCard:

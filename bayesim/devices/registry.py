@@ -1,9 +1,10 @@
 """Finding devices: built-in models, cards (YAML), plug-ins by path and by entry point.
 
-`load_device(name_or_path)` resolves, in order: a card file path; a name registered with `register`
-(the built-ins ideal, gaussian, pcm, rram); a card whose `name` (or file stem) matches in the card
-folders (`devices/` of the repository and of the working directory, then `cards_dirs`); an installed
-plug-in of the entry-point group `bayesim.devices`.
+`load_device(name_or_path)` resolves, in order: a card file path (a reference ending in .yaml / .yml or
+with a folder separator, `bayesim.paths.is_card_path`); a name registered with `register` (the built-ins
+ideal, gaussian, pcm, rram); a card whose `name` (or file stem) matches in the card folders (`cards_dirs`
+first, then `devices/` of the working directory, then the repository's: a user's card of a shipped card's
+name takes its place); an installed plug-in of the entry-point group `bayesim.devices`.
 
 A card's `model` is a built-in name, `path/to/file.py:ClassName` (relative to the card) or an entry-point
 name; plug-in classes are called with the card's `params` as keyword arguments and must provide the
@@ -18,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from bayesim.config.schema import PlainExponent
+import numpy as np
+
+from bayesim.config.schema import PlainExponent, find_named_cards, folder_cards
 from bayesim.devices.base import is_device
 from bayesim.errors import BayesimError, ConfigError
 
@@ -49,9 +52,9 @@ for _m in ("ideal", "gaussian", "pcm", "rram"):
 
 
 def card_dirs(extra=()) -> list[Path]:
-    """Folders searched for cards: the repository's devices/, ./devices, then `extra`."""
+    """Folders searched for cards, first match first: `extra`, ./devices, then the repository's devices/."""
     out = []
-    for d in [_REPO_DEVICES, Path.cwd() / "devices", *[Path(e) for e in (extra or ())]]:
+    for d in [*[Path(e) for e in (extra or ())], Path.cwd() / "devices", _REPO_DEVICES]:
         d = d.resolve()
         if d not in out:
             out.append(d)
@@ -62,23 +65,10 @@ def card_dirs(extra=()) -> list[Path]:
 
 
 def find_cards(extra=()) -> dict[str, Path]:
-    """Card name -> file for every *.yaml / *.yml in the card folders (names read from the cards)."""
-    from bayesim.config.schema import load_yaml
-
-    found: dict[str, Path] = {}
-    for d in card_dirs(extra):
-        if not d.is_dir():
-            continue
-        for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
-            try:
-                name = load_yaml(p).get("name")
-            except ConfigError:
-                name = None
-            if not isinstance(name, str) or not 0 < len(name) <= 128:  # the card's own check reports it on use
-                name = p.stem
-            found.setdefault(name, p)
-            found.setdefault(p.stem, p)
-    return found
+    """Card name -> file for every *.yaml / *.yml in the card folders (names read from the cards; a file stem
+    names its card too). A name in an earlier folder of `card_dirs` wins; within a folder a card's own name
+    wins over another card's file stem."""
+    return find_named_cards(card_dirs(extra))
 
 
 def _entry_points() -> dict:
@@ -142,8 +132,42 @@ def _param_value(v):
     return v
 
 
+def _check_params(v, key: str, source: str) -> None:
+    """No NaN among a plug-in's parameters (inside lists and mappings too): a NaN is a typo or a failed
+    computation, never a device property, and a plug-in would carry it into its conductances unnoticed."""
+    if isinstance(v, float) and math.isnan(v):
+        raise ConfigError("is NaN; a plug-in parameter must be a number, a string, a list or a mapping of "
+                          "those, without NaN", source, key)
+    if isinstance(v, list):
+        for i, x in enumerate(v):
+            _check_params(x, f"{key}[{i}]", source)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_params(x, f"{key}.{k}", source)
+
+
+def _check_range(dev, source: str) -> None:
+    """A device's g_min and g_max: finite numbers of uS with 0 <= g_min < g_max <= MAX_US (a card's bounds)."""
+    from bayesim.devices.card import MAX_US
+
+    cls = type(dev).__name__
+    vals = {}
+    for attr in ("g_min", "g_max"):
+        v = getattr(dev, attr)
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        if not ok or not math.isfinite(float(v)) or not 0.0 <= float(v) <= MAX_US:
+            raise ConfigError(f"plug-in {cls}.{attr} is {v!r}; it must be a finite number of uS in "
+                              f"[0, {MAX_US:g}]", source, "model")
+        vals[attr] = float(v)
+    if not vals["g_max"] > vals["g_min"]:
+        raise ConfigError(f"plug-in {cls}: g_max ({vals['g_max']:g} uS) must exceed g_min ({vals['g_min']:g} uS)",
+                          source, "model")
+
+
 def _instantiate(factory, params: dict, source: str, name: str | None):
     params = {k: _param_value(v) for k, v in params.items()}
+    for k, v in params.items():
+        _check_params(v, f"params.{k}", source)
     try:
         dev = factory(**params)
     except (TypeError, ValueError) as e:  # a missing/unknown parameter, or a value the plug-in refuses
@@ -172,13 +196,20 @@ def _instantiate(factory, params: dict, source: str, name: str | None):
                                             "read_sigma")) if w]
         raise ConfigError(f"{type(dev).__name__} does not provide the DeviceModel protocol "
                           f"(missing or broken: {', '.join(missing) or '?'})", source, "model")
+    try:
+        _check_range(dev, source)
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a raising g_min / g_max property
+        raise ConfigError(f"plug-in {type(dev).__name__} failed: {type(e).__name__}: {_short(e)}", source,
+                          "model") from e
     if name:
         try:
             dev.name = name
         except AttributeError:
             pass
     if _kind(factory) != "built-in":
-        _check_outputs(dev, source)
+        dev = _check_outputs(dev, source)
     return dev
 
 
@@ -187,12 +218,43 @@ _CHECKED = {"program": "conductances", "read": "conductances", "program_sigma": 
             "levels": "levels"}
 
 
-def _check_outputs(dev, source: str) -> None:
-    """Wrap the plug-in's methods (on the instance: its class stays what it is) so that a wrong shape or a
-    NaN it returns stops the run with a message naming the card, instead of a numpy traceback deep in the
-    crossbar or NaN predictions."""
-    import numpy as np
+def _output_problem(dev, method: str, what: str, out, want) -> str | None:
+    """What is wrong with a plug-in method's return value `out` (a numpy array), or None."""
+    from bayesim.devices.card import MAX_US
 
+    got = np.shape(out)
+    if got != want:
+        return f"shape {got} for an input of shape {want}"
+    if not np.issubdtype(out.dtype, np.number) or np.iscomplexobj(out):
+        return f"dtype {out.dtype}"
+    if not np.isfinite(out).all():
+        return f"{int(np.size(out) - np.isfinite(out).sum())} NaN or Inf values"
+    if what == "stds" and (out < 0).any():
+        return f"{int((out < 0).sum())} negative stds (min {float(np.min(out)):.4g})"
+    if what in ("conductances", "levels") and out.size and ((out < 0).any() or (out > MAX_US).any()):
+        bad = int(((out < 0) | (out > MAX_US)).sum())
+        return (f"{bad} conductances outside [0, {MAX_US:.0e}] uS (min {float(out.min()):.4g}, "
+                f"max {float(out.max()):.4g})")
+    if method == "levels" and out.size:
+        v = out.astype(np.float64)
+        if v.size > 1 and (np.diff(v) <= 0).any():
+            return "levels that do not strictly ascend"
+        lo, hi = float(dev.g_min), float(dev.g_max)
+        tol = 1e-6 * max(abs(hi), 1.0)  # a float32 level of a float64 range end
+        if v[0] < lo - tol or v[-1] > hi + tol:
+            return f"levels {v[0]:.6g} .. {v[-1]:.6g} uS outside its range g_min .. g_max = {lo:g} .. {hi:g} uS"
+    return None
+
+
+_RULE = {"stds": "finite stds >= 0 (uS)", "levels": "strictly ascending levels in [g_min, g_max] (uS)",
+         "conductances": "finite conductances in [0, 1e5] uS"}
+
+
+def _check_outputs(dev, source: str):
+    """The plug-in with its methods wrapped, so that a wrong shape, a NaN or an impossible conductance it
+    returns stops the run with a message naming the card, instead of a numpy traceback deep in the crossbar or
+    NaN predictions; lists come back as numpy arrays. The methods are wrapped on the instance (its class stays
+    what it is); a class whose instances take no new attributes (__slots__) is wrapped in a forwarding proxy."""
     def wrap(method: str, what: str, fn):
         def checked(*args, **kwargs):
             try:
@@ -204,30 +266,40 @@ def _check_outputs(dev, source: str) -> None:
                                    f"{type(e).__name__}: {_short(e)}") from e
             first = args[0] if args else next(iter(kwargs.values()))
             want = (int(first),) if method == "levels" else np.shape(first)
-            got = np.shape(out)
-            problem = None
-            if got != want:
-                problem = f"shape {got} for an input of shape {want}"
-            elif not np.issubdtype(np.asarray(out).dtype, np.number) or np.iscomplexobj(out):
-                problem = f"dtype {np.asarray(out).dtype}"
-            elif not np.isfinite(out).all():
-                problem = f"{int(np.size(out) - np.isfinite(out).sum())} NaN or Inf values"
-            elif what == "stds" and (np.asarray(out) < 0).any():
-                problem = f"{int((np.asarray(out) < 0).sum())} negative stds (min {float(np.min(out)):.4g})"
-            elif method == "levels" and np.size(out) > 1 and (np.diff(np.asarray(out, np.float64)) < 0).any():
-                problem = "levels that do not ascend"
+            try:
+                arr = np.asarray(out)
+            except (Exception, SystemExit):  # noqa: BLE001 - ragged lists and the like
+                arr = np.asarray(None)
+            problem = _output_problem(dev, method, what, arr, want)
             if problem:
-                rule = {"stds": "finite stds >= 0", "levels": "finite ascending levels"}.get(what, f"finite {what}")
                 raise BayesimError(f"{source}: plug-in {type(dev).__name__}.{method}() returned {problem}; it must "
-                                   f"return {rule} (uS) of its input's shape")
-            return out
+                                   f"return {_RULE[what]} of its input's shape")
+            return arr
         return checked
 
-    for method, what in _CHECKED.items():
-        try:
-            setattr(dev, method, wrap(method, what, getattr(dev, method)))
-        except AttributeError:  # __slots__ or a read-only attribute: left unchecked
-            pass
+    methods = {m: wrap(m, what, getattr(dev, m)) for m, what in _CHECKED.items()}
+    try:
+        for m, fn in methods.items():
+            setattr(dev, m, fn)
+        return dev
+    except AttributeError:  # __slots__ or a read-only attribute
+        return _CheckedDevice(dev, methods)
+
+
+class _CheckedDevice:
+    """A plug-in device whose methods cannot be replaced on the instance: every attribute is the device's, but
+    the DeviceModel methods are the checked wrappers."""
+
+    def __init__(self, device, methods: dict):
+        object.__setattr__(self, "_device", device)
+        for m, fn in methods.items():
+            object.__setattr__(self, m, fn)
+
+    def __getattr__(self, attr):
+        return getattr(object.__getattribute__(self, "_device"), attr)
+
+    def __setattr__(self, attr, value):
+        setattr(object.__getattribute__(self, "_device"), attr, value)
 
 
 def device_from_card(card) -> object:
@@ -248,7 +320,11 @@ def device_from_card(card) -> object:
         return _instantiate(_REGISTRY[card.model], dict(card.params), src, card.name)
     eps = _entry_points()
     if card.model in eps:
-        return _instantiate(_load_entry_point(eps[card.model]), dict(card.params), src, card.name)
+        try:
+            factory = _load_entry_point(eps[card.model])
+        except BayesimError as e:
+            raise ConfigError(str(e), src, "model") from e.__cause__
+        return _instantiate(factory, dict(card.params), src, card.name)
     raise unknown_model(card.model, src)
 
 
@@ -277,30 +353,40 @@ def unknown_model(model: str, src: str) -> ConfigError:
 
 def load_device(name_or_card_path, cards_dirs=()) -> object:
     """A `DeviceModel` from a card path, a registered/built-in name, a card name or an entry point."""
+    return resolve_device(name_or_card_path, cards_dirs)[0]
+
+
+def resolve_device(name_or_card_path, cards_dirs=()):
+    """(device, card) for `load_device`'s reference: `card` is the validated `DeviceCard` the device was built
+    from (its `path` says which file), or None for a registered model or an entry point given by name."""
     from bayesim.devices.card import load_card
+    from bayesim.paths import is_card_path, local_path_hint
 
     ref = str(name_or_card_path)
     p = Path(ref).expanduser()
-    if p.suffix.lower() in (".csv", ".tsv") and p.is_file():
+    if p.suffix.lower() in (".csv", ".tsv") and (p.is_file() or is_card_path(ref)):
         raise ConfigError("a CSV file is a device's measured programming table (or samples), not a device; name "
                           "it in a device card (programming: {model: table, file: ...}, as "
                           "devices/measured_pcm_drift.yaml does) and give that card", str(p))
-    if p.suffix in (".yaml", ".yml") or p.is_file():
-        return device_from_card(load_card(p))
+    if is_card_path(ref):
+        card = load_card(p)
+        return device_from_card(card), card
     if ref in _REGISTRY:
-        return _instantiate(_REGISTRY[ref], {}, f"<{ref}>", None)
+        return _instantiate(_REGISTRY[ref], {}, f"<{ref}>", None), None
     cards = find_cards(cards_dirs)
     if ref in cards:
-        return device_from_card(load_card(cards[ref]))
+        card = load_card(cards[ref])
+        return device_from_card(card), card
     eps = _entry_points()
     if ref in eps:
-        return _instantiate(_load_entry_point(eps[ref]), {}, f"<entry point {ref}>", None)
+        return _instantiate(_load_entry_point(eps[ref]), {}, f"<entry point {ref}>", None), None
     import difflib
 
     known = sorted({*_REGISTRY, *cards, *eps})
     m = difflib.get_close_matches(ref, known, n=1, cutoff=0.6)
     raise BayesimError(f"unknown device {ref!r}; known: {', '.join(known)}"
-                       + (f" (did you mean {m[0]!r}?)" if m else "") + "; or give a device card file (.yaml)")
+                       + (f" (did you mean {m[0]!r}?)" if m else "") + "; or give a device card file (.yaml)"
+                       + local_path_hint(ref))
 
 
 def _kind(factory) -> str:
@@ -309,7 +395,7 @@ def _kind(factory) -> str:
 
 def list_devices(cards_dirs=()) -> list[dict]:
     """Every device found: {name, kind (built-in | registered | card | plug-in), where, source}, and `note`
-    for a card whose name a registered model takes (load_device finds that model by the name)."""
+    where load_device(name) gives something else: a registered model or a card in a folder searched first."""
     from bayesim.config.schema import load_yaml
     from bayesim.devices.card import build_card
 
@@ -317,7 +403,12 @@ def list_devices(cards_dirs=()) -> list[dict]:
     for name, f in _REGISTRY.items():
         out.append({"name": name, "kind": _kind(f), "where": "bayesim", "source": ""})
     seen = set()
-    for name, p in find_cards(cards_dirs).items():
+    cards = find_cards(cards_dirs)
+    all_cards = {}  # every card file of every folder (a shadowed one too), first name first
+    for d in card_dirs(cards_dirs):
+        for name, p in folder_cards(d).items():
+            all_cards.setdefault(p, name)
+    for p, name in all_cards.items():
         if p in seen:
             continue
         seen.add(p)
@@ -331,7 +422,15 @@ def list_devices(cards_dirs=()) -> list[dict]:
         row = {"name": name, "kind": "card", "where": str(p), "source": src}
         if name in _REGISTRY:  # load_device(name) finds the registered model first
             row["note"] = f"load it by path: the name {name!r} gives the {_kind(_REGISTRY[name])} model"
+        elif cards.get(name, p) != p:  # a card of the same name in a folder searched first
+            row["note"] = f"load it by path: the name {name!r} gives the card {cards[name]}"
         out.append(row)
     for name, ep in _entry_points().items():
-        out.append({"name": name, "kind": "plug-in", "where": ep.value, "source": ""})
+        row = {"name": name, "kind": "plug-in", "where": ep.value, "source": ""}
+        if name in _REGISTRY:  # load_device(name), and a card's model: name, find the registered model first
+            row["note"] = (f"unreachable: the name {name!r} gives the {_kind(_REGISTRY[name])} model, in a card's "
+                           "model: too; rename the entry point")
+        elif name in cards:  # load_device(name) finds the card first; a card's model: name is the plug-in
+            row["note"] = f"the name {name!r} gives the card {cards[name]}; a card with model: {name} uses the plug-in"
+        out.append(row)
     return out

@@ -5,7 +5,6 @@ core only sees these objects, never YAML or argparse.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -13,7 +12,7 @@ from typing import Literal, Optional
 from bayesim.config import apply_overrides, build, load_yaml, spec
 from bayesim.config.schema import INT64_MAX
 from bayesim.errors import ConfigError
-from bayesim.paths import beside_config, named_data_dir_problem, searched_folders
+from bayesim.paths import beside_config, is_card_path, named_data_dir_problem, searched_folders
 
 SPLITS = ("mnist", "ambiguous", "ood")
 
@@ -123,7 +122,7 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
     try:
         cfg = build(ExperimentConfig, mapping, source=source)
     except ConfigError as e:  # a bad value given with --set: say so
-        if e.key and e.source == source and _from_set(e.key, overrides):
+        if e.key and e.source == source and from_set(e.key, overrides):
             raise ConfigError(e.message, f"{source} (--set)", e.key) from None
         raise
     if path is not None:
@@ -144,13 +143,13 @@ def _relative_to_config(cfg: ExperimentConfig, path: Path, overrides) -> Experim
         cfg = replace(cfg, data=replace(cfg.data, dir=p))
     for key in ("device", "crossbar"):
         ref = getattr(cfg.hardware, key)
-        looks_like_path = "/" in ref or os.sep in ref or ref.lower().endswith((".yaml", ".yml"))
-        if looks_like_path and not _from_set(f"hardware.{key}", overrides) and (p := beside_config(ref, path, Path.is_file)):
+        if is_card_path(ref) and not from_set(f"hardware.{key}", overrides) \
+                and (p := beside_config(ref, path, Path.is_file)):
             cfg = replace(cfg, hardware=replace(cfg.hardware, **{key: p}))
     return cfg
 
 
-def _from_set(key: str, overrides) -> bool:
+def from_set(key: str, overrides) -> bool:
     """Did the value at dotted `key` come from a `--set key.path=value` override?"""
     set_keys = [str(o).split("=", 1)[0].strip() for o in overrides or ()]
     return any(key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".") for k in set_keys)
@@ -161,28 +160,27 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_file: P
     (`source (--set)` when the key came from a `--set` override) and, for a relative path from the config
     file, both folders it was looked for in (`config_file`'s folder and the current one).
 
-    The path rules are the runner's: hardware.device is a card file when it ends in .yaml/.yml (or is a
-    file), hardware.crossbar when it ends in .yaml/.yml or exists; otherwise they are names (an unknown
+    The path rules are the runner's (`bayesim.paths.is_card_path`): hardware.device and hardware.crossbar are
+    card files when they end in .yaml/.yml or have a folder separator; otherwise they are names (an unknown
     name is reported by the runner with the known ones).
     """
     def fail(message: str, key: str):
-        raise ConfigError(message, f"{source} (--set)" if _from_set(key, overrides) else source, key)
+        raise ConfigError(message, f"{source} (--set)" if from_set(key, overrides) else source, key)
 
     def check(p: Path, key: str, what: str):
         if p.is_dir():
             fail(f"{p} is a folder; expected {what}", key)
         if not p.is_file():
             where = ""
-            if config_file is not None and not p.expanduser().is_absolute() and not _from_set(key, overrides):
+            if config_file is not None and not p.expanduser().is_absolute() and not from_set(key, overrides):
                 where = searched_folders(p, config_file)
             fail(f"{p}: file not found{where}; expected {what}", key)
 
-    dev = Path(cfg.hardware.device).expanduser()
-    if dev.suffix in (".yaml", ".yml"):
-        check(dev, "hardware.device", "a device card file (.yaml) or a device name")
-    xb = cfg.hardware.crossbar
-    if xb.endswith((".yaml", ".yml")) or Path(xb).exists():
-        check(Path(xb), "hardware.crossbar", "a crossbar card file (.yaml) or a card name")
+    for key, what in (("device", "a device card file (.yaml) or a device name"),
+                      ("crossbar", "a crossbar card file (.yaml) or a card name")):
+        ref = getattr(cfg.hardware, key)
+        if is_card_path(ref) and not ref.lower().endswith((".csv", ".tsv")):  # the runner explains a CSV
+            check(Path(ref).expanduser(), f"hardware.{key}", what)
     if cfg.data.dir is not None:
         why = named_data_dir_problem(cfg.data.dir)
         if why:

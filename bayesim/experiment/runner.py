@@ -29,7 +29,6 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 DEFAULT_MODEL = RESOURCES / "lenet5_default.safetensors"
 # Shipped quantization-aware-trained siblings of the default model: (strategy, mu, sigma, w bits) -> file.
 SHIPPED_QAT = {("jq", 4, 4, 4): RESOURCES / "lenet5_jq4.safetensors"}
-CROSSBAR_CARDS = Path(__file__).resolve().parents[2] / "crossbars"
 ADC_CALIBRATION_IMAGES = 256
 SCALAR_KEYS = ("accuracy", "nll", "brier", "ece", "mean_total_entropy", "mean_aleatoric", "mean_epistemic")
 
@@ -196,14 +195,21 @@ def _delta(hw: dict, sw: dict) -> dict:
 def resolve_crossbar(cfg: ExperimentConfig):
     from bayesim.crossbar import load_crossbar
 
+    from bayesim.crossbar.card import find_crossbar_cards
+    from bayesim.paths import is_card_path, local_path_hint
+
     ref = cfg.hardware.crossbar
-    path = Path(ref)
-    if not (ref.endswith((".yaml", ".yml")) or path.exists()):
-        path = CROSSBAR_CARDS / f"{ref}.yaml"
-        if not path.exists():
-            known = sorted(p.stem for p in CROSSBAR_CARDS.glob("*.yaml"))
-            raise ConfigError(f"no crossbar card {ref!r}; known cards: {', '.join(known)} "
-                              "(or give a path to a .yaml card)", key="hardware.crossbar")
+    path = Path(ref).expanduser()
+    if not is_card_path(ref):  # a name: ./crossbars first, then the shipped cards
+        cards = find_crossbar_cards()
+        if ref not in cards:
+            import difflib
+
+            m = difflib.get_close_matches(ref, list(cards), n=1, cutoff=0.6)
+            raise ConfigError(f"no crossbar card {ref!r}; known cards: {', '.join(sorted(cards))}"
+                              + (f" (did you mean {m[0]!r}?)" if m else "") + " (or give a path to a .yaml card)"
+                              + local_path_hint(ref), key="hardware.crossbar")
+        path = cards[ref]
     from bayesim.crossbar.card import override_bits
 
     card = override_bits(load_crossbar(path), path, cfg.hardware.bits.dac, cfg.hardware.bits.adc)
@@ -223,13 +229,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     from bayesim.analog import AnalogBNN
     from bayesim.bnn import memory_report, predict_probs
     from bayesim.data import load_test_splits
-    from bayesim.devices import load_device
+    from bayesim.devices.registry import resolve_device
 
     t0 = time.perf_counter()
     hw = cfg.hardware
     # Resolve every card and the model before any simulation starts: bad input fails fast.
     try:
-        device = load_device(hw.device)
+        device, device_card = resolve_device(hw.device)
     except ConfigError:
         raise  # a bad card: the message names its file and key
     except BayesimError as e:
@@ -302,6 +308,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
         "delta": _delta(hardware, software) if software else None,
         "hardware": {
             "device": getattr(device, "name", hw.device),
+            "device_card": None if device_card is None or not device_card.path else str(device_card.path),
             "crossbar": card.name,
             "crossbar_card": str(card_path),
             "sampler": hw.sampler,
@@ -319,6 +326,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "dac_conversions_per_inference": st.dac_conversions / n_images,
             "adc_saturation_rate": st.adc_saturated / max(st.adc_conversions, 1),
             "dac_clip_rate": st.dac_clipped / max(st.dac_conversions, 1),
+            "dac_signed": card.dac.signed,
             "ir_drop_model": card.ir_drop.model,
             "ir_drop_max": st.ir_drop_max if card.ir_drop.model != "none" else None,
             "program_events": st.program_events,
@@ -425,9 +433,11 @@ def result_table(result: dict) -> str:
         rows.append(f"NOTE: the ADC ranges were calibrated on the {hwd['adc_calibration']} (put the MNIST "
                     f"training files in the data folder to calibrate on those)")
     if hwd["dac_clip_rate"] > DAC_CLIP_WARN:
+        why = "a fixed dac.range smaller than the inputs" if hwd.get("dac_signed", False) \
+            else "an unsigned DAC applies no negative input"
         rows.append(f"WARNING: the DAC clipped {hwd['dac_clip_rate']:.1%} of the inputs it converted: the inputs "
-                    f"fall outside its range (an unsigned DAC applies no negative input); see dac.signed, "
-                    f"dac.scaling and dac.range in crossbar card {hwd['crossbar_card']}")
+                    f"fall outside its range ({why}); see dac.signed, dac.scaling and dac.range in crossbar card "
+                    f"{hwd['crossbar_card']}")
     rows.append(f"S = {result['samples']}, seed {result['seed']}, wall time {result['wall_time_s']:.1f} s"
                 + ("  [EMBEDDED SUBSET of the test splits" + (f": {why}]" if (why := subset_reason(
                     result[s].get("source") for s in ("mnist", "ambiguous", "ood") if s in result)) else "]")
