@@ -262,3 +262,26 @@ def test_a_big_yaml_file_and_a_huge_set_key_are_refused_before_parsing(tmp_path)
     with pytest.raises(ConfigError) as e:
         apply_overrides({}, ["a" * 100000 + "=1"], "c.yaml")
     assert "key of 100,000 characters" in str(e.value) and len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("010", "010 is an octal number in YAML 1.1 (= 8); write it without the leading zero"),
+    ("-007", "-007 is an octal number in YAML 1.1 (= -7)"),
+    ("1:00", "1:00 is a base-60 number in YAML 1.1 (= 60); write the value as a plain number"),
+    ("1:30.5", "1:30.5 is a base-60 number in YAML 1.1 (= 90.5)"),
+])
+def test_numbers_yaml_1_1_reads_otherwise_than_they_look_are_refused(tmp_path, text, problem):
+    """PyYAML reads a plain 010 as octal 8 and 1:00 as base 60: a config that says samples: 010 would run 8.
+    Refused in files (line and column named) and in --set values (key named); quoted they stay strings."""
+    p = tmp_path / "c.yaml"
+    p.write_text(f"name: q\nvalue: {text}\n")
+    with pytest.raises(ConfigError, match=rf"c.yaml: at line 2, column 8: {__import__('re').escape(problem)}"):
+        load_yaml(p)
+    with pytest.raises(ConfigError, match=rf"--set: samples: {__import__('re').escape(problem)}"):
+        apply_overrides({}, [f"samples={text}"])
+    assert apply_overrides({}, [f"a='{text}'"]) == {"a": text}
+
+
+def test_unambiguous_numbers_keep_their_yaml_values():
+    got = apply_overrides({}, ["a=0", "b=-0", "c=0.5", "d=1_000", "e=0x1F", "f=12", "g=0.0", "h=-1.5e+3", "i=.inf"])
+    assert got == {"a": 0, "b": 0, "c": 0.5, "d": 1000, "e": 31, "f": 12, "g": 0.0, "h": -1500.0, "i": float("inf")}

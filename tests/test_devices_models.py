@@ -268,3 +268,18 @@ def test_read_moments_give_the_read_law(card):
     if card == "pcm_ibm.yaml":
         assert d.gaussian_program and not d.gaussian_programming
         assert np.median(mean[h > 1] / h[h > 1]) < 0.8  # PCM drift over 1e4 s (nu ~ 0.05-0.1, t0 20 s)
+
+
+def test_log_ladder_noise_is_the_noise_in_rungs_near_sigma_max():
+    """Hand-computed: rungs 1, 2, 4, 8, 16 uS (a geometric ladder of 5), programming std 0.8 uS, no read noise or
+    drift: the top four gaps 1, 2, 4, 8 uS hold 0.8, 0.4, 0.2, 0.1 rungs of noise, median 0.3. A noiseless device
+    has none; on PCM more sigma bits pack the rungs closer, and 8 bits put about 3 rungs of noise near the top."""
+    from bayesim.devices.stats import log_ladder_noise
+
+    flat = ComposedDevice(build_card({"name": "flat", "model": "gaussian", "range": {"g_min_uS": 1.0, "g_max_uS": 16.0},
+                                      "programming": {"model": "polynomial", "coeffs_uS": [0.8]},
+                                      "read": {"model": "none"}, "drift": {"model": "none"}}))
+    assert log_ladder_noise(flat, 5, 1.0) == pytest.approx(0.3, rel=1e-6)
+    assert log_ladder_noise(load_device("ideal"), 256, 1.0) == 0.0
+    pcm = [log_ladder_noise(load_device("pcm"), 1 << b, 1.0) for b in (4, 6, 8)]
+    assert pcm[0] < pcm[1] < 1.0 < 2.5 < pcm[2] < 4.0

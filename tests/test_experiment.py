@@ -54,7 +54,7 @@ def test_pcm_jq_run_reports_memory_energy_and_differs_from_software(checkpoint, 
 
     text = result_table(r)
     assert "model lenet5 checkpoint | post-training quantization" in text
-    assert "the deltas include the quantization: post-training here" in text
+    assert "the deltas include the weight quantization: post-training here" in text
     assert r["memory"]["reduction_vs_fp32"] == pytest.approx(8.0, rel=0.01)
     assert r["bits"] == {"mu": 4, "sigma": 4, "w": 4, "act": None, "dac": 8, "adc": 8}
     assert r["hardware"]["energy_per_inference_J"]["total"] > 0
@@ -369,6 +369,14 @@ def test_a_normalization_unlike_the_models_is_pointed_out(checkpoint, tmp_path):
     act4 = build_model(build(ModelConfig, {"arch": "lenet5", "activation": {"kind": "bounded", "upper": 4.0,
                                                                              "bits": 4}}))
     assert apply_strategy(act4, load_experiment(None, base=base).hardware)[1] == "fp weights, 4-bit activations"
+    # a QAT model at its own bits is as trained; other activation bits than it was trained with are not
+    qat = build_model(build(ModelConfig, {"arch": "lenet5", "activation": {"kind": "bounded", "upper": 4.0, "bits": 8},
+                                          "quant": {"strategy": "jq", "mu_bits": 4, "sigma_bits": 4, "w_bits": 4}}))
+    jq = {**base, "hardware": {**base["hardware"], "strategy": "jq", "bits": {"mu": 4, "sigma": 4, "w": 4}}}
+    assert apply_strategy(qat, load_experiment(None, base=jq).hardware)[1] == "as trained"
+    jq["hardware"]["bits"]["act"] = 1
+    net, how = apply_strategy(qat, load_experiment(None, base=jq).hardware)
+    assert how == "post-training quantization" and net.cfg.activation.bits == 1 and qat.cfg.activation.bits == 8
     shipped = {"name": "t", "model": {"source": "default"}, "data": {"embedded": True, "limit": 20, "splits": ["mnist"],
                                                                    "normalization": "own"},
                "samples": 2, "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "fp"}}
@@ -436,3 +444,24 @@ def test_metrics_name_the_device_card_and_a_signed_dac_clipping(checkpoint, tmp_
     assert "unsigned" not in table
     r = run_experiment(load_experiment(None, base=_cfg(checkpoint)), None, progress=False, log=None)
     assert r["hardware"]["device_card"] is None and r["hardware"]["device"] == "ideal"
+
+
+def test_a_log_sigma_array_finer_than_its_cells_and_more_levels_than_a_card_declares_are_said(checkpoint):
+    """VPQ at 8 sigma bits on PCM lays 256 rungs, a factor 2 in sigma each, where the cells' noise spans about 3
+    of them near sigma_max: the run warns (the stored sigmas read off by a factor ~2^3). At 4 bits it does not.
+    SPQ at 8 bits on the RRAM card (16 published levels) asks 128 levels of a differential cell: a note."""
+    from bayesim.experiment import result_table
+
+    r = run_experiment(load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="vpq",
+                                                       bits={"mu": 8, "sigma": 8})), None, progress=False, log=None)
+    lv = r["hardware"]["levels_per_cell"]
+    assert (lv["mu"], lv["sigma"], lv["w"]) == (128, 256, None) and 2.5 < lv["sigma_noise_rungs"] < 4.0
+    assert "WARNING: the stored sigma array's cells are noisier than its log ladder is fine" in result_table(r)
+    r = run_experiment(load_experiment(None, base=_cfg(checkpoint, device="pcm", crossbar="default", strategy="vpq",
+                                                       bits={"mu": 4, "sigma": 4})), None, progress=False, log=None)
+    assert r["hardware"]["levels_per_cell"]["sigma_noise_rungs"] < 1.0 and "log ladder" not in result_table(r)
+    r = run_experiment(load_experiment(None, base=_cfg(checkpoint, device="rram", crossbar="default", strategy="spq",
+                                                       bits={"w": 8})), None, progress=False, log=None)
+    lv = r["hardware"]["levels_per_cell"]
+    assert (lv["mu"], lv["sigma"], lv["w"], lv["device_n_levels"], lv["sigma_noise_rungs"]) == (None, None, 128, 16, None)
+    assert "NOTE: the device card declares 16 programmable levels; this run asks 128 for w per cell" in result_table(r)

@@ -202,6 +202,39 @@ def _construct_str(loader, node):
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
+#: Plain numbers YAML 1.1 (PyYAML) reads otherwise than a reader expects: 010 is octal 8, 1:00 is base 60 (60).
+_OCTAL_LOOKING = re.compile(r"[-+]?0[0-9_]+")
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+class _AmbiguousNumber(yaml.YAMLError):
+    """A plain number whose YAML 1.1 value is not the one it looks like (see _construct_number)."""
+
+    def __init__(self, message: str, mark):
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+def _construct_number(loader, node):
+    """int / float as PyYAML reads them, but a plain 010 (YAML 1.1: octal 8) or 1:00 (YAML 1.1: base 60, 60) is
+    refused rather than silently read as a number the user did not write; hex 0x10 and 1_000 stay allowed."""
+    text = str(node.value).strip()
+    base = yaml.constructor.SafeConstructor
+    read = base.construct_yaml_int if node.tag.endswith(":int") else base.construct_yaml_float
+    value = read(loader, node)
+    if node.style is None and getattr(node, "resolved", False):
+        if _SEXAGESIMAL.fullmatch(text):
+            raise _AmbiguousNumber(f"{text} is a base-60 number in YAML 1.1 (= {value}); write the value as a plain "
+                                   "number (or quote it for a string)", node.start_mark)
+        if _OCTAL_LOOKING.fullmatch(text):
+            raise _AmbiguousNumber(f"{text} is an octal number in YAML 1.1 (= {value}); write it without the leading "
+                                   "zero (or quote it for a string)", node.start_mark)
+    return value
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+
 
 def safe_load(text: str):
     """`yaml.safe_load` that refuses duplicate keys (a `yaml.YAMLError` naming the key path and lines)."""
@@ -241,6 +274,9 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
     except _DuplicateKey as e:
         raise ConfigError(f"duplicate key at {e.where} (first given at {e.first}); "
                           "each key may appear once", source=str(p), key=e.key) from None
+    except _AmbiguousNumber as e:
+        raise ConfigError(f"at line {e.mark.line + 1}, column {e.mark.column + 1}: {e.message}",
+                          source=str(p)) from None
     except _TooLarge as e:
         raise ConfigError(f"refused: {e}", source=str(p)) from None
     except yaml.YAMLError as e:
@@ -531,6 +567,8 @@ def apply_overrides(mapping: dict, overrides, source: str = "--set") -> dict:
             raise ConfigError(f"duplicate key {e.key!r} in value {_show(raw)}", source, path) from None
         except _TooLarge as e:
             raise ConfigError(f"refused value {_show(raw)}: {e}", source, path) from None
+        except _AmbiguousNumber as e:
+            raise ConfigError(e.message, source, path) from None
         except yaml.YAMLError:
             raise ConfigError(f"cannot parse value {_show(raw)}", source, path) from None
         node = out

@@ -133,6 +133,10 @@ def _expected_clipped(mean, sd, lo: float, hi: float) -> np.ndarray:
 PAIR_SAMPLES_PER_PASS = 4
 
 
+#: Longest read or compute time after programming, s (as hardware.read_time_s in experiment configs: ~300 years).
+MAX_TIME_S = 1e10
+
+
 class AnalogLayer:
     """A BayesLinearOp / BayesConvOp mapped onto crossbar tiles of `crossbar` with cells of `device`."""
 
@@ -153,6 +157,10 @@ class AnalogLayer:
             raise BayesimError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         self.quant, self.device, self.card = q, device, crossbar
         self.layer, self.seed, self.sampler = int(layer_index), int(seed), sampler
+        for what, t in (("t_read", t_read), ("t_compute", t_compute)):
+            number = isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, (bool, np.bool_))
+            if not (number and 0.0 <= float(t) <= MAX_TIME_S):  # a NaN, an infinite or a negative time would reach the drift law's log and power
+                raise BayesimError(f"{what} must be a number of seconds in [0, {MAX_TIME_S:g}], got {t!r}")
         self.t_read, self.t_compute = float(t_read), float(t_compute)
         mu = np.asarray(op.mu_w, dtype=np.float32)
         sg = np.asarray(op.sigma_w, dtype=np.float32)

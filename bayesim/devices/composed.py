@@ -184,7 +184,7 @@ class ComposedDevice:
         h = _as_cells(held, f"device {self.name}: held conductances")
         t_read = float(t_read)
         if not np.isfinite(t_read) or t_read < 0:
-            raise BayesimError(f"device {self.name}: t_read must be >= 0 s, got {t_read}")
+            raise BayesimError(f"device {self.name}: t_read must be a finite number of seconds >= 0, got {t_read}")
         out = np.empty_like(h)
         dr, rd = self.card.drift, self.card.read
         K.read_kernel(h.reshape(-1), out.reshape(-1), t_read, np.uint64(key),

@@ -35,6 +35,21 @@ def _mean_sigma(device, g: np.ndarray, t_read: float):
     return mean, np.sqrt(ps ** 2 + rs ** 2)
 
 
+def log_ladder_noise(device, n_rungs: int, t_read: float = 1.0) -> float:
+    """Noise of a stored log-level sigma array, in rungs of its ladder, where the trained sigmas are: the median
+    over the top four rungs (sigma_max down to sigma_max / 16) of sqrt(program_sigma^2 + read_sigma^2) / (gap to
+    the rung below), on the device's geometric ladder of `n_rungs` conductances with drifted means as
+    `level_overlap` has them. Each rung is a factor 2 in sigma, so a value of x means reads of those sigmas are
+    off by about a factor 2^x: above 1 the stored sigma no longer says what was trained."""
+    g = np.asarray(device.levels(int(n_rungs), "log"), np.float32)
+    mean, sd = _mean_sigma(device, g, t_read)
+    gap = np.diff(mean)
+    k = min(4, gap.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rungs = np.where(gap[-k:] > 0, sd[1:][-k:] / gap[-k:], np.inf)
+    return float(np.median(rungs))
+
+
 def max_distinguishable_levels(device, t_read: float = 1.0, grid: int = 20001) -> float:
     """How many levels fit in [g_min, g_max] at 1 sigma, from the device's analytic mean and
     sigma = sqrt(program_sigma^2 + read_sigma^2) at `t_read` (greedy packing on a fine grid from g_min;

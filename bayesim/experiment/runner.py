@@ -64,8 +64,8 @@ def load_network(spec, normalization: str, hw=None):
 def apply_strategy(model, hw):
     """The network as the hardware strategy stores it.
 
-    A model already trained (QAT) with this strategy and these bits is used as stored; otherwise a copy
-    is post-training quantized (ranges recalibrated from its parameters). Returns (network, how):
+    A model already trained (QAT) with this strategy and these bits (activation bits included) is used as
+    stored; otherwise a copy is post-training quantized (ranges recalibrated from its parameters). Returns (network, how):
     "as trained", "post-training quantization", "none (fp)" (quantization switched off), or "fp weights, B-bit
     activations".
     """
@@ -84,7 +84,8 @@ def apply_strategy(model, hw):
     if not same:
         out = copy.deepcopy(model)
         out.set_quant(want)
-    if b.act is not None and out.cfg.activation.bits != b.act:
+    act_changed = b.act is not None and out.cfg.activation.bits != b.act
+    if act_changed:
         if out.cfg.activation.kind != "bounded":
             raise BayesimError(f"hardware.bits.act = {b.act} needs a model with bounded activations; "
                                f"this one uses {out.cfg.activation.kind!r}")
@@ -96,7 +97,7 @@ def apply_strategy(model, hw):
         from bayesim.bnn.evaluate import fp_quantization
 
         return out, fp_quantization(out.cfg.activation.bits)
-    return out, ("as trained" if same else "post-training quantization")
+    return out, ("as trained" if same and not act_changed else "post-training quantization")
 
 
 def _warn_normalization(cfg: ExperimentConfig, model) -> None:
@@ -286,6 +287,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     hw_time = time.perf_counter() - t_hw
     del hw_probs
 
+    levels = _levels_per_cell(analog, qmodel.cfg.quant, card, device, hw)
     n_images = sum(len(unique_images(sp.x)[0]) for sp in splits.values())
     st = analog.stats
     energy = st.energy_J(card)
@@ -327,6 +329,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
             "adc_saturation_rate": st.adc_saturated / max(st.adc_conversions, 1),
             "dac_clip_rate": st.dac_clipped / max(st.dac_conversions, 1),
             "dac_signed": card.dac.signed,
+            "levels_per_cell": levels,
             "ir_drop_model": card.ir_drop.model,
             "ir_drop_max": st.ir_drop_max if card.ir_drop.model != "none" else None,
             "program_events": st.program_events,
@@ -342,6 +345,24 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / "metrics.json", result)
     return result
+
+
+def _levels_per_cell(analog, q, card, device, hw) -> dict:
+    """How many levels the run asks of one cell, against what the device card declares: {mu, sigma, w (None where
+    the strategy programs no such array), device_n_levels (the card's published count, None if it gives none),
+    sigma_noise_rungs (the stored log sigma array's noise in rungs near its top, `log_ladder_noise`; None
+    without such an array)}. A differential pair holds a b-bit weight as 2^(b-1) levels per cell, an offset
+    column as 2^b - 1; a log sigma array has 2^b rungs on one cell."""
+    from bayesim.devices.stats import log_ladder_noise
+
+    stored = any(layer.stored for layer in analog.layers.values())
+    per_cell = (lambda b: 1 << (b - 1)) if card.mapping.kind == "differential" else (lambda b: (1 << b) - 1)
+    log_sigma = stored and q.sigma_quantizer == "log"
+    return {"mu": per_cell(q.mu_bits) if stored else None,
+            "sigma": (1 << q.sigma_bits) if stored else None,
+            "w": per_cell(q.w_bits) if q.quantize_sampled else None,
+            "device_n_levels": getattr(device, "n_levels", None),
+            "sigma_noise_rungs": log_ladder_noise(device, 1 << q.sigma_bits, hw.read_time_s) if log_sigma else None}
 
 
 def _software_predict(predict_probs, model, x, samples, seed, batch_size, bar):
@@ -387,8 +408,8 @@ def result_table(result: dict) -> str:
     rows.append(f"model {model['arch']} {model.get('kind', '')} | {model['quantization']}".replace("  ", " "))
     if result["strategy"] != "fp":
         ptq = model["quantization"] != "as trained"
-        rows.append("  (the software column is the same network with quantization off, so the deltas include the "
-                    "quantization" + (": post-training here, its software-only effect is what `bayesim evaluate "
+        rows.append("  (the software column is the same network with its weights at full precision and its "
+                    "activations as here, so the deltas include the weight quantization" + (": post-training here, its software-only effect is what `bayesim evaluate "
                                       "--strategy S --bits B` shows)" if ptq else ")"))
     rows.append(f"strategy {result['strategy']} bits {result['bits']} | device {hwd['device']} | crossbar "
                 f"{hwd['crossbar']} | {hwd['tiles']} tiles, {hwd['cells']} cells"
@@ -429,6 +450,19 @@ def result_table(result: dict) -> str:
                                 f"{s['mean_relative_shortfall'] / s['fraction_short']:.0%} on average"
                                 for i, s in short)
                     + "; the epistemic uncertainty is then the device's, not the model's")
+    lv = hwd.get("levels_per_cell") or {}
+    if (lv.get("sigma_noise_rungs") or 0.0) > 1.0:
+        rows.append(f"WARNING: the stored sigma array's cells are noisier than its log ladder is fine: near sigma_max "
+                    f"their programming and read noise spans {lv['sigma_noise_rungs']:.1f} rungs of its {lv['sigma']}, "
+                    f"and each rung is a factor 2 in sigma, so the largest sigmas read off by about a factor "
+                    f"{2 ** lv['sigma_noise_rungs']:.0f}; fewer hardware.bits.sigma (or sigma_quantizer: uniform) "
+                    f"keeps the trained sigma")
+    asked = {k: lv[k] for k in ("mu", "sigma", "w") if lv.get(k)}
+    n_dev = lv.get("device_n_levels")
+    if n_dev and asked and max(asked.values()) > n_dev:
+        rows.append(f"NOTE: the device card declares {n_dev} programmable levels; this run asks "
+                    + ", ".join(f"{v} for {k}" for k, v in asked.items() if v > n_dev)
+                    + " per cell, and programs them as if the cell had them (its noise model decides how they overlap)")
     if CALIBRATED_ON_EVALUATED in str(hwd.get("adc_calibration", "")):
         rows.append(f"NOTE: the ADC ranges were calibrated on the {hwd['adc_calibration']} (put the MNIST "
                     f"training files in the data folder to calibrate on those)")
