@@ -67,20 +67,41 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+# ------------------------------------------------------------------ input files
+def not_regular(path) -> str | None:
+    """"is not a regular file (a named pipe)" when `path` exists but is a FIFO, socket or device, which reading
+    would block on or misread; None for a regular file (or a link to one), a folder or nothing (the callers say
+    "is a folder" / "not found" themselves)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, a broken link, a path with NUL: not this function's message
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"is not a regular file ({kind})"
+
+
 # ------------------------------------------------------------------ output paths, checked before any work
 def check_out_dir(out, what: str = "--out") -> None:
     """Refuse an output folder that cannot be written, before any work and without creating anything.
 
-    It must be a writable folder, or not exist yet with its nearest existing ancestor a writable folder
-    (it is created when metrics.json is written); `out/metrics.json` must not be a folder.
+    It must not be empty, and be a writable folder, or not exist yet with its nearest existing ancestor a
+    writable folder (it is created when metrics.json is written); `out/metrics.json` must not be a folder.
     """
-    out = Path(out)
+    text = os.fspath(out)
+    out = Path(text)
 
     def fail(why: str):
         fix = "give a folder that can be created or written" if what == "--out" else "choose one with --out"
-        raise BayesimError(f"{what} {out if str(out).isprintable() else repr(str(out))}: {why}; {fix}")
+        raise BayesimError(f"{what} {text if text.strip() and text.isprintable() else repr(text)}: {why}; {fix}")
 
-    if "\0" in str(out):
+    if not text.strip():  # Path("") is the current folder: an empty --out must not write there
+        fail("empty")
+    if "\0" in text:
         fail("contains a NUL character")
     try:
         if out.exists():

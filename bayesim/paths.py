@@ -93,11 +93,16 @@ def is_card_path(ref: str | os.PathLike) -> bool:
 
 
 def local_path_hint(ref: str) -> str:
-    """' (./ref is a file in the current folder: write a path as ./ref)' when something named `ref` is in the
-    current folder, else '': the hint of an unknown card name that was meant as a path."""
-    p = Path(ref)
-    if not p.exists():
+    """The hint of an unknown card name: ' (./ref is a file in the current folder; ...)' when a regular file (or
+    a link to one) named `ref` is there, so the name was probably meant as its path; for '', '.' and '..', which
+    are no names, what to give instead; else ''. A folder of that name gets no hint: ./ref would name a folder,
+    not a card."""
+    if not ref.strip():
+        return " (the reference is empty: give a card name, or the path of a card file such as ./my_card.yaml)"
+    if ref in (".", ".."):
+        return (f" ({ref!r} is a folder, not a card: give a card name, or the path of a card file such as "
+                f"./my_card.yaml)")
+    if not Path(ref).is_file():
         return ""
-    what = "folder" if p.is_dir() else "file"
-    return f" (./{ref} is a {what} in the current folder; a card path is written with a / or a .yaml ending, " \
+    return f" (./{ref} is a file in the current folder; a card path is written with a / or a .yaml ending, " \
            f"e.g. ./{ref})"

@@ -102,3 +102,28 @@ def test_summary_table_says_units_subset_and_leaves_ood_labels_out():
     assert "(nll and entropies in nats)" in rows and "[EMBEDDED SUBSET of the test splits: mnist, ood]" in rows
     m["mnist"]["subset"] = m["ood"]["subset"] = False
     assert "EMBEDDED" not in summary_table(m)
+
+
+@pytest.mark.parametrize("args, warned", [
+    (["--strategy", "spq", "--bits", "4", "--sigma-bits", "3"],
+     ["--sigma-bits 3 has no effect with --strategy spq: it quantizes the sampled weights only (--w-bits); "
+      "the flag is ignored"]),
+    (["--strategy", "spq", "--mu-bits", "5", "--w-bits", "3"], ["--mu-bits 5 has no effect with --strategy spq"]),
+    (["--strategy", "vpq", "--w-bits", "3"],
+     ["--w-bits 3 has no effect with --strategy vpq: it quantizes the stored mu and sigma only (--mu-bits, "
+      "--sigma-bits); the flag is ignored"]),
+    (["--strategy", "jq", "--mu-bits", "5", "--sigma-bits", "3", "--w-bits", "3"], []),
+    (["--strategy", "spq", "--bits", "4"], []),
+])
+def test_bit_flags_the_strategy_does_not_use_are_named(model_path, tmp_path, monkeypatch, capsys, args, warned):
+    """A bit flag the strategy never quantizes with is not dropped without a word: one warning line names the
+    flag and the strategy (bayesim run has no rule to follow: its bits keys all have defaults)."""
+    import bayesim.data
+
+    path, _ = model_path
+    monkeypatch.setattr(bayesim.data, "load_test_splits", lambda *a, **k: _splits())
+    assert main(["evaluate", "--model", str(path), "--samples", "2", *args, "--out", str(tmp_path / "ev")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "has no effect" in ln]
+    assert len(lines) == len(warned)
+    for line, text in zip(lines, warned):
+        assert line.startswith(f"bayesim: warning: {text}"), line

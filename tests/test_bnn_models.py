@@ -216,11 +216,14 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def _rewrite(path, out, mutate_tensors=None, mutate_meta=None):
+    """A copy of checkpoint `path` with its tensors / metadata changed, written without the tensors' checksum
+    (as a checkpoint from before it, or from another tool), so that the checks behind it are reached."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["bayesim"])
+    meta.pop("tensors_sha256", None)
     t = load_file(str(path))
     if mutate_tensors:
         mutate_tensors(t)
@@ -257,6 +260,43 @@ def test_checkpoint_bad_inputs(tmp_path):
 
     with pytest.raises(BayesimError, match="do not fit a 'lenet5' model"):
         load_model(_rewrite(good, tmp_path / "bad4.safetensors", mutate_meta=lenet_meta))
+
+
+def test_checkpoint_tensor_data_is_checksummed(tmp_path, capsys):
+    """A flipped byte in the tensor data used to load silently (a weight changed, or a NaN); the SHA-256 of
+    the data is in the metadata and checked on load, by `load_model`, by training's init_from and at the
+    command line (exit 2). A checkpoint without the field (from before it) loads as before."""
+    import hashlib
+
+    from bayesim.bnn.train import init_from_checkpoint
+    from bayesim.cli import main
+
+    model = build_model(ModelConfig(arch="mlp", widths=[8]))
+    path = save_model(model, tmp_path / "m.safetensors")
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")
+    _, meta = load_model(path)
+    assert meta["tensors_sha256"] == hashlib.sha256(raw[start:]).hexdigest()
+    for offset in (0, (len(raw) - start) // 2, len(raw) - start - 1):  # first, middle and last byte of the data
+        bad = bytearray(raw)
+        bad[start + offset] ^= 0x01
+        flipped = tmp_path / "flipped.safetensors"
+        flipped.write_bytes(bytes(bad))
+        with pytest.raises(BayesimError, match=r"flipped\.safetensors: corrupt checkpoint: the SHA-256 of its "
+                                               r"tensor data is [0-9a-f]{64}, the metadata records "
+                                               + meta["tensors_sha256"]):
+            load_model(flipped)
+    with pytest.raises(BayesimError, match=r"flipped\.safetensors: corrupt checkpoint"):
+        init_from_checkpoint(build_model(ModelConfig(arch="mlp", widths=[8])), str(flipped))
+    assert main(["evaluate", "--model", str(flipped), "--embedded", "--limit", "10", "--samples", "1",
+                 "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bayesim: error: {flipped}: corrupt checkpoint"), err
+    assert not (tmp_path / "ev").exists()
+    old = _rewrite(path, tmp_path / "old.safetensors")  # no checksum: loads without a word
+    loaded, old_meta = load_model(old)
+    assert "tensors_sha256" not in old_meta
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_checkpoint_ranges_its_strategy_uses_must_be_positive(tmp_path):

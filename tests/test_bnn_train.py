@@ -197,3 +197,112 @@ def test_train_cli_init_from_beside_the_config_or_named_with_both_places(tmp_pat
     assert main(["train", str(tmp_path / "t.yaml")]) == 2
     assert (f"t.yaml: init_from: m/none.safetensors: checkpoint not found (looked beside the config, in "
             f"{tmp_path / 'm'}, and in {tmp_path / 'm'})") in capsys.readouterr().err
+
+
+def test_training_runs_on_the_thread_count_it_records_whatever_loading_did(monkeypatch, tmp_path):
+    """Data loading may change torch's thread count (the Ambiguous-MNIST generator runs on one thread): training
+    must still run on `num_threads`, record that count per epoch, and give the caller's setting back. The same
+    seed and thread count give identical weights; 1 and 2 threads differ at most in the last bits (torch splits
+    matrix products and sums by thread count)."""
+    import torch.nn.functional as F
+
+    import bayesim.data
+    from bayesim.bnn.train import train_and_save
+
+    x, y = _task(256, 8)
+
+    def loader(data_dir=None, seed=0):
+        torch.set_num_threads(1)  # as a loader that leaves torch on one thread
+        return x, y
+    monkeypatch.setattr(bayesim.data, "load_train", loader)
+    seen = []
+    ce = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: seen.append(torch.get_num_threads()) or ce(*a, **k))
+    before = torch.get_num_threads()
+    weights = {}
+    try:
+        for run, threads in enumerate((2, 1, 2)):
+            torch.set_num_threads(3)  # the caller's own setting
+            seen.clear()
+            cfg = _cfg(epochs=2, batch_size=32, num_threads=threads)
+            model, hist, path = train_and_save(cfg, out=str(tmp_path / f"m{run}.safetensors"), log=None)
+            assert set(seen) == {threads} and [h["torch_threads"] for h in hist] == [threads, threads]
+            _, meta = load_model(path)
+            assert meta["training"]["num_threads"] == threads
+            assert [h["torch_threads"] for h in meta["history"]] == [threads, threads]
+            assert torch.get_num_threads() == 3
+            sd = {k: v.clone() for k, v in model.state_dict().items()}
+            if threads in weights:
+                assert all(torch.equal(sd[k], weights[threads][k]) for k in sd)  # same seed, same threads
+            weights[threads] = sd
+    finally:
+        torch.set_num_threads(before)
+    diff = max(float((weights[1][k] - weights[2][k]).abs().max()) for k in weights[1])
+    assert diff < 1e-4, diff
+
+
+def test_divergence_names_the_learning_rate_and_the_step(tmp_path, monkeypatch, capsys):
+    import bayesim.data
+
+    x, y = _task(256, 9)
+    monkeypatch.setattr(bayesim.data, "load_train", lambda data_dir=None, seed=0: (x, y))
+    cfg = tmp_path / "t.yaml"
+    out = tmp_path / "m.safetensors"
+    cfg.write_text(f"model: {{arch: mlp, widths: [16]}}\nepochs: 3\nbatch_size: 64\nlr: 1e30\nout: {out}\n"
+                   "progress: false\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bayesim: error: {cfg}: lr: 1e+30 is too large: training diverged "
+                                               "at epoch "), err
+    assert "(step " in err[0] and "lower it (e.g. to 1e+29)" in err[0], err
+    assert not out.exists()
+
+
+def test_train_config_data_dir_is_beside_the_config_or_named_with_its_key(tmp_path, capsys, monkeypatch):
+    """A relative data.data_dir was taken from the current folder only, and a missing one was reported as missing
+    data files (after a download attempt) without the key: now it follows the rule of data.dir in run configs."""
+    import bayesim.data
+
+    x, y = _task(128, 10)
+    seen = []
+    monkeypatch.setattr(bayesim.data, "load_train", lambda data_dir=None, seed=0: seen.append(data_dir) or (x, y))
+    (tmp_path / "cfg" / "mydata").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    cfg = tmp_path / "cfg" / "t.yaml"
+    body = f"model: {{arch: mlp, widths: [8]}}\nepochs: 1\nout: {tmp_path / 'm.safetensors'}\nprogress: false\n"
+    cfg.write_text(body + "data: {data_dir: mydata}\n")
+    assert main(["train", str(cfg)]) == 0
+    assert seen == [str(tmp_path / "cfg" / "mydata")]  # beside the config, not in the current folder
+    (tmp_path / "run" / "here").mkdir()
+    cfg.write_text(body + "data: {data_dir: here}\n")
+    assert main(["train", str(cfg)]) == 0
+    assert seen[-1] == "here"  # not beside the config: the current folder's
+    assert main(["train", str(cfg), "--data-dir", "here"]) == 0 and seen[-1] == "here"  # a flag: the current folder
+    cfg.write_text(body + "data: {data_dir: nowhere/d}\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"bayesim: error: {cfg}: data.data_dir: nowhere/d: folder not found (looked beside the config, in "
+                   f"{tmp_path / 'cfg' / 'nowhere' / 'd'}, and in {tmp_path / 'run' / 'nowhere' / 'd'}); expected the "
+                   "data folder (mnist/ and fashion-mnist/ IDX files), or null for $BAYESIM_DATA / the user cache")
+    assert len(seen) == 3
+
+
+def test_a_named_pipe_as_init_from_or_import_checkpoint_is_not_called_missing(tmp_path, capsys):
+    """A FIFO where a checkpoint file is expected was reported as 'checkpoint not found' (train's init_from) or
+    'file not found' (import-pyro's config); it is there, but not a regular file."""
+    import os
+
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"model: {{arch: mlp, widths: [8]}}\ninit_from: {fifo.name}\nout: {tmp_path / 'o.safetensors'}\n")
+    assert main(["train", str(cfg)]) == 2
+    assert capsys.readouterr().err.strip() == (f"bayesim: error: {cfg}: init_from: {fifo}: is not a regular file (a "
+                                               "named pipe); expected a bayesim checkpoint (.safetensors)")
+    ip = tmp_path / "ip.yaml"
+    ip.write_text(f"checkpoint: {fifo.name}\narch: mlp\nout: o.safetensors\n")
+    assert main(["import-pyro", "--config", str(ip)]) == 2
+    assert capsys.readouterr().err.strip() == (f"bayesim: error: {ip}: checkpoint: {fifo}: is not a regular file (a "
+                                               "named pipe); expected a Pyro parameter-store file (.pt)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ip.yaml", "m.safetensors", "t.yaml"]

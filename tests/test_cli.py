@@ -309,13 +309,32 @@ def test_out_paths_in_a_folder_without_write_bits_are_refused_even_for_root(tmp_
         ro.chmod(0o755)
 
 
-def test_evaluate_out_checked_before_evaluating(tmp_path, capsys, no_work):
+def test_evaluate_out_checked_before_evaluating(tmp_path, capsys, no_work, monkeypatch):
     f = tmp_path / "f"
     f.write_text("x")
     for out, why in ((f, "exists and is not a folder"), (Path("/proc/bayesim_x"), "/proc is")):
         assert main(["evaluate", "--model", LENET, "--embedded", "--limit", "10", "--out", str(out)]) == 2
         assert _error(capsys).startswith(f"--out {out}: {why}")
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+    monkeypatch.chdir(tmp_path)  # an empty --out is not the current folder
+    for out in ("", " "):
+        assert main(["evaluate", "--model", LENET, "--embedded", "--limit", "10", "--out", out]) == 2
+        assert _error(capsys) == f"--out {out!r}: empty; give a folder that can be created or written"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_train_empty_out_is_refused_not_replaced_by_the_configs(tmp_path, capsys, monkeypatch):
+    import bayesim.bnn.train
+
+    monkeypatch.setattr(bayesim.bnn.train, "train", lambda *a, **k: pytest.fail("trained with an empty --out"))
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"model: {{arch: mlp, widths: [8]}}\nepochs: 1\nout: {tmp_path / 'm.safetensors'}\n")
+    assert main(["train", str(cfg), "--out", ""]) == 2
+    assert _error(capsys) == "--out '': empty; give a file path that can be created or written"
+    cfg.write_text("model: {arch: mlp, widths: [8]}\nepochs: 1\nout: ''\n")
+    assert main(["train", str(cfg)]) == 2
+    assert _error(capsys) == f"{cfg}: out '': empty; give a file path that can be created or written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
 
 
 def test_a_named_data_dir_must_be_a_folder(tmp_path, capsys, no_work):
@@ -346,6 +365,14 @@ def test_a_named_data_dir_must_be_a_folder(tmp_path, capsys, no_work):
     (["--range", "percentile"], "--range percentile has no effect without --strategy: the model's strategy is fp"),
     (["--act-upper", "inf"], "--act-upper inf: must be a finite number > 0 (or 'auto')"),
     (["--act-upper", "nan"], "--act-upper nan: must be a finite number > 0 (or 'auto')"),
+    (["--act-upper", "1e39"], "--act-upper 1e39: not representable in float32 (it would become inf); must be a "
+                              "finite number > 0 (or 'auto'); allowed 1.1755e-38 to 3.4028e+38 (float32)"),
+    (["--act-upper", "1e-50"], "--act-upper 1e-50: not representable in float32 (it would become 0); must be a "
+                               "finite number > 0 (or 'auto'); allowed 1.1755e-38 to 3.4028e+38 (float32)"),
+    (["--act-upper", "0"], "--act-upper 0: must be a finite number > 0 (or 'auto'); allowed 1.1755e-38 to"),
+    (["--limit", "0"], "--limit 0 is out of range; allowed 1 to 9223372036854775807"),
+    (["--limit", "18446744073709551616"], "--limit 18446744073709551616 is out of range; allowed 1 to "
+                                          "9223372036854775807"),
 ])
 def test_evaluate_flags_limited_like_run(tmp_path, capsys, no_work, args, expect):
     """--samples, --seed and --batch-size have the bounds of the experiment config `bayesim run` reads."""

@@ -81,6 +81,51 @@ def test_info_embedded_when_no_folder_named_and_missing_when_named(tmp_path, cap
     assert f"no MNIST test files in {tmp_path / 'empty'}" in out and "[embedded subset]" not in out
 
 
+def test_info_hints_name_the_folder_and_set_they_are_about(tmp_path, capsys, monkeypatch):
+    """The hints gave a bare `bayesim data prepare`, which prepares $BAYESIM_DATA or the cache, not the folder
+    named with --data-dir, nor the --size / --seed set shown; the official Ambiguous-MNIST files are looked for in
+    two places (and not at all for a --size)."""
+    monkeypatch.delenv("BAYESIM_DATA", raising=False)
+    monkeypatch.setenv("BAYESIM_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "my data"
+    d.mkdir()
+    prepare = f"bayesim data prepare --data-dir '{d}'"
+    assert main(["data", "info", "--data-dir", str(d)]) == 0
+    rows = {" ".join(ln.split()[:2]): ln for ln in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["train mnist"].endswith(f"not available (run `{prepare}`)")
+    assert rows["test mnist"].endswith(f"no MNIST test files in {d} (`{prepare}` fetches them)")
+    assert rows["test ood"].endswith(f"no Fashion-MNIST test files in {d} (`{prepare}` fetches them)")
+    assert rows["test ambiguous"].endswith(
+        f"Ambiguous-MNIST (seed 0, 6000 per split) is not generated yet and neither amnist_samples.pt nor "
+        f"amnist_labels.pt (the official files) is in {d / 'ambiguous-mnist'} or {d}; run `{prepare}` to generate it")
+    monkeypatch.setenv("BAYESIM_DATA", str(d))  # the folder a bare command prepares: no --data-dir
+    assert main(["data", "info", "--size", "7", "--seed", "3"]) == 0
+    rows = {" ".join(ln.split()[:2]): ln for ln in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["train ambiguous"].endswith("not available (run `bayesim data prepare --size 7 --seed 3`)")
+    assert rows["test ambiguous"].endswith("Ambiguous-MNIST (seed 3, 7 per split) is not generated yet; run "
+                                           "`bayesim data prepare --size 7 --seed 3` to generate it")
+
+
+def test_prepare_names_a_cache_it_cannot_write(data_dir, tmp_path, capsys, monkeypatch):
+    """A read-only data folder (../shared/data) and a cache without write permission: one line naming the cache
+    folder and how to choose another, exit 2 (it was a PermissionError traceback after the generation)."""
+    import bayesim.data.ambiguous as amb
+
+    monkeypatch.setattr(amb, "_generate", lambda *a, **k: pytest.fail("generated with nowhere to save it"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    monkeypatch.setenv("BAYESIM_CACHE", str(cache))
+    try:
+        line = _one_error_line(capsys, main(["data", "prepare", "--data-dir", str(data_dir), "--size", "5"]))
+    finally:
+        cache.chmod(0o755)
+    assert line.startswith(f"bayesim: error: the user cache folder {cache / 'data' / 'ambiguous-mnist'} cannot be "
+                           f"created: {cache} is not writable (permission denied)"), line
+    assert "choose a writable cache folder with $BAYESIM_CACHE" in line and str(data_dir) in line
+    assert list(cache.iterdir()) == []
+
+
 def test_info_missing_folder_exit_2(tmp_path, capsys):
     missing = tmp_path / "does-not-exist"
     line = _one_error_line(capsys, main(["data", "info", "--data-dir", str(missing)]))

@@ -275,7 +275,7 @@ def test_numbers_yaml_1_1_reads_otherwise_than_they_look_are_refused(tmp_path, t
     Refused in files (line and column named) and in --set values (key named); quoted they stay strings."""
     p = tmp_path / "c.yaml"
     p.write_text(f"name: q\nvalue: {text}\n")
-    with pytest.raises(ConfigError, match=rf"c.yaml: at line 2, column 8: {__import__('re').escape(problem)}"):
+    with pytest.raises(ConfigError, match=rf"c.yaml: value: at line 2, column 8: {__import__('re').escape(problem)}"):
         load_yaml(p)
     with pytest.raises(ConfigError, match=rf"--set: samples: {__import__('re').escape(problem)}"):
         apply_overrides({}, [f"samples={text}"])
@@ -285,3 +285,35 @@ def test_numbers_yaml_1_1_reads_otherwise_than_they_look_are_refused(tmp_path, t
 def test_unambiguous_numbers_keep_their_yaml_values():
     got = apply_overrides({}, ["a=0", "b=-0", "c=0.5", "d=1_000", "e=0x1F", "f=12", "g=0.0", "h=-1.5e+3", "i=.inf"])
     assert got == {"a": 0, "b": 0, "c": 0.5, "d": 1000, "e": 31, "f": 12, "g": 0.0, "h": -1500.0, "i": float("inf")}
+
+
+def test_an_ambiguous_number_in_a_file_names_its_key(tmp_path):
+    """`samples: 010` in a config file: the message names the key path, as a --set value's does (it gave only the
+    line and column), inside flow mappings and lists too; a --set value's inner key is added to the --set key."""
+    import re
+
+    p = tmp_path / "cfg.yaml"
+    for text, want in (("name: q\nsamples: 010\n", "samples: at line 2, column 10: 010 is an octal number"),
+                       ("hardware:\n  bits: {w: 0_10}\n", "hardware.bits.w: at line 2, column 13: 0_10 is an octal"),
+                       ("a: [1, 1:00]\n", "a[1]: at line 1, column 8: 1:00 is a base-60 number"),
+                       ("010\n", "at line 1, column 1: 010 is an octal number")):
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(f'{p}: {want}')}"):
+            load_yaml(p)
+    with pytest.raises(ConfigError, match=r"^--set: hardware.bits.w: 010 is an octal number in YAML 1.1 \(= 8\)"):
+        apply_overrides({}, ["hardware.bits={w: 010}"])
+    with pytest.raises(ConfigError, match=r"^--set: x\[1\]: 07 is an octal number in YAML 1.1 \(= 7\)"):
+        apply_overrides({}, ["x=[1, 07]"])
+
+
+def test_a_zero_with_underscores_or_zeros_is_zero_not_an_octal(tmp_path):
+    """YAML 1.1's octal is `[-+]?0[0-7_]+`, and its `_` is a digit separator (as in 1_000): PyYAML reads 0_ as 0
+    (underscores dropped, "0" is zero) and 00 or 0_0 as octal 0. Zero in any base is the number it looks like, so
+    these are accepted as 0 (`--set seed=0_` was refused as "an octal number (= 0)" and told to drop the leading
+    zero); an octal with a digit other than 0 is still refused."""
+    assert apply_overrides({}, ["a=0_", "b=00", "c=-0_0", "d=+000"]) == {"a": 0, "b": 0, "c": 0, "d": 0}
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 0_\n")
+    assert load_yaml(p) == {"seed": 0}
+    with pytest.raises(ConfigError, match=r"^--set: seed: 0_1 is an octal number in YAML 1.1 \(= 1\)"):
+        apply_overrides({}, ["seed=0_1"])

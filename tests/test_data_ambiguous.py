@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,22 @@ def _mnist_train(data_dir: Path):
     return load_mnist("train", data_dir)
 
 
+_GENERATION_STDERR: list[str] = []  # what the shared generation printed on a stderr that is not a terminal
+
+
 @pytest.fixture(scope="module")
 def generated(data_dir):
-    """One small generation (shared by the tests below): images, labels, report, ensemble."""
+    """One small generation (shared by the tests below): images, labels, report, ensemble. It runs with
+    progress on and stderr a file (as in CI), which gets plain progress lines instead of a bar."""
+    import contextlib
+    import io
+
     x, y = _mnist_train(data_dir)
-    return amb._generate(x, y, N, SEED, progress=False)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out = amb._generate(x, y, N, SEED, progress=True)
+    _GENERATION_STDERR.append(err.getvalue())
+    return out
 
 
 # ---------------------------------------------------------------------------------------- generation
@@ -44,6 +56,33 @@ def test_same_seed_same_bytes(data_dir, generated):
     # the cache file bytes are reproducible too (fixed zip timestamps)
     assert amb._npz_bytes({"images": amb.to_uint8(images2), "labels": labels2.astype(np.uint8)}) == \
         amb._npz_bytes({"images": amb.to_uint8(images), "labels": labels.astype(np.uint8)})
+
+
+def test_generation_prints_plain_progress_lines_when_stderr_is_not_a_terminal(generated):
+    """A redirected run or a CI log used to sit silent for minutes (tqdm draws no bar there): the start, each
+    quarter and the end with its time, one plain line each, and no bar."""
+    lines = _GENERATION_STDERR[0].splitlines()
+    assert len(lines) == 5, lines
+    assert lines[0] == (f"Ambiguous-MNIST: generating {N} images per split (seed {SEED}); the full set takes 3-5 "
+                        "minutes on 2 cores")
+    for line, quarter in zip(lines[1:4], (25, 50, 75)):
+        assert re.fullmatch(rf"Ambiguous-MNIST: {quarter}% \((VAE|ensemble|candidates kept), \d+ s\)", line), line
+    report = generated[2]
+    assert re.fullmatch(rf"Ambiguous-MNIST: done in \d+ s \(kept {report['candidates_kept']} of "
+                        rf"{report['candidates_drawn']} candidates\)", lines[4]), lines[4]
+    assert "\r" not in _GENERATION_STDERR[0]  # no progress bar
+
+
+def test_plain_progress_lines_only_without_a_terminal(monkeypatch, capsys):
+    import sys
+
+    lines = amb._PlainLines(progress=False, seed=0, n_per_split=5)
+    lines.stage("VAE", 1.0)
+    lines.done("x")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    tty = amb._PlainLines(progress=True, seed=0, n_per_split=5)
+    tty.stage("candidates kept", 1.0)
+    assert capsys.readouterr().err == ""
 
 
 def test_shapes_ranges_and_labels(generated):
@@ -202,6 +241,27 @@ def test_cache_of_another_generator_version_is_ignored(tmp_path, generated, patc
     assert len(patched) == 2 and amb.find_cache(d, SEED, N) == man
 
 
+def test_nowhere_to_save_is_said_before_generating(tmp_path, patched, monkeypatch):
+    """A read-only data folder and a user cache that cannot be written: one DataError naming the cache folder
+    and $BAYESIM_CACHE, before any generation (it used to generate for minutes, then fail with a traceback)."""
+    ro_data, ro_cache = tmp_path / "ro-data", tmp_path / "ro-cache"
+    for d in (ro_data, ro_cache):
+        d.mkdir()
+        d.chmod(0o555)
+    monkeypatch.setenv("BAYESIM_CACHE", str(ro_cache))
+    try:
+        with pytest.raises(DataError) as e:
+            amb.load_ambiguous(ro_data, "train", seed=SEED, size=N, progress=False)
+    finally:
+        for d in (ro_data, ro_cache):
+            d.chmod(0o755)
+    assert str(e.value) == (f"the user cache folder {ro_cache / 'data' / amb.SUBDIR} cannot be created: {ro_cache} is "
+                            f"not writable (permission denied), and neither is the data folder {ro_data}: the "
+                            "generated Ambiguous-MNIST cannot be saved; choose a writable cache folder with "
+                            "$BAYESIM_CACHE (or a writable data folder with --data-dir, data.dir or $BAYESIM_DATA)")
+    assert patched == [] and list(ro_cache.iterdir()) == [] and list(ro_data.iterdir()) == []
+
+
 def test_missing_generated_set_without_generation(tmp_path):
     with pytest.raises(DataError, match="not generated yet"):
         amb.load_ambiguous(tmp_path, "test", size=7, generate=False)
@@ -233,6 +293,15 @@ def test_official_files_loaded_and_split(tmp_path):
     # an explicit size asks for a generated set: the official files are not used
     with pytest.raises(DataError, match="not generated yet"):
         amb.load_ambiguous(tmp_path, "test", size=3, generate=False)
+
+
+def test_a_named_pipe_as_an_official_file_is_named(tmp_path):
+    """A FIFO named amnist_samples.pt was taken for no file (and the set generated instead)."""
+    fifo = tmp_path / amb.SUBDIR / amb.OFFICIAL_SAMPLES
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=rf"{fifo}: is not a regular file \(a named pipe\); expected the official"):
+        amb.load_ambiguous(tmp_path, "test", generate=False)
 
 
 def test_official_files_in_data_root(tmp_path):

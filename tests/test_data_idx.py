@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import struct
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from bayesim.data import sources
 from bayesim.data.idx import read_idx, read_images, read_labels, read_pair
 from bayesim.data.sources import load_fashion, load_mnist
 from bayesim.errors import BayesimError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def idx_bytes(arr: np.ndarray, magic: int | None = None) -> bytes:
@@ -154,6 +157,48 @@ def test_content_other_than_the_official_file_warns(tmp_path, data_dir):
         warnings.simplefilter("error")
         load_mnist("test", data_dir)
         load_fashion("test", data_dir)
+
+
+def test_an_official_file_with_one_changed_byte_is_corrupt(tmp_path, data_dir, monkeypatch, capsys):
+    """A flipped pixel or label in a file of the official size loaded with a warning only (exit 0): it is a
+    DataError naming the file (exit 2 at the command line). A file of another size, or another official file in
+    its place, still loads with the warning (the test above)."""
+    from bayesim.cli import main
+
+    for base, offset in (("t10k-images-idx3-ubyte", 16 + 5000), ("t10k-labels-idx1-ubyte", 8 + 17)):
+        d = tmp_path / base
+        for b in sources.file_names("test"):
+            raw = gzip.decompress(sources.find_file("mnist", b, data_dir).read_bytes())
+            if b == base:
+                raw = bytearray(raw)
+                raw[offset] ^= 0x01
+            write(d / "mnist" / f"{b}.gz", bytes(raw), gz=True)
+        bad = d / "mnist" / f"{base}.gz"
+        with pytest.raises(DataError, match=rf"{bad}: corrupt: it has the official mnist file's size \(10000"
+                                            rf".*\) but the MD5 of its content is [0-9a-f]{{32}}, not "
+                                            rf"{sources.MD5[('mnist', base)]}; replace it with a good copy"):
+            load_mnist("test", d)
+    monkeypatch.setenv("BAYESIM_DATA", str(tmp_path / base))
+    assert main(["evaluate", "--model", str(REPO / "bayesim" / "resources" / "lenet5_default.safetensors"),
+                 "--limit", "10", "--samples", "1", "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bayesim: error: {bad}: corrupt"), err
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_named_pipe_in_place_of_a_data_file_is_named(tmp_path, monkeypatch):
+    """A FIFO where an IDX file belongs was called missing (and a download tried); reading it would block."""
+    import os
+
+    monkeypatch.setattr(sources, "_fetch", lambda url, timeout: pytest.fail("no download for a file that is there"))
+    fake_mnist_folder(tmp_path)
+    fifo = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=rf"{fifo}: is not a regular file \(a named pipe\); expected the mnist IDX"):
+        load_mnist("test", tmp_path)
+    with pytest.raises(DataError, match=rf"{fifo}: is not a regular file \(a named pipe\); expected an IDX file"):
+        read_idx(fifo)
 
 
 def test_raw_uncompressed_files_accepted(tmp_path):

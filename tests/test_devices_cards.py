@@ -471,3 +471,140 @@ def test_plugin_params_refuse_nan(tmp_path):
     p = write(tmp_path, f"name: x\nmodel: {plug}:MyDevice\nparams: {{taus: [1.0, .nan]}}\n", "y.yaml")
     with pytest.raises(ConfigError, match=r"y.yaml: params.taus\[1\]: is NaN"):
         load_device(p)
+
+
+def _card_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, UserWarning)]
+
+
+def test_a_card_name_wins_over_another_cards_file_stem(tmp_path, monkeypatch):
+    """./devices/pcm_ibm.yaml named 'mine' leaves the name pcm_ibm to the shipped card that gives it (a file stem is
+    only a fallback name), with one warning naming both files; a user card whose own name is a shipped name
+    still takes its place, and a name two cards of one folder give is used with a warning naming both."""
+    import warnings
+
+    from bayesim.devices.registry import resolve_device
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "devices").mkdir()
+    stem = write(tmp_path / "devices", (DEV / "gaussian_mlc.yaml").read_text().replace("name: gaussian_mlc",
+                                                                                        "name: mine"), "pcm_ibm.yaml")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        _, card = resolve_device("pcm_ibm")
+        resolve_device("pcm_ibm")  # warned once
+    assert card.path == str(DEV / "pcm_ibm.yaml")
+    assert _card_warnings(rec) == [f"card name 'pcm_ibm' is ambiguous: it is the name of {DEV / 'pcm_ibm.yaml'} and "
+                                   f"the file stem of {stem} (a card named 'mine'); a card's own name wins over a "
+                                   f"file stem: using {DEV / 'pcm_ibm.yaml'} (give the other by its path)"]
+    assert resolve_device("mine")[1].path == str(stem)
+    rows = {r["where"]: r for r in list_devices() if r["kind"] == "card"}
+    assert rows[str(stem)]["name"] == "mine" and "note" not in rows[str(DEV / "pcm_ibm.yaml")]
+
+    own = write(tmp_path / "devices", (DEV / "gaussian_mlc.yaml").read_text().replace("g_max_uS: 40", "g_max_uS: 10"),
+                "other.yaml")  # name: gaussian_mlc, the shipped card's: it takes its place, unwarned
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        dev, card = resolve_device("gaussian_mlc")
+    assert card.path == str(own) and dev.g_max == 10.0 and not _card_warnings(rec)
+    twin = write(tmp_path / "devices", own.read_text(), "twin.yaml")
+    with pytest.warns(UserWarning, match=rf"card name 'gaussian_mlc' is ambiguous: {own} and {twin} both give it as "
+                                         rf"their name; the first file \(sorted\) wins: using {own}"):
+        assert resolve_device("gaussian_mlc")[1].path == str(own)
+
+
+def test_folders_and_dangling_links_named_yaml_are_no_cards(tmp_path, monkeypatch, capsys):
+    """A folder or a dangling link called x.yaml in ./devices is skipped with one warning line each (it was listed
+    as an invalid card and took the name x); a name it would have taken reaches the card that gives it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "devices" / "fold.yaml").mkdir(parents=True)
+    (tmp_path / "devices" / "pcm_ibm.yml").mkdir()
+    (tmp_path / "devices" / "dang.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    (tmp_path / "devices" / "real.yaml").symlink_to(DEV / "ideal.yaml")  # a link to a file is a card
+    assert main(["devices"]) == 0
+    cap = capsys.readouterr()
+    assert "fold.yaml" not in cap.out and "dang.yaml" not in cap.out and "invalid card" not in cap.out
+    assert f"{tmp_path / 'devices' / 'real.yaml'}" in cap.out
+    assert sorted(cap.err.strip().splitlines()) == [
+        f"bayesim: warning: {tmp_path / 'devices' / 'dang.yaml'}: skipped: a link to nothing, not a card (a card is a "
+        ".yaml / .yml file)",
+        f"bayesim: warning: {tmp_path / 'devices' / 'fold.yaml'}: skipped: a folder, not a card (a card is a .yaml / "
+        ".yml file)",
+        f"bayesim: warning: {tmp_path / 'devices' / 'pcm_ibm.yml'}: skipped: a folder, not a card (a card is a .yaml "
+        "/ .yml file)"]
+    assert main(["devices", "show", "pcm_ibm", "--levels", "2", "--samples", "10"]) == 0
+    assert main(["devices", "show", "dang"]) == 2
+    assert "unknown device 'dang'" in capsys.readouterr().err
+
+
+def test_a_broken_user_card_says_it_replaced_the_shipped_one(tmp_path, monkeypatch, capsys):
+    """A user's card of a shipped card's name that does not load names its file and says it took the shipped
+    card's place: otherwise the shipped card seems broken."""
+    monkeypatch.chdir(tmp_path)
+    bad = write(tmp_path, "name: pcm_ibm\nmodel: gaussian\nrange: {g_min_uS: 40, g_max_uS: 10}\n", "x.yaml")
+    (tmp_path / "devices").mkdir()
+    bad = bad.rename(tmp_path / "devices" / "x.yaml")
+    assert main(["devices", "show", "pcm_ibm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bayesim: error: {bad}: range.g_min_uS: ") and err.count("\n") == 1
+    assert f"; x.yaml takes the place of the shipped card 'pcm_ibm' ({DEV / 'pcm_ibm.yaml'}), as a card of that " \
+           "name in a folder searched first: fix it, or rename or move it to use the shipped card" in err
+
+
+#: A __slots__ plug-in (checked through a proxy, `_CheckedDevice`) and one whose program() returns NaN.
+SLOTTED = ("import numpy as np\n"
+           "class Slotted:\n"
+           "    __slots__ = ('name', 'g_min', 'g_max')\n"
+           "    def __init__(self):\n"
+           "        self.name, self.g_min, self.g_max = 'slotted', 1.0, 20.0\n"
+           "    def levels(self, n, spacing='linear'):\n"
+           "        return np.linspace(1.0, 20.0, n).astype(np.float32)\n"
+           "    def program(self, targets, key, cell_key):\n"
+           "        return np.asarray(targets, np.float32)\n"
+           "    def read(self, held, t_read, key, cell_key):\n"
+           "        return np.asarray(held, np.float32)\n"
+           "    def program_sigma(self, g):\n"
+           "        return np.full(np.shape(g), 0.5, np.float32)\n"
+           "    def read_sigma(self, g, t_read):\n"
+           "        return np.full(np.shape(g), 0.1, np.float32)\n"
+           "class Broken(Slotted):\n"
+           "    __slots__ = ()\n"
+           "    def program(self, targets, key, cell_key):\n"
+           "        return np.full(np.shape(targets), np.nan, np.float32)\n")
+
+
+def test_show_names_a_slotted_plugins_own_class(tmp_path, capsys):
+    """`devices show` of a __slots__ plug-in (checked through a proxy) names the plug-in's class, as
+    file.py:qualname (its module name is made up at import), not the proxy's; others as module:qualname."""
+    write(tmp_path, SLOTTED, "plug.py")
+    card = write(tmp_path, "name: slotted\nmodel: plug.py:Slotted\n", "slotted.yaml")
+    assert main(["devices", "show", str(card), "--levels", "2", "--samples", "10"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"device: slotted  ({tmp_path / 'plug.py'}:Slotted)\n") and "_CheckedDevice" not in out
+    assert main(["devices", "show", "pcm", "--levels", "2", "--samples", "10"]) == 0
+    assert capsys.readouterr().out.startswith("device: pcm  (bayesim.devices.composed:ComposedDevice)\n")
+
+
+def test_show_prints_nothing_before_an_error(tmp_path, capsys):
+    """A device that fails while its levels are drawn prints the error alone (exit 2), not the first half of its
+    table above it: the whole output is built before any of it is printed."""
+    write(tmp_path, SLOTTED, "plug.py")
+    card = write(tmp_path, "name: broken\nmodel: plug.py:Broken\n", "broken.yaml")
+    assert main(["devices", "show", str(card), "--levels", "2", "--samples", "10"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.startswith(f"bayesim: error: {card}: plug-in Broken.program() returned 20 NaN or "
+                                                "Inf values") and cap.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["top", "list", "show"])
+def test_a_cards_folder_that_is_not_one_names_the_flag(tmp_path, capsys, where):
+    """--cards DIR must be a folder: the error names --cards (it said "card folder ..."), and `show` of a built-in
+    checks it too (it was ignored)."""
+    f = write(tmp_path, "name: x\nmodel: ideal\n", "x.yaml")
+    for bad, why in ((tmp_path / "nope", "folder not found"), (f, "not a folder")):
+        args = {"top": ["devices", "--cards", str(bad)], "list": ["devices", "list", "--cards", str(bad)],
+                "show": ["devices", "show", "pcm", "--cards", str(bad)]}[where]
+        assert main(args) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and cap.err == (f"bayesim: error: --cards {bad}: {why}; expected a folder of device cards "
+                                             "(*.yaml)\n")

@@ -376,7 +376,10 @@ def test_a_normalization_unlike_the_models_is_pointed_out(checkpoint, tmp_path):
     assert apply_strategy(qat, load_experiment(None, base=jq).hardware)[1] == "as trained"
     jq["hardware"]["bits"]["act"] = 1
     net, how = apply_strategy(qat, load_experiment(None, base=jq).hardware)
-    assert how == "post-training quantization" and net.cfg.activation.bits == 1 and qat.cfg.activation.bits == 8
+    assert how == "post-training quantization of the activations (weights as trained)"
+    assert net.cfg.activation.bits == 1 and qat.cfg.activation.bits == 8
+    jq["hardware"]["bits"]["w"] = 3  # the weights too
+    assert apply_strategy(qat, load_experiment(None, base=jq).hardware)[1] == "post-training quantization"
     shipped = {"name": "t", "model": {"source": "default"}, "data": {"embedded": True, "limit": 20, "splits": ["mnist"],
                                                                    "normalization": "own"},
                "samples": 2, "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "fp"}}
@@ -465,3 +468,111 @@ def test_a_log_sigma_array_finer_than_its_cells_and_more_levels_than_a_card_decl
     lv = r["hardware"]["levels_per_cell"]
     assert (lv["mu"], lv["sigma"], lv["w"], lv["device_n_levels"], lv["sigma_noise_rungs"]) == (None, None, 128, 16, None)
     assert "NOTE: the device card declares 16 programmable levels; this run asks 128 for w per cell" in result_table(r)
+
+
+def test_unknown_card_hints_point_only_at_files_and_empty_references_are_refused(tmp_path, monkeypatch, capsys):
+    """An unknown name that is a folder in the current folder gets no './name' hint (a folder is no card; the hint
+    used to suggest ./name, which then failed); '', '.' and '..' are no names and say what to give instead. An
+    empty hardware.device / hardware.crossbar is refused naming the key, before any card is looked for."""
+    from bayesim.devices.registry import resolve_device
+    from bayesim.experiment.runner import resolve_crossbar
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myfold").mkdir()
+    (tmp_path / "mycard").write_text("name: x\n")
+    for ref, hint in (("myfold", None), ("mycard", "(./mycard is a file in the current folder; a card path is written "
+                                                   "with a / or a .yaml ending, e.g. ./mycard)"),
+                      (".", "('.' is a folder, not a card: give a card name, or the path of a card file such as "
+                            "./my_card.yaml)"),
+                      ("..", "('..' is a folder, not a card: give a card name"),
+                      ("", "(the reference is empty: give a card name, or the path of a card file")):
+        with pytest.raises(BayesimError) as e:
+            resolve_device(ref)
+        msg = str(e.value)
+        assert (hint in msg) if hint else ("./myfold" not in msg and "folder" not in msg), (ref, msg)
+        if ref:
+            with pytest.raises(ConfigError) as e:
+                resolve_crossbar(load_experiment(None, base={"name": "q", "hardware": {"crossbar": ref}}))
+            msg = str(e.value)
+            assert (hint in msg) if hint else ("./myfold" not in msg and "folder" not in msg), (ref, msg)
+    cfg = tmp_path / "c.yaml"
+    for key, what in (("device", "device"), ("crossbar", "crossbar card")):
+        for value in ("''", "'  '"):
+            cfg.write_text(f"name: q\nhardware:\n  {key}: {value}\n")
+            with pytest.raises(ConfigError, match=rf"^{cfg}: hardware.{key}: {value} is not allowed; an empty value "
+                                                  rf"names no {what}: give"):
+                load_experiment(cfg)
+    assert main(["run", "--set", "hardware.device=''", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("bayesim: error: <built-in quickstart> (--set): hardware.device: '' is "
+                                              "not allowed; an empty value names no device")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_crossbar_folder_named_yaml_is_no_card(tmp_path, monkeypatch):
+    """A folder ./crossbars/default.yaml is no card: the shipped default is used (with a warning line), where it
+    used to take the name and fail as 'is a folder'."""
+    from bayesim.experiment.runner import resolve_crossbar
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "crossbars" / "default.yaml").mkdir(parents=True)
+    with pytest.warns(UserWarning, match=r"crossbars/default.yaml: skipped: a folder, not a card"):
+        _, path = resolve_crossbar(load_experiment(None, base={"name": "q"}))
+    assert path == REPO / "crossbars" / "default.yaml"
+
+
+def test_a_broken_user_default_crossbar_says_it_replaced_the_shipped_one(tmp_path, monkeypatch):
+    """A broken ./crossbars/default.yaml (invalid, or not even YAML) names its file and says it took the shipped
+    card's place: the error read like a broken shipped card."""
+    from bayesim.experiment.runner import resolve_crossbar
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "crossbars").mkdir()
+    bad = tmp_path / "crossbars" / "default.yaml"
+    for text, problem in (("name: default\ntile: {rows: 0}\n", "tile.rows: 0 is out of range; allowed [1, 65536]"),
+                          ("name: [default\n", "malformed YAML at line 2, column 1")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            resolve_crossbar(load_experiment(None, base={"name": "q"}))
+        assert str(e.value).startswith(f"{bad}: {problem}") and str(e.value).endswith(
+            f"; default.yaml takes the place of the shipped card 'default' ({REPO / 'crossbars' / 'default.yaml'}), as "
+            "a card of that name in a folder searched first: fix it, or rename or move it to use the shipped card")
+
+
+def test_metrics_record_absolute_card_paths(checkpoint, tmp_path, monkeypatch):
+    """hardware.device_card / crossbar_card are absolute, resolved paths, whatever folder the run started in and
+    however the card was given (a relative path was recorded as given: meaningless elsewhere); a built-in given by
+    name stays null."""
+    import shutil
+
+    (tmp_path / "cards").mkdir()
+    shutil.copy(REPO / "devices" / "gaussian_mlc.yaml", tmp_path / "cards" / "dev.yaml")
+    shutil.copy(REPO / "crossbars" / "ideal.yaml", tmp_path / "cards" / "xb.yaml")
+    (tmp_path / "link").symlink_to(tmp_path / "cards")
+    monkeypatch.chdir(tmp_path)
+    base = _cfg(checkpoint, device="link/../cards/dev.yaml", crossbar="link/xb.yaml")
+    base["data"] = {"embedded": True, "limit": 10, "splits": ["mnist"]}
+    hw = run_experiment(load_experiment(None, base=base), None, progress=False, log=None)["hardware"]
+    assert (hw["device_card"], hw["crossbar_card"]) == (str(tmp_path / "cards" / "dev.yaml"),
+                                                        str(tmp_path / "cards" / "xb.yaml"))
+    base["hardware"]["device"] = "ideal"
+    hw = run_experiment(load_experiment(None, base=base), None, progress=False, log=None)["hardware"]
+    assert hw["device_card"] is None
+
+
+def test_an_activation_only_post_training_quantization_is_labelled_so(tmp_path):
+    """The shipped JQ 4-bit model (QAT, 8-bit activations) run at hardware.bits.act 4: the weights are as trained
+    and only the activations are post-training quantized, in both columns. The table said the deltas include
+    the weight quantization, "post-training here"; it says what was quantized after training now."""
+    from bayesim.experiment import result_table
+
+    base = {"name": "q", "data": {"embedded": True, "limit": 10, "splits": ["mnist"]}, "samples": 2,
+            "hardware": {"device": "ideal", "crossbar": "ideal", "strategy": "jq", "bits": {"mu": 4, "sigma": 4,
+                                                                                          "w": 4, "act": 4}}}
+    r = run_experiment(load_experiment(None, base=base), None, progress=False, log=None)
+    assert r["model"]["kind"] == "default (shipped QAT)" and r["bits"]["act"] == 4
+    assert r["model"]["quantization"] == "post-training quantization of the activations (weights as trained)"
+    text = result_table(r)
+    assert "model lenet5 default (shipped QAT) | post-training quantization of the activations (weights as " \
+           "trained)" in text
+    assert "so the deltas include the weight quantization, as trained; the activations' post-training " \
+           "quantization is in both columns)" in text and "post-training here" not in text

@@ -118,6 +118,11 @@ class AnalogBNN:
 
     def __init__(self, ops, device, crossbar, seed: int, sampler: str = "digital", t_read_s: float = 1.0,
                  lumped: bool = False, t_compute_s: float | None = 1.0, drift_compensation: str = "none"):
+        from bayesim.crossbar.layer import check_time
+
+        check_time("t_read_s", t_read_s)  # here, with this class's argument names (the layers call them t_read)
+        if t_compute_s is not None:
+            check_time("t_compute_s", t_compute_s)
         self.ops = list(ops)
         self.device, self.crossbar, self.seed = device, crossbar, int(seed)
         self.layers: dict[int, AnalogLayer] = {}

@@ -6,9 +6,15 @@ normalization), "training": the training config or import source, "metrics": fin
 Tensors are the model's state dict: per Bayesian layer `layers.<i>.{mu_w, rho_w, mu_b, rho_b}`
 (sigma = softplus(rho)), the frozen quantizer ranges `layers.<i>.{mu_step, w_step, sigma_max}` and the
 activation clip levels `layers.<i>.upper`.
+
+Integrity: "tensors_sha256" in the metadata is the SHA-256 of the tensor data (the file's bytes after the
+safetensors header); loading recomputes it (1.4 ms for the shipped 0.5 MB LeNet-5) and refuses a file whose
+tensors do not match, e.g. a flipped byte. Checkpoints written before it existed have no such field and load
+without a check or a note.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,15 +32,49 @@ FORMAT_VERSION = 1
 
 
 def save_model(model, path: str | os.PathLike, **extra) -> Path:
-    """Write `model` (a BayesNet) and metadata `extra` (JSON-serialisable) atomically to `path`."""
+    """Write `model` (a BayesNet) and metadata `extra` (JSON-serialisable) atomically to `path`, with the
+    SHA-256 of the tensor data in the metadata ("tensors_sha256")."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous().to(torch.float32) for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bayesim_version": __version__,
             "model": to_dict(model.cfg), **extra}
+    meta.pop("tensors_sha256", None)
+    # the tensor data does not depend on the metadata: serialise once to hash it, then with the hash
+    payload = _payload(save(tensors, metadata={"bayesim": json.dumps(meta, default=_json_default)}))
+    meta["tensors_sha256"] = hashlib.sha256(payload).hexdigest()
     data = save(tensors, metadata={"bayesim": json.dumps(meta, default=_json_default)})
+    assert _payload(data) == payload
     write_bytes_atomic(path, data)
     return Path(path)
+
+
+def _payload(data: bytes) -> memoryview:
+    """The tensor data of a safetensors file's bytes: after the 8-byte header length and the header."""
+    return memoryview(data)[8 + int.from_bytes(data[:8], "little"):]
+
+
+def verify_tensors(path: str | os.PathLike, meta: dict) -> None:
+    """Recompute the SHA-256 of the checkpoint's tensor data and compare it with the metadata's
+    "tensors_sha256"; a mismatch is a BayesimError naming the file. No field (a checkpoint from before it): no
+    check."""
+    want = meta.get("tensors_sha256")
+    if want is None:
+        return
+    if not isinstance(want, str) or len(want) != 64:
+        raise BayesimError(f"{path}: metadata tensors_sha256 must be a 64-digit hex SHA-256, got {want!r}")
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            f.seek(8 + n)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise BayesimError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if h.hexdigest() != want.lower():
+        raise BayesimError(f"{path}: corrupt checkpoint: the SHA-256 of its tensor data is {h.hexdigest()}, the "
+                           f"metadata records {want} (a damaged or edited file); use an intact copy")
 
 
 def _json_default(o):
@@ -96,6 +136,7 @@ def load_model(path: str | os.PathLike, expect_arch: str | None = None):
     with torch.device("meta"):  # shapes only, no memory: the metadata may ask for a huge model
         need = {k: tuple(v.shape) for k, v in BayesNet(cfg).state_dict().items()}
     check_shapes(need, read_shapes(p), cfg.arch, str(p))  # before any tensor data is read or allocated
+    verify_tensors(p, meta)
     tensors = load_file(str(p), device="cpu")
     model = BayesNet(cfg)
     load_state(model, tensors, str(p))

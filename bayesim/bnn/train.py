@@ -5,6 +5,13 @@ rises linearly from 0 to 1 over `kl_warmup_epochs` (1 throughout when 0). With a
 `fp` the quantizers sit in the forward pass with straight-through gradients (quantization-aware
 training); `init_from` starts from a checkpoint's mu / rho (e.g. an FP32 model, for 1-2 epochs of QAT).
 Runs on CUDA when present (`device: auto`), else on the CPU.
+
+Threads: the CPU steps run on `num_threads` torch threads (default 2, whatever the machine's core count), set
+after the data is loaded (loading may change torch's setting: the Ambiguous-MNIST generator runs on one
+thread) and checked at every epoch; each epoch's record holds the count it ran on (`torch_threads`), and the
+caller's setting is restored afterwards. The same seed and `num_threads` give the same weights; another
+`num_threads` changes them in the last bits, because torch splits its matrix products and sums by thread
+count (a few 1e-8 to 1e-7 after a few steps).
 """
 from __future__ import annotations
 
@@ -62,9 +69,10 @@ def init_from_checkpoint(model, path: str) -> None:
     architecture); quantizer ranges are recalibrated."""
     from safetensors.torch import load_file
 
-    from bayesim.bnn.checkpoint import check_values, read_metadata
+    from bayesim.bnn.checkpoint import check_values, read_metadata, verify_tensors
 
     meta = read_metadata(path)
+    verify_tensors(path, meta)
     arch = (meta.get("model") or {}).get("arch")
     if arch != model.cfg.arch:
         raise ConfigError(f"checkpoint {path} holds a {arch!r} model, the config asks for {model.cfg.arch!r}",
@@ -110,12 +118,21 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
     Returns (model on CPU with frozen ranges, history list of per-epoch dicts).
     """
     import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, x, y, log)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, whatever loading and training did to it
+
+
+def _train(cfg: TrainConfig, x, y, log):
+    import torch
     import torch.nn.functional as F
     from tqdm import tqdm
 
     from bayesim.bnn.models import build_model
 
-    torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     if x is None:
         from bayesim.data import load_train
@@ -149,6 +166,7 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
     n_batches = math.ceil(n / cfg.batch_size)
     history = []
     for epoch in range(cfg.epochs):
+        torch.set_num_threads(cfg.num_threads)  # after loading, and again should anything have changed it
         perm = torch.randperm(n, generator=gen)
         tot_loss = tot_nll = tot_correct = seen = 0.0
         t0 = time.perf_counter()
@@ -169,9 +187,13 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
                     for t in learned:
                         t.clamp_(min=1e-6)
             if not torch.isfinite(loss):
-                cause = ("the initial parameters (model.init_rho, model.prior_sigma or init_from) give a non-finite "
-                         "loss before any step" if epoch == 0 and bi == 0 else "lower lr or check the data")
-                raise BayesimError(f"training diverged at epoch {epoch + 1}, batch {bi} (loss {loss.item()}); {cause}")
+                where = f"training diverged at epoch {epoch + 1}, batch {bi} (step {epoch * n_batches + bi + 1}, " \
+                        f"loss {loss.item()})"
+                if epoch == 0 and bi == 0:
+                    raise BayesimError(f"{where}: the initial parameters (model.init_rho, model.prior_sigma or "
+                                       "init_from) give a non-finite loss before any step")
+                raise ConfigError(f"{cfg.lr:g} is too large: {where}; lower it (e.g. to {cfg.lr / 10:g}), or check "
+                                  "the data", key="lr")
             b = len(idx)
             tot_loss += loss.item() * b
             tot_nll += nll.item() * b
@@ -181,7 +203,13 @@ def train(cfg: TrainConfig, x=None, y=None, log=print):
         kl = float(model.kl().item())
         rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "nll": tot_nll / seen, "accuracy": tot_correct / seen,
                "kl": kl, "beta": beta, "neg_elbo": tot_nll / seen + kl / n, "rows": n,
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
+        if rec["torch_threads"] != cfg.num_threads:  # changed during the epoch (another thread of the caller's)
+            import warnings
+
+            warnings.warn(f"torch's thread count changed to {rec['torch_threads']} during epoch {epoch + 1} "
+                          f"(num_threads is {cfg.num_threads}): its weights may differ in the last bits from "
+                          "another run of this config", RuntimeWarning, stacklevel=2)
         history.append(rec)
         if log:
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} (nll + beta KL/N, beta up to {beta:.2f}) "
@@ -197,8 +225,8 @@ def train_and_save(cfg: TrainConfig, out: str | None = None, source: str = "<dic
     from bayesim._io import check_out_file
     from bayesim.bnn.checkpoint import check_values, save_model
 
-    path = out or cfg.out
-    check_out_file(path, "--out" if out else f"{source}: out")  # before the training, not after it
+    path = cfg.out if out is None else out  # an empty --out is refused, not replaced by the config's
+    check_out_file(path, f"{source}: out" if out is None else "--out")  # before the training, not after it
     try:
         model, history = train(cfg, log=log)
     except ConfigError as e:  # a key that does not fit the data (model.num_classes): name the config

@@ -90,7 +90,7 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
     none in the default place, the test splits are the embedded subset (as `bayesim run` and `evaluate`)."""
     from bayesim.data.dirty import (SPLITS, ambiguous_available, check_named_folder,
                                     load_ambiguous_checked, load_test_split)
-    from bayesim.data.sources import has_files, load_mnist
+    from bayesim.data.sources import has_files, load_mnist, prepare_command
     from bayesim.errors import DataMissing
     from bayesim.paths import data_dir_named
 
@@ -115,7 +115,7 @@ def collect_info(data_dir: str | None, normalization: str = "mnist", seed: int =
     for name in SPLITS:
         if named and name in files and not has_files(files[name][0], "test", data_dir):
             out["test"][name] = {"n": 0, "missing": f"no {files[name][1]} test files in {folder} "
-                                                    f"(`bayesim data prepare` fetches them)"}
+                                                    f"(`{prepare_command(data_dir)}` fetches them)"}
             continue
         try:
             s = load_test_split(name, data_dir, normalization=normalization, generate=False, progress=False,
@@ -138,10 +138,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"data folder: {info['data_dir']}  (normalization: {info['normalization']})")
     rows = [("train", "mnist", info["train"]["mnist"]), ("train", "ambiguous pairs", info["train"]["ambiguous_pairs"])]
     rows += [("test", k, v) for k, v in info["test"].items()]
+    from bayesim.data.sources import prepare_command
+
+    # the command that makes the missing parts of *this* folder and set (--data-dir, --size, --seed as given)
+    prepare = prepare_command(args.data_dir, args.seed, args.size)
     print(f"{'set':<6}{'split':<17}{'rows':>7}  {'mean':>7} {'std':>6}  class counts 0..9")
     for part, name, d in rows:
         if not d or not d.get("n"):
-            why = (d or {}).get("missing", "not available (run `bayesim data prepare`)")
+            why = (d or {}).get("missing", f"not available (run `{prepare}`)")
             print(f"{part:<6}{name:<17}{'-':>7}  {why}")
             continue
         mean = f"{d['mean']:7.3f}" if "mean" in d else " " * 7

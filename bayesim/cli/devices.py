@@ -38,7 +38,19 @@ _RELEVANT = {("programming", "none"): (), ("programming", "polynomial"): ("coeff
 
 
 def _cards(args) -> list:
-    return [*getattr(args, "cards_top", []), *getattr(args, "cards", [])]
+    """The --cards folders (given before or after the action), each checked to be a folder before anything is
+    looked up: a mistyped one is an error naming the flag, even where the name asked for is a built-in."""
+    from pathlib import Path
+
+    from bayesim.errors import BayesimError
+
+    folders = [*getattr(args, "cards_top", []), *getattr(args, "cards", [])]
+    for f in folders:
+        p = Path(f)  # as card_dirs reads it (the shell expands a ~)
+        if not p.is_dir():
+            raise BayesimError(f"--cards {f}: {'not a folder' if p.exists() else 'folder not found'}; expected a "
+                               "folder of device cards (*.yaml)")
+    return folders
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -66,7 +78,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from bayesim._io import check_out_file
     from bayesim.config.schema import INT64_MAX, to_dict
     from bayesim.devices.composed import PRESETS
-    from bayesim.devices.registry import resolve_device
+    from bayesim.devices.registry import device_class, resolve_device
     from bayesim.devices.stats import level_overlap, max_distinguishable_levels
     from bayesim.errors import BayesimError
 
@@ -91,39 +103,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     n = args.levels or (len(measured) if spacing == "measured" else getattr(dev, "n_levels", None) or 8)
     if n * args.samples > MAX_CELLS:
         raise BayesimError(f"--levels x --samples must be at most {MAX_CELLS:,} cells, got {n} x {args.samples}")
-    print(f"device: {dev.name}  ({type(dev).__name__})")
-    print(f"range: {dev.g_min:g} .. {dev.g_max:g} uS; gaussian_programming: "
-          f"{bool(getattr(dev, 'gaussian_programming', False))}")
+    # The whole report is built before anything is printed: a device that fails while its levels are drawn (a
+    # plug-in's NaN) or a plot that cannot be written prints the error alone, not half a table above it.
+    lines = [f"device: {dev.name}  ({device_class(dev)})",
+             f"range: {dev.g_min:g} .. {dev.g_max:g} uS; gaussian_programming: "
+             f"{bool(getattr(dev, 'gaussian_programming', False))}"]
     if card is not None:
         d = to_dict(card)
-        for k in ("model", "source", "path"):
-            if d.get(k):
-                print(f"{k}: {d[k]}")
+        lines += [f"{k}: {d[k]}" for k in ("model", "source", "path") if d.get(k)]
         plugin = card.model not in PRESETS  # a plug-in's card: its params, not the built-in components
         for sec in () if plugin else ("range", "programming", "read", "drift", "faults", "d2d"):
             keep = _RELEVANT.get((sec, d[sec].get("model")))
             items = [(k, v) for k, v in d[sec].items() if v not in (None, [], "")
                      and (keep is None or k == "model" or k in keep)]
-            print(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in items))
+            lines.append(f"{sec}: " + ", ".join(f"{k}={v}" for k, v in items))
         if d["params"]:
-            print("params: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+            lines.append("params: " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
         if d["assumptions"]:
-            print("assumptions: " + ", ".join(d["assumptions"]))
+            lines.append("assumptions: " + ", ".join(d["assumptions"]))
     ov = level_overlap(dev, n, spacing, args.t_read, args.samples, args.seed)
-    print(f"\n{n} {spacing} levels, {args.samples} cells each, read at t = {args.t_read:g} s")
-    print(f"{'level':>5} {'target_uS':>10} {'prog_mean':>10} {'prog_std':>9} {'read_mean':>10} {'read_std':>9}")
-    for i in range(n):
-        print(f"{i:>5} {ov['levels'][i]:>10.4f} {ov['prog_mean'][i]:>10.4f} {ov['prog_std'][i]:>9.4f} "
-              f"{ov['read_mean'][i]:>10.4f} {ov['read_std'][i]:>9.4f}")
-    print(f"distinguishable at 1 sigma (of these {n}): programmed {ov['distinguishable_programmed']}, "
-          f"read {ov['distinguishable_read']}")
+    lines += [f"\n{n} {spacing} levels, {args.samples} cells each, read at t = {args.t_read:g} s",
+              f"{'level':>5} {'target_uS':>10} {'prog_mean':>10} {'prog_std':>9} {'read_mean':>10} {'read_std':>9}"]
+    lines += [f"{i:>5} {ov['levels'][i]:>10.4f} {ov['prog_mean'][i]:>10.4f} {ov['prog_std'][i]:>9.4f} "
+              f"{ov['read_mean'][i]:>10.4f} {ov['read_std'][i]:>9.4f}" for i in range(n)]
+    lines.append(f"distinguishable at 1 sigma (of these {n}): programmed {ov['distinguishable_programmed']}, "
+                 f"read {ov['distinguishable_read']}")
     mx = max_distinguishable_levels(dev, args.t_read)
-    print(f"most levels distinguishable at 1 sigma over the range (analytic: programming and read stds at the "
-          f"median drift, without the spread of drift exponents, d2d or faults): "
-          f"{'unlimited (noiseless)' if np.isinf(mx) else int(mx)}")
+    lines.append(f"most levels distinguishable at 1 sigma over the range (analytic: programming and read stds at the "
+                 f"median drift, without the spread of drift exponents, d2d or faults): "
+                 f"{'unlimited (noiseless)' if np.isinf(mx) else int(mx)}")
     if args.plot:
         _plot(dev, ov, args.plot)
-        print(f"plot: {args.plot}")
+        lines.append(f"plot: {args.plot}")
+    print("\n".join(lines))
     return 0
 
 

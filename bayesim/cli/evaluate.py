@@ -102,6 +102,7 @@ def prepare_model(args):
             why = "with --strategy fp" if args.strategy else "without --strategy: the model's strategy is fp"
             raise BayesimError(f"{flag} has no effect {why} (full precision); give --strategy vpq, spq or jq")
         b = bits["bits"]
+        warn_unused_bits(bits, args.strategy or q.strategy, bool(args.strategy))
         q = replace(q, strategy=args.strategy or q.strategy,
                     mu_bits=bits["mu_bits"] or b or q.mu_bits, sigma_bits=bits["sigma_bits"] or b or q.sigma_bits,
                     w_bits=bits["w_bits"] or b or q.w_bits,
@@ -115,12 +116,7 @@ def prepare_model(args):
         if args.act_upper == "auto":
             uppers = _auto_uppers(model, args.data_dir)
         elif args.act_upper is not None:
-            try:
-                upper = float(args.act_upper)
-            except ValueError:
-                raise BayesimError(f"--act-upper {args.act_upper!r}: expected a positive number or 'auto'") from None
-            if not 0 < upper < math.inf:
-                raise BayesimError(f"--act-upper {upper}: must be a finite number > 0 (or 'auto')")
+            upper = act_upper(args.act_upper)
         if kind == "relu" and bits["act_bits"] is not None:
             raise BayesimError("--act-bits needs --activation bounded (a ReLU has no upper end to quantize)")
         if kind == "bounded" and args.act_upper is None:
@@ -138,16 +134,59 @@ def prepare_model(args):
 
 
 def check_limits(args) -> None:
-    """--samples, --seed and --batch-size within the bounds `bayesim run` allows (the experiment config's)."""
+    """--samples, --seed, --batch-size and --limit within the bounds `bayesim run` allows (the experiment config's
+    samples, seed, batch_size and data.limit; integers fit in 64 bits)."""
     import dataclasses
 
-    from bayesim.experiment.config import ExperimentConfig
+    from bayesim.config.schema import INT64_MAX
+    from bayesim.experiment.config import DataSpec, ExperimentConfig
 
     md = {f.name: f.metadata for f in dataclasses.fields(ExperimentConfig)}
-    for flag, key in (("--samples", "samples"), ("--seed", "seed"), ("--batch-size", "batch_size")):
+    md["limit"] = {f.name: f.metadata for f in dataclasses.fields(DataSpec)}["limit"]
+    for flag, key in (("--samples", "samples"), ("--seed", "seed"), ("--batch-size", "batch_size"),
+                      ("--limit", "limit")):
         lo, hi, v = md[key]["lo"], md[key]["hi"], getattr(args, key)
-        if not lo <= v <= hi:
+        hi = INT64_MAX if hi is None else hi
+        if v is not None and not lo <= v <= hi:
             raise BayesimError(f"{flag} {v} is out of range; allowed {lo} to {hi}")
+
+
+def act_upper(text: str) -> float:
+    """The clip level --act-upper gives: a finite number > 0 that float32 (the activations' precision) holds as
+    a normal number, i.e. 1.1755e-38 to 3.4028e+38 (1e-50 would become 0, 1e39 infinity)."""
+    from bayesim.config.schema import FLOAT32_MAX, FLOAT32_TINY
+
+    allowed = "must be a finite number > 0 (or 'auto'); allowed 1.1755e-38 to 3.4028e+38 (float32)"
+    try:
+        upper = float(text)
+    except ValueError:
+        raise BayesimError(f"--act-upper {text!r}: {allowed}") from None
+    if not (math.isfinite(upper) and upper > 0):
+        raise BayesimError(f"--act-upper {text}: {allowed}")
+    if not FLOAT32_TINY <= upper <= FLOAT32_MAX:
+        raise BayesimError(f"--act-upper {text}: not representable in float32 (it would become "
+                           f"{'0' if upper < FLOAT32_TINY else 'inf'}); {allowed}")
+    return upper
+
+
+def warn_unused_bits(bits: dict, strategy: str, named: bool) -> None:
+    """Warn about a bit flag the strategy does not quantize with (it would be ignored without a word): VPQ
+    quantizes the stored mu and sigma only (no --w-bits), SPQ the sampled weights only (no --mu-bits /
+    --sigma-bits); --bits sets whichever the strategy uses. (Strategy fp is refused before: nothing is
+    quantized.)"""
+    import warnings
+
+    from bayesim.bnn.config import QuantConfig
+
+    q = QuantConfig(strategy=strategy)
+    used = {"mu_bits": q.quantize_stored, "sigma_bits": q.quantize_stored, "w_bits": q.quantize_sampled}
+    what = {"vpq": "the stored mu and sigma only (--mu-bits, --sigma-bits)",
+            "spq": "the sampled weights only (--w-bits)"}.get(strategy, "")
+    source = f"--strategy {strategy}" if named else f"the model's strategy {strategy}"
+    for key, use in used.items():
+        if bits[key] is not None and not use:
+            warnings.warn(f"--{key.replace('_', '-')} {bits[key]} has no effect with {source}: it quantizes "
+                          f"{what}; the flag is ignored", UserWarning, stacklevel=2)
 
 
 def _auto_uppers(model, data_dir):

@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from bayesim._io import check_out_file
+    from bayesim._io import check_out_file, not_regular
     from bayesim.bnn.checkpoint import save_model
     from bayesim.bnn.pyro_import import import_pyro
     from bayesim.config.schema import build, load_yaml
@@ -56,6 +56,8 @@ def run(args) -> int:
         ck, what = Path(cfg.checkpoint), "expected a Pyro parameter-store file (.pt)"
         if ck.is_dir():
             raise ConfigError(f"{ck} is a folder; {what}", args.config, "checkpoint")
+        if (why := not_regular(ck)):
+            raise ConfigError(f"{ck}: {why}; {what}", args.config, "checkpoint")
         if not ck.is_file():
             raise ConfigError(f"{ck}: file not found; {what}", args.config, "checkpoint")
     check_out_file(cfg.out, "--out" if args.out is not None else f"{args.config}: out:")

@@ -1,7 +1,10 @@
 """`bayesim train CONFIG.yaml`: SVI training (or QAT fine-tuning) of a Bayesian network.
 
 The YAML maps onto `bayesim.bnn.train.TrainConfig` (model: arch / widths / activation / prior / quant;
-epochs, batch_size, lr, seed, kl_warmup_epochs, init_from, data: {data_dir, limit}, out, device).
+epochs, batch_size, lr, seed, kl_warmup_epochs, init_from, data: {data_dir, limit}, out, device, num_threads).
+Relative `init_from` and `data.data_dir` in the file are relative to its folder where the checkpoint / folder is
+there, else to the current folder (as `model.path` and `data.dir` of run configs); `out` and the flags' paths are
+relative to the current folder.
 """
 from __future__ import annotations
 
@@ -45,11 +48,37 @@ def run(args) -> int:
     source = f"{args.config} (with {', '.join(flags)})" if flags else str(args.config)
     cfg = build(TrainConfig, raw, source=source)
     cfg = _init_from_beside_config(cfg, Path(args.config))
+    if args.data_dir is None:  # a --data-dir stays relative to the current folder, as on any command line
+        cfg = _data_dir_beside_config(cfg, Path(args.config))
     _, history, path = train_and_save(cfg, out=args.out, source=str(args.config))
     last = history[-1]
     wrote(f"wrote {path} (last epoch, {last['rows']} training rows: train acc {last['accuracy']:.4f}, negative ELBO "
           f"{last['neg_elbo']:.4f} nats per image = the epoch's mean cross-entropy + KL / N_train at the epoch's end)")
     return 0
+
+
+def _data_dir_beside_config(cfg, config: Path):
+    """`data.data_dir` relative to the config file where that folder is there, else to the current folder (the
+    rule of `data.dir` in run configs); one found in neither place is a ConfigError naming the config, the key
+    and both places."""
+    from dataclasses import replace
+
+    from bayesim.errors import ConfigError
+    from bayesim.paths import beside_config, named_data_dir_problem, searched_folders
+
+    ref = cfg.data.data_dir
+    if not ref:
+        return cfg
+    if (found := beside_config(ref, config, Path.is_dir)):
+        return replace(cfg, data=replace(cfg.data, data_dir=found))
+    why = named_data_dir_problem(ref)
+    if why:
+        p = Path(ref).expanduser()
+        what, _, expected = why.partition("; ")  # "folder not found" (where it was looked for); "expected ..."
+        where = "" if p.is_absolute() else searched_folders(p / "x", config)
+        raise ConfigError(f"{p}: {what}{where}; {expected}, or null for $BAYESIM_DATA / the user cache",
+                          str(config), "data.data_dir")
+    return cfg
 
 
 def _init_from_beside_config(cfg, config: Path):
@@ -60,8 +89,13 @@ def _init_from_beside_config(cfg, config: Path):
     from bayesim.errors import ConfigError
     from bayesim.paths import beside_config, searched_folders
 
+    from bayesim._io import not_regular
+
     if not cfg.init_from:
         return cfg
+    for cand in (Path(config).parent / cfg.init_from, Path(cfg.init_from).expanduser()):
+        if (why := not_regular(cand)):  # a named pipe is there, not missing
+            raise ConfigError(f"{cand}: {why}; expected a bayesim checkpoint (.safetensors)", str(config), "init_from")
     if (found := beside_config(cfg.init_from, config, Path.is_file)):
         return replace(cfg, init_from=found)
     p = Path(cfg.init_from).expanduser()

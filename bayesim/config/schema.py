@@ -203,32 +203,38 @@ def _construct_str(loader, node):
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 #: Plain numbers YAML 1.1 (PyYAML) reads otherwise than a reader expects: 010 is octal 8, 1:00 is base 60 (60).
-_OCTAL_LOOKING = re.compile(r"[-+]?0[0-9_]+")
+#: _OCTAL is YAML 1.1's octal int (its int regex's `[-+]?0[0-7_]+`; 08 is no int but a string there).
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 
 
 class _AmbiguousNumber(yaml.YAMLError):
-    """A plain number whose YAML 1.1 value is not the one it looks like (see _construct_number)."""
+    """A plain number whose YAML 1.1 value is not the one it looks like (see _construct_number); `key` is its
+    dotted key path in the document (None for a top-level value or a mapping key)."""
 
-    def __init__(self, message: str, mark):
+    def __init__(self, message: str, mark, key: str | None = None):
         super().__init__(message)
-        self.message, self.mark = message, mark
+        self.message, self.mark, self.key = message, mark, key
 
 
 def _construct_number(loader, node):
     """int / float as PyYAML reads them, but a plain 010 (YAML 1.1: octal 8) or 1:00 (YAML 1.1: base 60, 60) is
-    refused rather than silently read as a number the user did not write; hex 0x10 and 1_000 stay allowed."""
+    refused rather than silently read as a number the user did not write; hex 0x10 and 1_000 stay allowed.
+
+    An octal of value 0 (00, 0_, -0_0) is allowed: YAML 1.1's `_` is a digit separator (as in 1_000), PyYAML
+    reads it as 0, and zero is zero in any base, so it is the number it looks like."""
     text = str(node.value).strip()
     base = yaml.constructor.SafeConstructor
     read = base.construct_yaml_int if node.tag.endswith(":int") else base.construct_yaml_float
     value = read(loader, node)
     if node.style is None and getattr(node, "resolved", False):
+        key = getattr(loader, "_key_paths", {}).get(id(node)) or None
         if _SEXAGESIMAL.fullmatch(text):
             raise _AmbiguousNumber(f"{text} is a base-60 number in YAML 1.1 (= {value}); write the value as a plain "
-                                   "number (or quote it for a string)", node.start_mark)
-        if _OCTAL_LOOKING.fullmatch(text):
+                                   "number (or quote it for a string)", node.start_mark, key)
+        if _OCTAL.fullmatch(text) and value != 0:
             raise _AmbiguousNumber(f"{text} is an octal number in YAML 1.1 (= {value}); write it without the leading "
-                                   "zero (or quote it for a string)", node.start_mark)
+                                   "zero (or quote it for a string)", node.start_mark, key)
     return value
 
 
@@ -276,7 +282,7 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
                           "each key may appear once", source=str(p), key=e.key) from None
     except _AmbiguousNumber as e:
         raise ConfigError(f"at line {e.mark.line + 1}, column {e.mark.column + 1}: {e.message}",
-                          source=str(p)) from None
+                          source=str(p), key=e.key) from None
     except _TooLarge as e:
         raise ConfigError(f"refused: {e}", source=str(p)) from None
     except yaml.YAMLError as e:
@@ -297,39 +303,121 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
     return data
 
 
-def folder_cards(folder: str | os.PathLike) -> dict[str, Path]:
-    """Card name -> file for the *.yaml / *.yml cards of one folder: the names the cards give (`name:`) first,
-    then their file stems (a card's own name wins over another card's file stem). An unreadable card is listed
-    by its stem only; loading it reports what is wrong."""
+def card_files(folder: str | os.PathLike) -> list[Path]:
+    """The card files of one folder: its *.yaml / *.yml entries that are regular files (a link to one counts),
+    sorted. A folder, a dangling link or another non-file of such a name is no card: it is skipped with a
+    one-line warning (once per entry and process), so that it neither takes a card's name nor hides one."""
     d = Path(folder)
     if not d.is_dir():
-        return {}
-    files = sorted([*d.glob("*.yaml"), *d.glob("*.yml")])
-    named: dict[str, Path] = {}
-    for p in files:
-        try:
-            name = load_yaml(p).get("name")
-        except ConfigError:
-            name = None
-        if isinstance(name, str) and 0 < len(name) <= 128:
-            named.setdefault(name, p)
-    for p in files:
-        named.setdefault(p.stem, p)
-    return named
+        return []
+    out = []
+    for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+        if p.is_file():
+            out.append(p)
+            continue
+        what = ("a folder" if p.is_dir() else "a link to nothing" if p.is_symlink() and not p.exists()
+                else "not a regular file")
+        _warn_once(("skipped", str(p)), f"{p}: skipped: {what}, not a card (a card is a .yaml / .yml file)")
+    return out
 
 
-def find_named_cards(folders) -> dict[str, Path]:
-    """Card name -> file over several folders, the first folder that has a name winning (a user's folder
-    listed before the shipped one overrides a shipped card of the same name)."""
-    found: dict[str, Path] = {}
-    seen = []
+_WARNED: set = set()
+
+
+def _warn_once(key, message: str) -> None:
+    """warnings.warn(message) the first time `key` is seen in this process: the card folders are searched again
+    by every lookup and listing, and the user needs to read a warning once."""
+    import warnings
+
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _own_name(p: Path) -> str | None:
+    """The `name:` a card file gives itself, or None where it cannot be read (loading it reports why)."""
+    try:
+        name = load_yaml(p).get("name")
+    except ConfigError:
+        return None
+    return name if isinstance(name, str) and 0 < len(name) <= 128 else None
+
+
+class CardIndex(dict):
+    """Card name -> file (`find_named_cards`), with what the choice passed over:
+
+    shadowed: name -> the files of the same name in folders searched later (a user's card takes a shipped card's
+    place: intended, and listed by `bayesim devices`);
+    ambiguous: name -> (the file chosen, another file the name could mean, how that one has it: "name" for two
+    cards of one folder that give the same name, "stem" for a card whose file stem is another card's own name,
+    which wins).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.shadowed: dict[str, list[Path]] = {}
+        self.ambiguous: dict[str, tuple[Path, Path, str]] = {}
+
+    def warn_ambiguous(self, name: str) -> None:
+        """Warn (once per process) when `name` could mean two files, naming both and the one taken."""
+        if name not in self.ambiguous:
+            return
+        chosen, other, how = self.ambiguous[name]
+        if how == "stem":
+            why = (f"it is the name of {chosen} and the file stem of {other} (a card named {_own_name(other)!r}); a "
+                   "card's own name wins over a file stem")
+        else:
+            why = f"{chosen} and {other} both give it as their name; the first file (sorted) wins"
+        _warn_once(("ambiguous", name, str(chosen), str(other)),
+                   f"card name {name!r} is ambiguous: {why}: using {chosen} (give the other by its path)")
+
+    def shadow_note(self, name: str, shipped: str | os.PathLike | None = None) -> str:
+        """'; F.yaml takes the place of the shipped card NAME (FILE) ...' for a message about the card file `name`
+        gives, when that file replaces a card of the same name in a folder searched later (the `shipped` folder:
+        said so), else ''."""
+        if name not in self or name not in self.shadowed:
+            return ""
+        other = self.shadowed[name][0]
+        whose = "shipped " if shipped is not None and Path(shipped).resolve() in other.resolve().parents else ""
+        return (f"; {self[name].name} takes the place of the {whose}card {name!r} ({other}), as a card of that "
+                f"name in a folder searched first: fix it, or rename or move it to use the {whose}card")
+
+
+def find_named_cards(folders) -> CardIndex:
+    """Card name -> file over several folders (`card_files` of each; a folder listed twice counts once).
+
+    A card's own `name:` names it first, over all the folders: the first folder with a card of that name wins
+    (a user's folder listed before the shipped one overrides a shipped card of the same name). A file stem is
+    only a fallback name: it names its card where no card of any folder gives that name. A card whose `name:`
+    cannot be read (malformed, or no name) is named by its stem, as its own name (loading it reports what is
+    wrong; a broken user card of a shipped card's file name then says so rather than silently vanishing).
+    """
+    found = CardIndex()
+    seen: list[Path] = []
+    entries = []  # (folder number, file, its own name or None)
     for d in folders:
         d = Path(d).resolve()
         if d in seen:
             continue
         seen.append(d)
-        for name, p in folder_cards(d).items():
-            found.setdefault(name, p)
+        entries += [(len(seen), p, _own_name(p)) for p in card_files(d)]
+    where: dict[str, int] = {}
+    for i, p, own in entries:
+        name = own or p.stem
+        if name not in found:
+            found[name], where[name] = p, i
+        elif where[name] == i:  # two cards of one folder give the same name: the first file (sorted) wins
+            found.ambiguous.setdefault(name, (found[name], p, "name"))
+        else:
+            found.shadowed.setdefault(name, []).append(p)
+    for i, p, own in entries:  # file stems, where no card gives the name
+        if own is None or p.stem == own:
+            continue
+        if p.stem not in found:
+            found[p.stem], where[p.stem] = p, i
+        elif i <= where[p.stem] and found[p.stem] != p:  # the stem's card would have come first by folder order
+            found.ambiguous.setdefault(p.stem, (found[p.stem], p, "stem"))
     return found
 
 
@@ -567,8 +655,9 @@ def apply_overrides(mapping: dict, overrides, source: str = "--set") -> dict:
             raise ConfigError(f"duplicate key {e.key!r} in value {_show(raw)}", source, path) from None
         except _TooLarge as e:
             raise ConfigError(f"refused value {_show(raw)}: {e}", source, path) from None
-        except _AmbiguousNumber as e:
-            raise ConfigError(e.message, source, path) from None
+        except _AmbiguousNumber as e:  # inside a mapping value ({w: 010}): the key path inside it too
+            sub = "" if not e.key else e.key if e.key.startswith("[") else "." + e.key
+            raise ConfigError(e.message, source, path + sub) from None
         except yaml.YAMLError:
             raise ConfigError(f"cannot parse value {_show(raw)}", source, path) from None
         node = out

@@ -135,9 +135,10 @@ def crossbar_from_dict(mapping: dict, source: str = "<dict>") -> CrossbarCard:
 SHIPPED_CROSSBARS = Path(__file__).resolve().parents[2] / "crossbars"
 
 
-def find_crossbar_cards() -> dict:
-    """Crossbar card name (its `name:` or file stem) -> file: ./crossbars first, then the shipped cards (a user's
-    card of a shipped card's name takes its place), as device cards are found."""
+def find_crossbar_cards():
+    """Crossbar card name -> file (a `CardIndex`): ./crossbars first, then the shipped cards (a user's card of a
+    shipped card's name takes its place; a file stem names a card only where no card gives that name), as device
+    cards are found (`bayesim.config.schema.find_named_cards`)."""
     from bayesim.config.schema import find_named_cards
 
     return find_named_cards([Path.cwd() / "crossbars", SHIPPED_CROSSBARS])

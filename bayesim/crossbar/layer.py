@@ -137,6 +137,15 @@ PAIR_SAMPLES_PER_PASS = 4
 MAX_TIME_S = 1e10
 
 
+def check_time(what: str, t) -> None:
+    """A read or compute time: a number of seconds in [0, MAX_TIME_S]; a NaN, an infinite or a negative time would
+    reach the drift law's log and power. `what` is the argument's name as the caller wrote it (t_read,
+    t_read_s), so the message names what the user passed."""
+    number = isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, (bool, np.bool_))
+    if not (number and 0.0 <= float(t) <= MAX_TIME_S):
+        raise BayesimError(f"{what} must be a number of seconds in [0, {MAX_TIME_S:g}], got {t!r}")
+
+
 class AnalogLayer:
     """A BayesLinearOp / BayesConvOp mapped onto crossbar tiles of `crossbar` with cells of `device`."""
 
@@ -157,10 +166,8 @@ class AnalogLayer:
             raise BayesimError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         self.quant, self.device, self.card = q, device, crossbar
         self.layer, self.seed, self.sampler = int(layer_index), int(seed), sampler
-        for what, t in (("t_read", t_read), ("t_compute", t_compute)):
-            number = isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, (bool, np.bool_))
-            if not (number and 0.0 <= float(t) <= MAX_TIME_S):  # a NaN, an infinite or a negative time would reach the drift law's log and power
-                raise BayesimError(f"{what} must be a number of seconds in [0, {MAX_TIME_S:g}], got {t!r}")
+        check_time("t_read", t_read)
+        check_time("t_compute", t_compute)
         self.t_read, self.t_compute = float(t_read), float(t_compute)
         mu = np.asarray(op.mu_w, dtype=np.float32)
         sg = np.asarray(op.sigma_w, dtype=np.float32)

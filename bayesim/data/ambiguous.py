@@ -136,10 +136,69 @@ def _seed(seed: int, *ids) -> int:
     return int(derive_key(int(seed), "ambiguous-mnist", *ids)) & ((1 << 63) - 1)
 
 
-def _bar(total: int, desc: str, progress: bool):
+def _bar(total: int, desc: str, progress: bool, lines: "_PlainLines | None" = None):
+    """A progress bar on stderr when it is a terminal (and `progress`); its steps also reach `lines`."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
+    bar = tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
+    return bar if lines is None else _CountedBar(bar, lines, desc.rsplit(": ", 1)[-1], total)
+
+
+class _PlainLines:
+    """Plain progress lines on stderr where no bar is drawn (stderr is not a terminal: a CI log, a redirected
+    run), so a generation of several minutes is not silent: the start, each quarter of the work, and the end
+    with its time. A stage's share of the work is its share of the full set's time on 2 cores (VAE ~25%,
+    ensemble ~45%, candidates ~30%); within a stage, its steps (or kept candidates) count."""
+
+    SHARES = {"VAE": (0.0, 0.25), "ensemble": (0.25, 0.45), "candidates kept": (0.70, 0.30)}
+
+    def __init__(self, progress: bool, seed: int, n_per_split: int):
+        import sys
+
+        self.stream = sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.on = bool(progress) and self.stream is not None and not (isatty is not None and isatty())
+        self.t0 = time.perf_counter()
+        self.next_quarter = 1
+        if self.on:
+            self._print(f"generating {n_per_split} images per split (seed {seed}); the full set takes 3-5 minutes "
+                        "on 2 cores")
+
+    def _print(self, text: str) -> None:
+        print(f"Ambiguous-MNIST: {text}", file=self.stream, flush=True)
+
+    def stage(self, name: str, fraction: float) -> None:
+        """`fraction` of stage `name` is done: print each quarter of the whole work passed."""
+        if not self.on:
+            return
+        start, share = self.SHARES[name]
+        done = start + share * min(max(fraction, 0.0), 1.0)
+        while self.next_quarter < 4 and done >= self.next_quarter / 4:
+            self._print(f"{25 * self.next_quarter}% ({name}, {time.perf_counter() - self.t0:.0f} s)")
+            self.next_quarter += 1
+
+    def done(self, what: str) -> None:
+        if self.on:
+            self._print(f"done in {time.perf_counter() - self.t0:.0f} s ({what})")
+
+
+class _CountedBar:
+    """A tqdm bar that also reports its stage's progress to `_PlainLines` (and counts steps when disabled)."""
+
+    def __init__(self, bar, lines: _PlainLines, stage: str, total: int):
+        self.bar, self.lines, self.stage, self.total, self.n = bar, lines, stage, max(int(total), 1), 0
+
+    def update(self, k: int = 1) -> None:
+        self.bar.update(k)
+        self.n += k
+        self.lines.stage(self.stage, self.n / self.total)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
 
 
 # ---------------------------------------------------------------------------------------- ensemble
@@ -258,6 +317,7 @@ def _generate(mnist_images, mnist_labels, n_per_split: int, seed: int, progress:
     r = recipe
     t0 = time.perf_counter()
     timings = {}
+    lines = _PlainLines(progress, seed, r.n_per_split)
     with _torch_deterministic():
         # -- the MNIST subset the networks see (all of it at full size)
         rng = np.random.default_rng(_seed(seed, "subset"))
@@ -266,12 +326,12 @@ def _generate(mnist_images, mnist_labels, n_per_split: int, seed: int, progress:
         x = torch.from_numpy(x_np.astype(np.float32) * np.float32(1 / 255))
         y = torch.from_numpy(y_np)
         n_steps = math.ceil(x.shape[0] / r.vae_batch) * r.vae_epochs
-        with _bar(n_steps, "Ambiguous-MNIST: VAE", progress) as bar:
+        with _bar(n_steps, "Ambiguous-MNIST: VAE", progress, lines) as bar:
             vae = train_vae(x, r.vae_epochs, r.vae_batch, r.vae_lr, _seed(seed, "vae"), bar)
         timings["vae_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         n_steps = math.ceil(x.shape[0] / r.lenet_batch) * r.lenet_epochs * r.n_members
-        with _bar(n_steps, "Ambiguous-MNIST: ensemble", progress) as bar:
+        with _bar(n_steps, "Ambiguous-MNIST: ensemble", progress, lines) as bar:
             models = [train_lenet(x, y, r.lenet_epochs, r.lenet_batch, r.lenet_lr, _seed(seed, "lenet", m), bar)
                       for m in range(r.n_members)]
         timings["ensemble_s"] = time.perf_counter() - t1
@@ -286,7 +346,7 @@ def _generate(mnist_images, mnist_labels, n_per_split: int, seed: int, progress:
         pool_img, pool_probs, pool_h, pool_mi = [], [], [], []
         drawn = kept = 0
         crng = np.random.default_rng(_seed(seed, "candidates"))
-        with _bar(target, "Ambiguous-MNIST: candidates kept", progress) as bar:
+        with _bar(target, "Ambiguous-MNIST: candidates kept", progress, lines) as bar:
             while kept < target and drawn < r.max_candidates:
                 c = r.chunk
                 k = crng.integers(r.min_digits, r.max_digits + 1, size=c)
@@ -335,6 +395,7 @@ def _generate(mnist_images, mnist_labels, n_per_split: int, seed: int, progress:
         cdf /= cdf[:, -1:]
         u = np.random.default_rng(_seed(seed, "labels")).random((need, N_LABELS))
         labels = np.minimum((u[:, :, None] >= cdf[:, None, :]).sum(-1), N_CLASSES - 1).astype(np.int64)
+    lines.done(f"kept {kept} of {drawn} candidates")
     report = {
         "seed": int(seed),
         "n_per_split": r.n_per_split,
@@ -355,8 +416,13 @@ def _generate(mnist_images, mnist_labels, n_per_split: int, seed: int, progress:
 
 # ---------------------------------------------------------------------------------------- official files
 def _official_paths(data_dir: Path) -> tuple[Path, Path] | None:
+    from bayesim._io import not_regular
+
     for d in (data_dir / SUBDIR, data_dir):
         s, l = d / OFFICIAL_SAMPLES, d / OFFICIAL_LABELS
+        for f in (s, l):
+            if (why := not_regular(f)):  # a named pipe is neither the file nor its absence
+                raise DataError(f"{f}: {why}; expected the official Ambiguous-MNIST tensor file")
         if s.is_file() or l.is_file():
             if not (s.is_file() and l.is_file()):
                 missing = l if s.is_file() else s
@@ -383,10 +449,12 @@ def _torch_load_tensor(path: Path):
     return obj
 
 
-def _prepare_cmd(seed: int, size: int) -> str:
-    """The `bayesim data prepare` command that generates the set of this seed and size."""
-    return ("bayesim data prepare" + (f" --size {size}" if size != FULL_SIZE else "")
-            + (f" --seed {seed}" if seed else ""))
+def _prepare_cmd(seed: int, size: int, data_dir: Path | None = None) -> str:
+    """The `bayesim data prepare` command that generates the set of this seed and size for `data_dir` (named
+    with --data-dir unless a bare command finds the same folder)."""
+    from bayesim.data.sources import prepare_command
+
+    return prepare_command(data_dir, seed, None if size == FULL_SIZE else size)
 
 
 def load_official(samples_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -445,6 +513,9 @@ def _write_dir(data_dir: Path) -> Path:
 
     A data folder whose permission bits deny writing counts as read-only even when the process
     could write anyway (root): a shared read-only data set must not be modified.
+    A user cache that cannot be written either (no write permission bit, or permission denied) is a DataError
+    naming it and $BAYESIM_CACHE, raised before any generation. Nothing is created here (the atomic writes
+    create the folders).
     """
     from bayesim.paths import cache_dir, is_writable
 
@@ -453,8 +524,21 @@ def _write_dir(data_dir: Path) -> Path:
             and not _declared_read_only(preferred):
         return preferred
     fallback = cache_dir() / "data" / SUBDIR
-    fallback.mkdir(parents=True, exist_ok=True)
+    if not is_writable(fallback):
+        raise _not_writable(data_dir, fallback)
     return fallback
+
+
+def _not_writable(data_dir: Path, fallback: Path, e: OSError | None = None) -> DataError:
+    """The error for a generated set with nowhere to go: neither the data folder nor the user cache is writable."""
+    why = f"{e.strerror or e}" if e is not None else "permission denied"
+    anc = fallback
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    where = f"{fallback} is not writable" if anc == fallback else f"{fallback} cannot be created: {anc} is not writable"
+    return DataError(f"the user cache folder {where} ({why}), and neither is the data folder {data_dir}: the "
+                     "generated Ambiguous-MNIST cannot be saved; choose a writable cache folder with $BAYESIM_CACHE "
+                     "(or a writable data folder with --data-dir, data.dir or $BAYESIM_DATA)")
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -633,6 +717,7 @@ def load_ambiguous(data_dir: Path, split: str, seed: int = 0, size: int | None =
     if split not in ("train", "test"):
         raise DataError(f"unknown Ambiguous-MNIST split {split!r}; allowed: 'train', 'test'")
     data_dir = Path(data_dir)
+    official_too = size is None  # the official files stand in for the full set only
     if size is None:
         official = _official_paths(data_dir)
         if official is not None:
@@ -649,18 +734,23 @@ def load_ambiguous(data_dir: Path, split: str, seed: int = 0, size: int | None =
             return _split(images, labels, split)
         except DataError as e:
             if not generate:
-                raise DataError(f"{e}; delete {man.parent / cache_stem(seed, size)}.* and run `{_prepare_cmd(seed, size)}` "
-                                "to generate it again") from None
+                raise DataError(f"{e}; delete {man.parent / cache_stem(seed, size)}.* and run "
+                                f"`{_prepare_cmd(seed, size, data_dir)}` to generate it again") from None
             warnings.warn(f"{e}; regenerating", stacklevel=2)
     elif not generate:
-        raise DataMissing(f"Ambiguous-MNIST (seed {seed}, {size} per split) is not generated yet and neither "
-                          f"{OFFICIAL_SAMPLES} nor {OFFICIAL_LABELS} is in {data_dir}/{SUBDIR}; run "
-                          f"`{_prepare_cmd(seed, size)}` to generate it")
+        official = (f" and neither {OFFICIAL_SAMPLES} nor {OFFICIAL_LABELS} (the official files) is in "
+                    f"{data_dir / SUBDIR} or {data_dir}") if official_too else ""
+        raise DataMissing(f"Ambiguous-MNIST (seed {seed}, {size} per split) is not generated yet{official}; run "
+                          f"`{_prepare_cmd(seed, size, data_dir)}` to generate it")
     from bayesim.data.sources import load_mnist
 
+    target = _write_dir(data_dir)  # before minutes of generation: a folder that cannot be written is said now
     x, y = load_mnist("train", data_dir)
     images, labels, report, ensemble = _generate(x, y, size, seed, progress)
-    save_cache(_write_dir(data_dir), seed, size, images, labels, report, ensemble)
+    try:
+        save_cache(target, seed, size, images, labels, report, ensemble)
+    except PermissionError as e:
+        raise _not_writable(data_dir, target, e) from None
     images = to_uint8(images).astype(np.float32) * np.float32(1 / 255)  # exactly what the cache holds
     return _split(images, labels, split)
 

@@ -187,7 +187,8 @@ def load_test_split(name: str, data_dir: str | os.PathLike | None = None, normal
         elif not data_dir_named(data_dir) and not full_data_available(data_dir):
             use_embedded = True
             why = (f"no MNIST and Fashion-MNIST test files in the default data folder {resolve_data_dir(None)}; "
-                   "`bayesim data prepare` fetches them, or name a folder")
+                   "`bayesim data prepare` fetches them, or name a folder that holds them (--data-dir, data.dir "
+                   "in a run config, or $BAYESIM_DATA)")
     if use_embedded:
         from bayesim.data.embedded import embedded_split
 

@@ -23,7 +23,14 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 def read_bytes(path: str | Path) -> bytes:
     """The file's uncompressed content (gunzipped when it starts with the gzip magic)."""
+    from bayesim._io import not_regular
+
     path = Path(path)
+    why = not_regular(path)
+    if why:  # a named pipe would block the read
+        raise DataError(f"{path}: {why}; expected an IDX file (gzip or raw)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected an IDX file (gzip or raw)")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -1,10 +1,11 @@
 """Finding devices: built-in models, cards (YAML), plug-ins by path and by entry point.
 
-`load_device(name_or_path)` resolves, in order: a card file path (a reference ending in .yaml / .yml or
-with a folder separator, `bayesim.paths.is_card_path`); a name registered with `register` (the built-ins
-ideal, gaussian, pcm, rram); a card whose `name` (or file stem) matches in the card folders (`cards_dirs`
-first, then `devices/` of the working directory, then the repository's: a user's card of a shipped card's
-name takes its place); an installed plug-in of the entry-point group `bayesim.devices`.
+`load_device(name_or_path)` resolves, in order: a card file path (a reference ending in .yaml / .yml, with a
+folder separator or starting with ~, `bayesim.paths.is_card_path`); a name registered with `register` (the
+built-ins ideal, gaussian, pcm, rram); a card whose `name` matches in the card folders (`cards_dirs` first,
+then `devices/` of the working directory, then the repository's: a user's card of a shipped card's name takes
+its place), else a card whose file stem matches where no card gives that name; an installed plug-in of the
+entry-point group `bayesim.devices`.
 
 A card's `model` is a built-in name, `path/to/file.py:ClassName` (relative to the card) or an entry-point
 name; plug-in classes are called with the card's `params` as keyword arguments and must provide the
@@ -21,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from bayesim.config.schema import PlainExponent, find_named_cards, folder_cards
+from bayesim.config.schema import CardIndex, PlainExponent, card_files, find_named_cards
 from bayesim.devices.base import is_device
 from bayesim.errors import BayesimError, ConfigError
 
@@ -64,10 +65,10 @@ def card_dirs(extra=()) -> list[Path]:
     return out
 
 
-def find_cards(extra=()) -> dict[str, Path]:
-    """Card name -> file for every *.yaml / *.yml in the card folders (names read from the cards; a file stem
-    names its card too). A name in an earlier folder of `card_dirs` wins; within a folder a card's own name
-    wins over another card's file stem."""
+def find_cards(extra=()) -> CardIndex:
+    """Card name -> file for every *.yaml / *.yml card file in the card folders (`find_named_cards`): a card's
+    own name first, the first folder of `card_dirs` that has it winning; a file stem names its card only where
+    no card of any folder gives that name."""
     return find_named_cards(card_dirs(extra))
 
 
@@ -83,6 +84,10 @@ def _load_entry_point(ep):
                            f"{type(e).__name__}: {e}") from e
 
 
+#: Prefix of the module name a plug-in file is imported under (`load_class_from_path`).
+_PLUGIN_MODULE = "bayesim_plugin_"
+
+
 def load_class_from_path(ref: str, base: str | None = None):
     """`path/to/file.py:ClassName` (relative to folder `base`) -> the class, imported without installing."""
     file, _, cls_name = ref.rpartition(":")
@@ -91,7 +96,7 @@ def load_class_from_path(ref: str, base: str | None = None):
         p = Path(base) / p
     if not p.is_file():
         raise BayesimError(f"plug-in file {p} not found")
-    mod_name = f"bayesim_plugin_{p.stem}_{abs(hash(str(p.resolve())))}"
+    mod_name = f"{_PLUGIN_MODULE}{p.stem}_{abs(hash(str(p.resolve())))}"
     mod = sys.modules.get(mod_name)
     if mod is None:
         spec = importlib.util.spec_from_file_location(mod_name, p)
@@ -302,6 +307,21 @@ class _CheckedDevice:
         setattr(object.__getattribute__(self, "_device"), attr, value)
 
 
+def device_class(dev) -> str:
+    """`module:qualname` of a device's own class, for a person to read: a plug-in checked through a proxy
+    (`_CheckedDevice`, a __slots__ class) is its device's class; a class from a plug-in file is `file.py:qualname`
+    (its module name is made up at import, see `load_class_from_path`)."""
+    if isinstance(dev, _CheckedDevice):
+        dev = object.__getattribute__(dev, "_device")
+    cls = type(dev)
+    mod = cls.__module__
+    if mod.startswith(_PLUGIN_MODULE):
+        f = getattr(sys.modules.get(mod), "__file__", None)
+        if f:
+            return f"{f}:{cls.__qualname__}"
+    return f"{mod}:{cls.__qualname__}"
+
+
 def device_from_card(card) -> object:
     """Build the device a validated `DeviceCard` describes."""
     from bayesim.devices.composed import PRESETS, ComposedDevice
@@ -375,8 +395,17 @@ def resolve_device(name_or_card_path, cards_dirs=()):
         return _instantiate(_REGISTRY[ref], {}, f"<{ref}>", None), None
     cards = find_cards(cards_dirs)
     if ref in cards:
-        card = load_card(cards[ref])
-        return device_from_card(card), card
+        cards.warn_ambiguous(ref)
+        try:
+            card = load_card(cards[ref])
+            return device_from_card(card), card
+        except BayesimError as e:  # a user's card that replaced a shipped one: say so (the shipped one seems broken)
+            note = cards.shadow_note(ref, _REPO_DEVICES)
+            if not note:
+                raise
+            if isinstance(e, ConfigError):
+                raise ConfigError(e.message + note, e.source, e.key) from e.__cause__
+            raise BayesimError(f"{e}{note}") from e.__cause__
     eps = _entry_points()
     if ref in eps:
         return _instantiate(_load_entry_point(eps[ref]), {}, f"<entry point {ref}>", None), None
@@ -402,16 +431,11 @@ def list_devices(cards_dirs=()) -> list[dict]:
     out = []
     for name, f in _REGISTRY.items():
         out.append({"name": name, "kind": _kind(f), "where": "bayesim", "source": ""})
-    seen = set()
     cards = find_cards(cards_dirs)
-    all_cards = {}  # every card file of every folder (a shadowed one too), first name first
-    for d in card_dirs(cards_dirs):
-        for name, p in folder_cards(d).items():
-            all_cards.setdefault(p, name)
-    for p, name in all_cards.items():
-        if p in seen:
-            continue
-        seen.add(p)
+    for name in cards.ambiguous:
+        cards.warn_ambiguous(name)
+    for p in dict.fromkeys(p for d in card_dirs(cards_dirs) for p in card_files(d)):  # a shadowed card too
+        name = p.stem
         try:
             d = load_yaml(p)
             src = str(d.get("source", ""))

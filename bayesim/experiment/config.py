@@ -66,6 +66,11 @@ class Bits:
     adc: Optional[int] = spec(None, lo=2, hi=24, doc="2^(bits-1)-1 levels per side: 1 bit would have none")
 
 
+#: A card reference (hardware.device, hardware.crossbar) has a character other than white space: an empty one
+#: names no card, and would only fail later as an unknown name.
+NON_EMPTY = r"(?s).*\S.*"
+
+
 @dataclass(frozen=True)
 class HardwareSpec:
     """How the network meets hardware: strategy, bits, random source, device and crossbar cards."""
@@ -74,8 +79,12 @@ class HardwareSpec:
     bits: Bits = field(default_factory=Bits)
     sigma_quantizer: Literal["log", "uniform"] = "log"
     sampler: Literal["digital", "device"] = "digital"
-    device: str = spec("pcm", doc="device name, card path (.yaml) or plug-in name")
-    crossbar: str = spec("default", doc="crossbar card name or path (.yaml)")
+    device: str = spec("pcm", doc="device name, card path (.yaml) or plug-in name", pattern=NON_EMPTY,
+                       pattern_doc="an empty value names no device: give a device name (pcm), a device card path "
+                                   "(.yaml) or a plug-in name")
+    crossbar: str = spec("default", doc="crossbar card name or path (.yaml)", pattern=NON_EMPTY,
+                         pattern_doc="an empty value names no crossbar card: give a card name (default) or a card "
+                                     "path (.yaml)")
     read_time_s: float = spec(1.0, lo=0.0, hi=1e10,
                               doc="time between programming the stored mu/sigma arrays (VPQ/JQ) and reading "
                                   "them, s (<= ~300 years)")
@@ -161,8 +170,8 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_file: P
     file, both folders it was looked for in (`config_file`'s folder and the current one).
 
     The path rules are the runner's (`bayesim.paths.is_card_path`): hardware.device and hardware.crossbar are
-    card files when they end in .yaml/.yml or have a folder separator; otherwise they are names (an unknown
-    name is reported by the runner with the known ones).
+    card files when they end in .yaml/.yml, have a folder separator or start with ~; otherwise they are names
+    (an unknown name is reported by the runner with the known ones).
     """
     def fail(message: str, key: str):
         raise ConfigError(message, f"{source} (--set)" if from_set(key, overrides) else source, key)

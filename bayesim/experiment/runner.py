@@ -61,13 +61,19 @@ def load_network(spec, normalization: str, hw=None):
         {"kind": "pyro", "path": str(spec.path), "arch": spec.arch}
 
 
+#: `model.quantization` of a run whose weights are as trained and whose activations alone are post-training
+#: quantized (hardware.bits.act other than the model was trained with).
+ACT_PTQ = "post-training quantization of the activations (weights as trained)"
+
+
 def apply_strategy(model, hw):
     """The network as the hardware strategy stores it.
 
     A model already trained (QAT) with this strategy and these bits (activation bits included) is used as
     stored; otherwise a copy is post-training quantized (ranges recalibrated from its parameters). Returns (network, how):
-    "as trained", "post-training quantization", "none (fp)" (quantization switched off), or "fp weights, B-bit
-    activations".
+    "as trained", "post-training quantization" (of the weights, and of the activations where hardware.bits.act
+    differs too), ACT_PTQ (only the activations differ from training: the weights are as trained), "none (fp)"
+    (quantization switched off), or "fp weights, B-bit activations".
     """
     from bayesim.bnn import QuantConfig
 
@@ -97,7 +103,9 @@ def apply_strategy(model, hw):
         from bayesim.bnn.evaluate import fp_quantization
 
         return out, fp_quantization(out.cfg.activation.bits)
-    return out, ("as trained" if same and not act_changed else "post-training quantization")
+    if same:  # the weights as trained: what changed, if anything, is only the activations
+        return out, ACT_PTQ if act_changed else "as trained"
+    return out, "post-training quantization"
 
 
 def _warn_normalization(cfg: ExperimentConfig, model) -> None:
@@ -194,13 +202,16 @@ def _delta(hw: dict, sw: dict) -> dict:
 
 
 def resolve_crossbar(cfg: ExperimentConfig):
+    """(validated card with the run's DAC / ADC bits, its file) for hardware.crossbar: a card path, or a name
+    found in ./crossbars, then the shipped cards. A user's card that replaced a shipped card of its name and
+    fails to load says so: without that, the shipped card would seem to have broken."""
     from bayesim.crossbar import load_crossbar
-
-    from bayesim.crossbar.card import find_crossbar_cards
+    from bayesim.crossbar.card import SHIPPED_CROSSBARS, find_crossbar_cards, override_bits
     from bayesim.paths import is_card_path, local_path_hint
 
     ref = cfg.hardware.crossbar
     path = Path(ref).expanduser()
+    note = ""
     if not is_card_path(ref):  # a name: ./crossbars first, then the shipped cards
         cards = find_crossbar_cards()
         if ref not in cards:
@@ -210,10 +221,16 @@ def resolve_crossbar(cfg: ExperimentConfig):
             raise ConfigError(f"no crossbar card {ref!r}; known cards: {', '.join(sorted(cards))}"
                               + (f" (did you mean {m[0]!r}?)" if m else "") + " (or give a path to a .yaml card)"
                               + local_path_hint(ref), key="hardware.crossbar")
+        cards.warn_ambiguous(ref)
         path = cards[ref]
-    from bayesim.crossbar.card import override_bits
-
-    card = override_bits(load_crossbar(path), path, cfg.hardware.bits.dac, cfg.hardware.bits.adc)
+        note = cards.shadow_note(ref, SHIPPED_CROSSBARS)
+    try:
+        loaded = load_crossbar(path)
+    except ConfigError as e:
+        if not note:
+            raise
+        raise ConfigError(e.message + note, e.source, e.key) from None
+    card = override_bits(loaded, path, cfg.hardware.bits.dac, cfg.hardware.bits.adc)
     return card, path
 
 
@@ -310,9 +327,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
         "delta": _delta(hardware, software) if software else None,
         "hardware": {
             "device": getattr(device, "name", hw.device),
-            "device_card": None if device_card is None or not device_card.path else str(device_card.path),
+            "device_card": None if device_card is None or not device_card.path
+            else str(Path(device_card.path).resolve()),  # absolute: the run may have started in any folder
             "crossbar": card.name,
-            "crossbar_card": str(card_path),
+            "crossbar_card": str(Path(card_path).resolve()),
             "sampler": hw.sampler,
             "read_time_s": hw.read_time_s,
             "compute_delay_s": hw.compute_delay_s,
@@ -407,10 +425,14 @@ def result_table(result: dict) -> str:
     model = result["model"]
     rows.append(f"model {model['arch']} {model.get('kind', '')} | {model['quantization']}".replace("  ", " "))
     if result["strategy"] != "fp":
-        ptq = model["quantization"] != "as trained"
+        how = model["quantization"]
         rows.append("  (the software column is the same network with its weights at full precision and its "
-                    "activations as here, so the deltas include the weight quantization" + (": post-training here, its software-only effect is what `bayesim evaluate "
-                                      "--strategy S --bits B` shows)" if ptq else ")"))
+                    "activations as here, so the deltas include the weight quantization"
+                    + (")" if how == "as trained"
+                       else ", as trained; the activations' post-training quantization is in both columns)"
+                       if how == ACT_PTQ
+                       else ": post-training here, its software-only effect is what `bayesim evaluate --strategy S "
+                            "--bits B` shows)"))
     rows.append(f"strategy {result['strategy']} bits {result['bits']} | device {hwd['device']} | crossbar "
                 f"{hwd['crossbar']} | {hwd['tiles']} tiles, {hwd['cells']} cells"
                 + (f" ({hwd['array_area_mm2']:.3g} mm^2 of cells)" if hwd.get("array_area_mm2") else "")
