@@ -21,6 +21,7 @@ from bayesim.bnn.ops import ActivationOp, BayesConvOp, BayesLinearOp, FlattenOp,
 from bayesim.bnn.predict import check_batch, check_samples
 from bayesim.bnn.quant import activation_step
 from bayesim.crossbar import AnalogLayer, CrossbarStats
+from bayesim.crossbar.layer import check_time
 from bayesim.errors import BayesimError
 
 # Monte-Carlo sample indices used for ADC calibration: far from the evaluation samples 0..S-1 so
@@ -118,8 +119,6 @@ class AnalogBNN:
 
     def __init__(self, ops, device, crossbar, seed: int, sampler: str = "digital", t_read_s: float = 1.0,
                  lumped: bool = False, t_compute_s: float | None = 1.0, drift_compensation: str = "none"):
-        from bayesim.crossbar.layer import check_time
-
         check_time("t_read_s", t_read_s)  # here, with this class's argument names (the layers call them t_read)
         if t_compute_s is not None:
             check_time("t_compute_s", t_compute_s)

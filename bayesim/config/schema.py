@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bayesim.errors import ConfigError
+from bayesim.errors import BayesimError, ConfigError
 
 _MISSING = dataclasses.MISSING
 
@@ -371,6 +371,16 @@ class CardIndex(dict):
             why = f"{chosen} and {other} both give it as their name; the first file (sorted) wins"
         _warn_once(("ambiguous", name, str(chosen), str(other)),
                    f"card name {name!r} is ambiguous: {why}: using {chosen} (give the other by its path)")
+
+    def with_shadow_note(self, error: BayesimError, name: str, shipped: str | os.PathLike | None = None):
+        """`error` (loading the card file `name` gives) with `shadow_note` added, of the same kind (a
+        ConfigError keeps its source and key); None where there is no note to add."""
+        note = self.shadow_note(name, shipped)
+        if not note:
+            return None
+        if isinstance(error, ConfigError):
+            return ConfigError(error.message + note, error.source, error.key)
+        return BayesimError(f"{error}{note}")
 
     def shadow_note(self, name: str, shipped: str | os.PathLike | None = None) -> str:
         """'; F.yaml takes the place of the shipped card NAME (FILE) ...' for a message about the card file `name`

@@ -400,12 +400,10 @@ def resolve_device(name_or_card_path, cards_dirs=()):
             card = load_card(cards[ref])
             return device_from_card(card), card
         except BayesimError as e:  # a user's card that replaced a shipped one: say so (the shipped one seems broken)
-            note = cards.shadow_note(ref, _REPO_DEVICES)
-            if not note:
+            noted = cards.with_shadow_note(e, ref, _REPO_DEVICES)
+            if noted is None:
                 raise
-            if isinstance(e, ConfigError):
-                raise ConfigError(e.message + note, e.source, e.key) from e.__cause__
-            raise BayesimError(f"{e}{note}") from e.__cause__
+            raise noted from e.__cause__
     eps = _entry_points()
     if ref in eps:
         return _instantiate(_load_entry_point(eps[ref]), {}, f"<entry point {ref}>", None), None

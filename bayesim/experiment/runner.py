@@ -211,7 +211,7 @@ def resolve_crossbar(cfg: ExperimentConfig):
 
     ref = cfg.hardware.crossbar
     path = Path(ref).expanduser()
-    note = ""
+    cards = None
     if not is_card_path(ref):  # a name: ./crossbars first, then the shipped cards
         cards = find_crossbar_cards()
         if ref not in cards:
@@ -223,13 +223,13 @@ def resolve_crossbar(cfg: ExperimentConfig):
                               + local_path_hint(ref), key="hardware.crossbar")
         cards.warn_ambiguous(ref)
         path = cards[ref]
-        note = cards.shadow_note(ref, SHIPPED_CROSSBARS)
     try:
         loaded = load_crossbar(path)
     except ConfigError as e:
-        if not note:
+        noted = None if cards is None else cards.with_shadow_note(e, ref, SHIPPED_CROSSBARS)
+        if noted is None:
             raise
-        raise ConfigError(e.message + note, e.source, e.key) from None
+        raise noted from None
     card = override_bits(loaded, path, cfg.hardware.bits.dac, cfg.hardware.bits.adc)
     return card, path
 
