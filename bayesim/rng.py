@@ -65,7 +65,7 @@ def uniform(key, counter):
 @nb.njit(inline="always", cache=True)
 def normal(key, counter, table):
     """Standard normal (16-bit table quantile) for element `counter` of stream `key`."""
-    return table[np.int32(bits64(key, counter) >> np.uint64(64 - NORMAL_BITS))]
+    return table[bits64(key, counter) >> np.uint64(64 - NORMAL_BITS)]  # unsigned index: no wraparound test
 
 
 @nb.njit(inline="always", cache=True)

@@ -541,6 +541,11 @@ def test_evaluate_says_how_the_model_was_quantized_and_warns_at_one_sample(tmp_p
     jq4 = str(REPO / "bayesim" / "resources" / "lenet5_jq4.safetensors")
     assert main(["evaluate", "--model", jq4, "--embedded", "--limit", "10", "--samples", "2", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["model"]["quantization"] == "as stored"
+    # only the activation bits changed: the weights are as stored, the activations post-training quantized
+    assert main(["evaluate", "--model", jq4, "--embedded", "--limit", "10", "--samples", "2", "--act-bits", "3",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["model"]["quantization"] == (
+        "post-training quantization of the activations (weights as stored)")
     assert main(["evaluate", "--model", LENET, "--embedded", "--limit", "10", "--samples", "2", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["model"]["quantization"] == "none (fp)"
     assert "samples = 1" not in capsys.readouterr().err

@@ -576,3 +576,55 @@ def test_an_activation_only_post_training_quantization_is_labelled_so(tmp_path):
            "trained)" in text
     assert "so the deltas include the weight quantization, as trained; the activations' post-training " \
            "quantization is in both columns)" in text and "post-training here" not in text
+
+
+def test_a_named_pipe_as_config_model_or_card_is_not_called_missing(tmp_path, capsys):
+    """A FIFO given as the config, as model.path or as a card path was reported as 'file not found'; it is there,
+    but not a regular file (reading it would block)."""
+    import os
+
+    fifo = tmp_path / "p.yaml"
+    os.mkfifo(fifo)
+    assert main(["run", str(fifo), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (f"bayesim: error: {fifo}: is not a regular file (a named pipe); "
+                                               "expected a YAML file")
+    ck = tmp_path / "m.safetensors"
+    os.mkfifo(ck)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {source: checkpoint, path: m.safetensors}\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (f"bayesim: error: {cfg}: model.path: {ck}: is not a regular file (a "
+                                               "named pipe); expected a bayesim checkpoint (.safetensors)")
+    cfg.write_text("samples: 2\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--set", f"hardware.device={fifo}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"bayesim: error: {cfg} (--set): hardware.device: {fifo}: is not a regular file (a named pipe); expected a "
+        "device card file (.yaml) or a device name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "m.safetensors", "p.yaml"]
+
+
+def test_bits_the_strategy_does_not_use_are_warned(tmp_path):
+    """`--set hardware.strategy=fp --set hardware.bits.mu=7` ran with the bits silently ignored. A key given with
+    --set, or in a file that names the strategy itself, is warned; a file's bits left as a template when the
+    strategy comes from --set are not."""
+    import warnings
+
+    def warned(path, overrides):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            load_experiment(path, overrides)
+        return [str(w.message) for w in seen]
+
+    assert warned(None, ["hardware.strategy=fp", "hardware.bits.mu=7"]) == [
+        "<config> (--set): hardware.bits.mu: 7 has no effect with strategy fp: it quantizes no weights (full "
+        "precision); the key is ignored"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("hardware: {strategy: spq, bits: {mu: 4, sigma: 3, w: 4}, sigma_quantizer: uniform}\n")
+    assert warned(cfg, []) == [
+        f"{cfg}: hardware.bits.{k}: {v} has no effect with strategy spq: it quantizes the sampled weights only "
+        "(bits.w); the key is ignored" for k, v in (("mu", 4), ("sigma", 3))] + [
+        f"{cfg}: hardware.sigma_quantizer: uniform has no effect with strategy spq: it quantizes the sampled "
+        "weights only (bits.w); the key is ignored"]
+    assert warned(cfg, ["hardware.strategy=jq"]) == []
+    assert warned(cfg, ["hardware.strategy=vpq"]) == []  # the file's w is a template for the strategies it names
+    assert len(warned(cfg, ["hardware.strategy=vpq", "hardware.bits.w=2"])) == 1

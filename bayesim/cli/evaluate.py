@@ -13,7 +13,8 @@ metrics.json keys (interface):
   "mnist" | "ambiguous" | "ood": {n, accuracy, nll, brier, ece, mean_total_entropy, mean_aleatoric,
                                  mean_epistemic, subset, source}
   "auroc", "aupr": {ood_vs_in_mi, ood_vs_in_total, ood_vs_mnist_mi, ambiguous_vs_mnist_aleatoric}
-  "model": {kind, path, arch, quantization ("as stored" | "post-training quantization" | "none (fp)"), config},
+  "model": {kind, path, arch, quantization ("as stored" | "post-training quantization" |
+  "post-training quantization of the activations (weights as stored)" | "none (fp)" | ...), config},
   "strategy", "bits": {mu, sigma, w, act} (null = full precision),
   "activation": {kind, upper, bits}, "memory": {bits_per_weight, total_bits, reduction_vs_fp32, ...},
   "samples", "seed", "normalization", "wall_time_s", "bayesim_version"
@@ -108,6 +109,7 @@ def prepare_model(args):
                     w_bits=bits["w_bits"] or b or q.w_bits,
                     range=args.range or ("max" if q.range == "learned" else q.range))
         model.set_quant(q)
+    act_before = model.cfg.activation
     if args.activation or args.act_upper or bits["act_bits"] is not None:
         a = model.cfg.activation
         kind = args.activation or ("bounded" if (args.act_upper or bits["act_bits"]) else a.kind)
@@ -127,10 +129,22 @@ def prepare_model(args):
         act = ActivationConfig(kind=kind, upper=upper, bits=bits["act_bits"] if kind == "bounded" else None)
         model.set_activation(act, uppers)
     act_bits = model.cfg.activation.bits
-    info["quantization"] = ("post-training quantization" if requant and q.strategy != "fp" else
-                            "as stored" if q.strategy != "fp" else
-                            fp_quantization(act_bits))
+    if q.strategy == "fp":
+        info["quantization"] = fp_quantization(act_bits)
+    elif requant:
+        info["quantization"] = "post-training quantization"
+    elif act_bits is not None and act_bits != act_before.bits:
+        info["quantization"] = ACT_PTQ_STORED
+    elif model.cfg.activation != act_before:
+        info["quantization"] = "as stored; activations changed by the flags (not quantized)"
+    else:
+        info["quantization"] = "as stored"
     return model, info
+
+
+#: `model.quantization` of an evaluation whose weights are the checkpoint's and whose activations alone are
+#: post-training quantized (--act-bits other than the model's own)
+ACT_PTQ_STORED = "post-training quantization of the activations (weights as stored)"
 
 
 def check_limits(args) -> None:

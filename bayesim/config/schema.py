@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from bayesim._io import not_regular
 from bayesim.errors import BayesimError, ConfigError
 
 _MISSING = dataclasses.MISSING
@@ -267,6 +268,8 @@ def load_yaml(path: str | os.PathLike, cls=None) -> dict:
     p = Path(path)
     if p.is_dir():
         raise ConfigError("is a folder, not a file", source=str(p))
+    if (odd := not_regular(p)):
+        raise ConfigError(f"{odd}; expected a YAML file", source=str(p))
     if not p.is_file():
         raise ConfigError("file not found", source=str(p))
     try:

@@ -149,7 +149,8 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
     slower), and every table or level lookup sits in a loop of its own
     (a load at a data-dependent index keeps the compiler from vectorising the loop it is in; scalar loads
     beat SIMD gathers on the CPUs measured). So: hash -> table indices (SIMD), lookups (scalar loads),
-    arithmetic (SIMD).
+    arithmetic (SIMD). Table lookups take their index as unsigned too: a signed index costs the
+    wraparound test on every load (a 256-entry lookup loop ran at 1.13 ns a load against 0.52 unsigned).
     """
     n_out, n_in = mu.shape
     n_blocks = row_starts.shape[0] - 1
@@ -195,7 +196,7 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
             if use_eps:
                 _eps_indices(eps_key, j * n_in + r0, rows_r, i0)
                 for kl in range(rows_r):  # table lookups: scalar loads (faster here than SIMD gathers)
-                    y0[kl] = table[i0[kl]]
+                    y0[kl] = table[np.uint32(i0[kl])]
                 for kl in range(rows_r):
                     wb[kl] = wb[kl] + sb[kl] * y0[kl]
             if not quantized:
@@ -231,10 +232,10 @@ def build_tiles(mu, sigma, eps_key, use_eps, table, dtable, quantized, binary, w
             if offset:  # the reference cells of the row tile's inputs, at counters ref_base + row
                 _table_fields_ref(key, ref_base, rows_r, i2, i3)
             for kl in range(rows_r):
-                y0[kl] = dtable[i0[kl]]
-                za[kl] = dtable[i1[kl]]
-                y1[kl] = dtable[i2[kl]]
-                zb[kl] = dtable[i3[kl]]
+                y0[kl] = dtable[np.uint32(i0[kl])]
+                za[kl] = dtable[np.uint32(i1[kl])]
+                y1[kl] = dtable[np.uint32(i2[kl])]
+                zb[kl] = dtable[np.uint32(i3[kl])]
             if cell_law:
                 # the cells' levels and programming stds: one lookup per weight, at level m + q (offset)
                 # or m + |q| (differential: the other cell of the pair is at level m)
@@ -339,9 +340,9 @@ def _table_fields_ref(key, ref_base, n, i2, i3):
 def _gather3(t, i0, i1, i2, n, y0, y1, y2):
     """Three table lookups per cell (scalar loads: on this loop they beat SIMD gathers)."""
     for kl in range(n):
-        y0[kl] = t[i0[kl]]
-        y1[kl] = t[i1[kl]]
-        y2[kl] = t[i2[kl]]
+        y0[kl] = t[np.uint32(i0[kl])]
+        y1[kl] = t[np.uint32(i1[kl])]
+        y2[kl] = t[np.uint32(i2[kl])]
 
 
 @nb.njit(inline="always", cache=True)
@@ -592,9 +593,9 @@ def build_pair_tiles(mu, sigma, eps_keys, table, dtable, binary, w_step, kmax_gr
                     _hashes(read_keys[si, r, c], jl, tile_cols, rows_r, hb)
                     for kl in range(rows_r):  # table lookups: scalar loads
                         b = hb[kl]
-                        y0[kl] = dtable[_field(b, _S0)]
-                        y1[kl] = dtable[_field(b, _S1)]
-                        y2[kl] = dtable[_field(b, _S2)]
+                        y0[kl] = dtable[(b >> _S0) & _M12]
+                        y1[kl] = dtable[(b >> _S1) & _M12]
+                        y2[kl] = dtable[(b >> _S2) & _M12]
                     _read_stored(held_p, held_m, held_s, sd_p, sd_m, sd_s, mu_mean, ub, y0, y1, y2, rows_r,
                                  inv_mu_unit[g], sigma_gain[r, c], glo, ghi, wb, sb)
                     _decode_sigma(sb, rows_r, sigma_log, sigma_rungs, sigma_kinks, sigma_ends, g_base, g_span,
@@ -605,7 +606,7 @@ def build_pair_tiles(mu, sigma, eps_keys, table, dtable, binary, w_step, kmax_gr
                     _hashes(tile_keys[si, r, c], jl, tile_cols, rows_r, hb)
                 _eps_indices(eps_keys[si], j * n_in + r0, rows_r, i0)
                 for kl in range(rows_r):
-                    y0[kl] = table[i0[kl]]
+                    y0[kl] = table[np.uint32(i0[kl])]
                 for kl in range(rows_r):
                     wb[kl] = wb[kl] + sb[kl] * y0[kl]
                 for kl in range(rows_r):
@@ -616,7 +617,7 @@ def build_pair_tiles(mu, sigma, eps_keys, table, dtable, binary, w_step, kmax_gr
                     q_b[kl] = ((row0 + np.int32(min(max(qf, -kmf), kmf))) << DEVICE_NORMAL_BITS) + _field(hb[kl], _S3)
                 o = out[si]
                 for kl in range(rows_r):
-                    o[ub + np.uint64(kl)] = pair[q_b[kl]]
+                    o[ub + np.uint64(kl)] = pair[np.uint32(q_b[kl])]
 
 
 @nb.njit(inline="always", cache=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from bayesim.config import apply_overrides, build, load_yaml, spec
+from bayesim._io import not_regular
 from bayesim.config.schema import INT64_MAX
 from bayesim.errors import ConfigError
 from bayesim.paths import beside_config, is_card_path, named_data_dir_problem, searched_folders
@@ -137,7 +138,38 @@ def load_experiment(path: str | Path | None = None, overrides=(), base: dict | N
     if path is not None:
         cfg = _relative_to_config(cfg, Path(path), overrides)
     check_files(cfg, source, overrides, Path(path) if path is not None else None)
+    _warn_unused_quantization(cfg, mapping, source, overrides)
     return cfg
+
+
+def _warn_unused_quantization(cfg: ExperimentConfig, mapping: dict, source: str, overrides) -> None:
+    """Warn about a hardware.bits key (or sigma_quantizer) that the strategy does not quantize with, which would
+    otherwise be ignored without a word: fp quantizes no weights, vpq the stored mu and sigma only, spq the
+    sampled weights only. Keys given with --set are always checked; keys of the file only when the file names
+    the strategy too (a strategy changed with --set leaves the file's other bits as a template, not a mistake)."""
+    import warnings
+
+    from bayesim.bnn.config import QuantConfig
+
+    hw = mapping.get("hardware") if isinstance(mapping, dict) else None
+    if not isinstance(hw, dict):
+        return
+    bits = hw.get("bits") if isinstance(hw.get("bits"), dict) else {}
+    q = QuantConfig(strategy=cfg.hardware.strategy)
+    what = {"fp": "no weights (full precision)", "vpq": "the stored mu and sigma only (bits.mu, bits.sigma)",
+            "spq": "the sampled weights only (bits.w)"}.get(q.strategy, "")
+    given = [(f"bits.{k}", bits[k]) for k, use in (("mu", q.quantize_stored), ("sigma", q.quantize_stored),
+                                                   ("w", q.quantize_sampled)) if k in bits and not use]
+    if "sigma_quantizer" in hw and not q.quantize_stored:
+        given.append(("sigma_quantizer", hw["sigma_quantizer"]))
+    strategy_set = from_set("hardware.strategy", overrides)
+    for key, value in given:
+        full = f"hardware.{key}"
+        if not from_set(full, overrides) and strategy_set:
+            continue
+        where = f"{source} (--set)" if from_set(full, overrides) else source
+        warnings.warn(f"{where}: {full}: {value} has no effect with strategy {q.strategy}: it quantizes {what}; "
+                      "the key is ignored", UserWarning, stacklevel=2)
 
 
 def _relative_to_config(cfg: ExperimentConfig, path: Path, overrides) -> ExperimentConfig:
@@ -179,6 +211,8 @@ def check_files(cfg: ExperimentConfig, source: str, overrides=(), config_file: P
     def check(p: Path, key: str, what: str):
         if p.is_dir():
             fail(f"{p} is a folder; expected {what}", key)
+        if (odd := not_regular(p.expanduser())):
+            fail(f"{p}: {odd}; expected {what}", key)
         if not p.is_file():
             where = ""
             if config_file is not None and not p.expanduser().is_absolute() and not from_set(key, overrides):
