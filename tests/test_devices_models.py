@@ -272,14 +272,42 @@ def test_read_moments_give_the_read_law(card):
 
 def test_log_ladder_noise_is_the_noise_in_rungs_near_sigma_max():
     """Hand-computed: rungs 1, 2, 4, 8, 16 uS (a geometric ladder of 5), programming std 0.8 uS, no read noise or
-    drift: the top four gaps 1, 2, 4, 8 uS hold 0.8, 0.4, 0.2, 0.1 rungs of noise, median 0.3. A noiseless device
-    has none; on PCM more sigma bits pack the rungs closer, and 8 bits put about 3 rungs of noise near the top."""
+    drift: the top four gaps 1, 2, 4, 8 uS hold 0.8, 0.4, 0.2, 0.1 rungs of noise (the clipped top rung less),
+    median 0.3. A noiseless device has none; on PCM more sigma bits pack the rungs closer, and 8 bits put about 3
+    rungs of noise near the top. The spread is sampled from 20,000 cells a rung: known to about 1%."""
     from bayesim.devices.stats import log_ladder_noise
 
+    clean = {"d2d": {"relative": 0.0}, "faults": {"stuck_at_gmin": 0.0, "stuck_at_gmax": 0.0}}
     flat = ComposedDevice(build_card({"name": "flat", "model": "gaussian", "range": {"g_min_uS": 1.0, "g_max_uS": 16.0},
                                       "programming": {"model": "polynomial", "coeffs_uS": [0.8]},
-                                      "read": {"model": "none"}, "drift": {"model": "none"}}))
-    assert log_ladder_noise(flat, 5, 1.0) == pytest.approx(0.3, rel=1e-6)
+                                      "read": {"model": "none"}, "drift": {"model": "none"}, **clean}))
+    assert log_ladder_noise(flat, 5, 1.0) == pytest.approx(0.3, rel=0.03)
+    # the card template's 0.1% stuck cells (12 uS off) would set a std; the 1-sigma percentile spread ignores them
+    faulty = ComposedDevice(build_card({"name": "flat", "model": "gaussian", "range": {"g_min_uS": 1.0, "g_max_uS": 16.0},
+                                        "programming": {"model": "polynomial", "coeffs_uS": [0.8]},
+                                        "read": {"model": "none"}, "drift": {"model": "none"}}))
+    assert faulty.card.faults.stuck_at_gmax > 0 and log_ladder_noise(faulty, 5, 1.0) == pytest.approx(0.3, rel=0.03)
     assert log_ladder_noise(load_device("ideal"), 256, 1.0) == 0.0
     pcm = [log_ladder_noise(load_device("pcm"), 1 << b, 1.0) for b in (4, 6, 8)]
     assert pcm[0] < pcm[1] < 1.0 < 2.5 < pcm[2] < 4.0
+
+
+def test_log_ladder_noise_counts_the_spread_of_drift_exponents():
+    """A device whose only noise is the cell-to-cell spread of its drift exponent (power law, nu = 0.1 +- 0.02, no
+    programming or read noise): at t = 1e4 s with t0 = 1 s each cell reads G r^-nu, r = 1e4, a log-normal of log
+    std s = 0.02 ln r = 0.184 around the median G r^-0.1. Its 1-sigma half-width is G sinh(s) and the gap to the
+    rung below (half the conductance) is G / 2: 2 sinh(0.184) = 0.371 rungs at every rung. The analytic read std
+    at the median drift, which this measure used before, is 0 here."""
+    import math
+
+    from bayesim.devices.stats import log_ladder_noise
+
+    drifting = ComposedDevice(build_card({
+        "name": "drifting", "model": "gaussian", "range": {"g_min_uS": 1.0, "g_max_uS": 16.0, "clip": "nonnegative"},
+        "programming": {"model": "none"}, "read": {"model": "none"}, "d2d": {"relative": 0.0},
+        "faults": {"stuck_at_gmin": 0.0, "stuck_at_gmax": 0.0},
+        "drift": {"model": "power_law", "nu": 0.1, "nu_std": 0.02, "t0_s": 1.0}}))
+    assert float(np.max(drifting.read_sigma(np.float32([8.0, 16.0]), 1e4 - 1))) == 0.0
+    expected = 2 * math.sinh(0.02 * math.log(1e4))
+    assert log_ladder_noise(drifting, 5, 1e4 - 1) == pytest.approx(expected, rel=0.03)
+    assert log_ladder_noise(drifting, 5, 0.0) == 0.0

@@ -35,19 +35,42 @@ def _mean_sigma(device, g: np.ndarray, t_read: float):
     return mean, np.sqrt(ps ** 2 + rs ** 2)
 
 
-def log_ladder_noise(device, n_rungs: int, t_read: float = 1.0) -> float:
+#: Cells sampled per rung by `log_ladder_noise`: a rung's 1-sigma spread is then known to about 1%.
+LADDER_SAMPLES = 20000
+#: The percentiles of a Gaussian's mean -1, 0 and +1 std
+_ONE_SIGMA_PERCENTILES = (15.865525393145708, 50.0, 84.13447460685429)
+
+
+def log_ladder_noise(device, n_rungs: int, t_read: float = 1.0, samples: int = LADDER_SAMPLES, seed: int = 0) -> float:
     """Noise of a stored log-level sigma array, in rungs of its ladder, where the trained sigmas are: the median
-    over the top four rungs (sigma_max down to sigma_max / 16) of sqrt(program_sigma^2 + read_sigma^2) / (gap to
-    the rung below), on the device's geometric ladder of `n_rungs` conductances with drifted means as
-    `level_overlap` has them. Each rung is a factor 2 in sigma, so a value of x means reads of those sigmas are
-    off by about a factor 2^x: above 1 the stored sigma no longer says what was trained."""
+    over the top four rungs (sigma_max down to sigma_max / 16) of a rung's 1-sigma read spread / (the gap between
+    its median read and the rung below's), on the device's geometric ladder of `n_rungs` conductances. The reads
+    are sampled with the device's own program and read (`samples` cells per rung, fixed streams), so all that
+    happens between programming and reading counts: programming noise, the cell-to-cell spread of drift exponents
+    (which the analytic read std at the median drift leaves out), d2d variation and read noise. The spread is half
+    the 15.9-84.1 percentile range (the std of a Gaussian), so that the few stuck cells of a card's faults, a
+    failure of their own, do not set it. Each rung is a factor 2 in sigma, so a value of x means reads of those
+    sigmas are off by about a factor 2^x: above 1 the stored sigma no longer says what was trained."""
     g = np.asarray(device.levels(int(n_rungs), "log"), np.float32)
-    mean, sd = _mean_sigma(device, g, t_read)
-    gap = np.diff(mean)
-    k = min(4, gap.size)
+    top = g[-min(5, g.size):]
+    _, read = _program_read(device, top, t_read, samples, seed)
+    lo, mid, hi = np.percentile(read.astype(np.float64), _ONE_SIGMA_PERCENTILES, axis=1)
+    sd = (hi - lo) / 2.0
+    gap = np.diff(mid)
+    if gap.size == 0:
+        return 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        rungs = np.where(gap[-k:] > 0, sd[1:][-k:] / gap[-k:], np.inf)
+        rungs = np.where(gap > 0, sd[1:] / np.where(gap > 0, gap, 1.0), np.inf)
     return float(np.median(rungs))
+
+
+def _program_read(device, levels: np.ndarray, t_read: float, samples: int, seed: int):
+    """(programmed, read) [len(levels), samples] uS: `samples` cells programmed at each level and read t_read s
+    later, on the fixed streams of `seed` (each cell its own programming, drift-exponent and read normals)."""
+    targets = np.repeat(np.asarray(levels, np.float32)[:, None], samples, axis=1)
+    cells = rng.derive_key(seed, "levels", "cells")
+    prog = device.program(targets, rng.derive_key(seed, "levels", "program"), cells)
+    return prog, device.read(prog, t_read, rng.derive_key(seed, "levels", "read"), cells)
 
 
 def max_distinguishable_levels(device, t_read: float = 1.0, grid: int = 20001) -> float:
@@ -75,9 +98,7 @@ def level_overlap(device, n: int, spacing: str = "linear", t_read: float = 1.0, 
     """Programmed and read samples of each of `n` levels ([n, samples] uS), their means and stds, and
     the number of levels distinguishable at 1 sigma (programmed, and read at `t_read` s)."""
     lv = np.asarray(device.levels(n, spacing), np.float32)
-    targets = np.repeat(lv[:, None], samples, axis=1)
-    prog = device.program(targets, rng.derive_key(seed, "levels", "program"), rng.derive_key(seed, "levels", "cells"))
-    read = device.read(prog, t_read, rng.derive_key(seed, "levels", "read"), rng.derive_key(seed, "levels", "cells"))
+    prog, read = _program_read(device, lv, t_read, samples, seed)
     pm, ps = prog.mean(axis=1, dtype=np.float64), prog.std(axis=1, dtype=np.float64)
     rm, rs = read.mean(axis=1, dtype=np.float64), read.std(axis=1, dtype=np.float64)
     return {"levels": lv, "programmed": prog, "read": read, "prog_mean": pm, "prog_std": ps,

@@ -368,7 +368,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, pro
 def _levels_per_cell(analog, q, card, device, hw) -> dict:
     """How many levels the run asks of one cell, against what the device card declares: {mu, sigma, w (None where
     the strategy programs no such array), device_n_levels (the card's published count, None if it gives none),
-    sigma_noise_rungs (the stored log sigma array's noise in rungs near its top, `log_ladder_noise`; None
+    sigma_noise_rungs (the stored log sigma array's read spread in rungs near its top, `log_ladder_noise`; None
     without such an array)}. A differential pair holds a b-bit weight as 2^(b-1) levels per cell, an offset
     column as 2^b - 1; a log sigma array has 2^b rungs on one cell."""
     from bayesim.devices.stats import log_ladder_noise
@@ -475,7 +475,8 @@ def result_table(result: dict) -> str:
     lv = hwd.get("levels_per_cell") or {}
     if (lv.get("sigma_noise_rungs") or 0.0) > 1.0:
         rows.append(f"WARNING: the stored sigma array's cells are noisier than its log ladder is fine: near sigma_max "
-                    f"their programming and read noise spans {lv['sigma_noise_rungs']:.1f} rungs of its {lv['sigma']}, "
+                    f"their read spread (programming, drift and read noise) spans {lv['sigma_noise_rungs']:.1f} rungs of its "
+                    f"{lv['sigma']}, "
                     f"and each rung is a factor 2 in sigma, so the largest sigmas read off by about a factor "
                     f"{2 ** lv['sigma_noise_rungs']:.0f}; fewer hardware.bits.sigma (or sigma_quantizer: uniform) "
                     f"keeps the trained sigma")
