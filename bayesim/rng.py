@@ -109,12 +109,41 @@ def _extend_grid(key, n_r, n_c, out):
             out[r, c] = mix64(kr ^ mix64(np.uint64(c) + GOLDEN))
 
 
-def derive_key_grid(seed: int, ids: tuple, n_r: int, n_c: int) -> np.ndarray:
-    """uint64 [n_r, n_c]: derive_key(seed, *ids, r, c) for every r < n_r, c < n_c (one key per tile), in
-    one call instead of n_r * n_c."""
+def derive_key_grid(seed: int, ids: tuple, n_r: int, n_c: int, suffix: tuple = ()) -> np.ndarray:
+    """uint64 [n_r, n_c]: derive_key(seed, *ids, r, c, *suffix) for every r < n_r, c < n_c (one key per tile),
+    in one call instead of n_r * n_c."""
     out = np.empty((n_r, n_c), np.uint64)
     _extend_grid(np.uint64(derive_key(seed, *ids)), n_r, n_c, out)
+    if suffix:
+        _chain(out.reshape(-1), _ids64(suffix), False, out.reshape(-1))
     return out
+
+
+def derive_keys(seeds: np.ndarray, *ids) -> np.ndarray:
+    """derive_key(k, *ids) for every key k of the uint64 array `seeds` (same shape), in one call."""
+    seeds = np.ascontiguousarray(seeds, np.uint64)
+    out = np.empty_like(seeds)
+    _chain(seeds.reshape(-1), _ids64(ids), True, out.reshape(-1))
+    return out
+
+
+def _ids64(ids) -> np.ndarray:
+    mask = (1 << 64) - 1
+    return np.array([_string_id(i) if isinstance(i, str) else int(i) & mask for i in ids], np.uint64)
+
+
+_SEED_OFFSET = np.uint64(0x632BE59BD9B4E019)
+
+
+@nb.njit(cache=True)
+def _chain(keys, ids, from_seed, out):
+    """out[i] = derive_key's steps for `ids` after keys[i]: from derive_key(keys[i], *ids) when from_seed, else
+    continuing a key already derived (derive_key(seed, *a) -> derive_key(seed, *a, *ids))."""
+    for i in range(keys.shape[0]):
+        k = keys[i] * GOLDEN + _SEED_OFFSET if from_seed else keys[i]
+        for v in ids:
+            k = mix64(k ^ mix64(v + GOLDEN))
+        out[i] = k
 
 
 def _mix64_py(z: int) -> int:

@@ -216,3 +216,13 @@ def test_key_grid_is_derive_key_per_tile():
     for r in range(3):
         for c in range(5):
             assert int(grid[r, c]) == rng.derive_key(11, "prog", 3, "w+", r, c)
+    # ids after the tile's (r, c), and derive_key applied to every key of an array: the same keys, the same bits
+    grid = rng.derive_key_grid(11, ("cells", 2), 3, 5, ("mu+",))
+    keys = rng.derive_keys(grid, "programmed", 7)
+    for r in range(3):
+        for c in range(5):
+            assert int(grid[r, c]) == rng.derive_key(11, "cells", 2, r, c, "mu+")
+            assert int(keys[r, c]) == rng.derive_key(rng.derive_key(11, "cells", 2, r, c, "mu+"), "programmed", 7)
+    edge = np.array([0, 1, 2 ** 63, 2 ** 64 - 1], np.uint64)
+    assert [int(k) for k in rng.derive_keys(edge, "x", 2 ** 64 - 1)] == [rng.derive_key(int(e), "x", 2 ** 64 - 1)
+                                                                       for e in edge]

@@ -245,7 +245,8 @@ class AnalogLayer:
         self._ahead = {}  # sample -> row of self._pass: the samples the pair-law kernel built ahead
         self._last_sample = None  # plan_samples
         self._no_keys = np.zeros((1, 1, 1), np.uint64)
-        self._cell_keys = {}  # _cells_key
+        self._cell_keys = {}  # _cells_key: name -> key grid
+        self._key_grids = {}  # _tile_keys
         self._sample_cache = None
         self._fused_mvm = self.out_features <= FUSED_MVM_MAX_OUT and not self.lumped
         self._setup_mapping()
@@ -378,9 +379,10 @@ class AnalogLayer:
         self.held = {}
         for name, arr in (("mu+", gp), ("mu-", gm), ("sigma", gs)):
             held = np.empty_like(arr)
+            keys = self._tile_keys(("prog_stored", self.layer), name)
             for r, c, off, rows_r, c0, c1 in self._tiles():
                 tgt = self._tile_view(arr, off, rows_r, c0, c1)
-                key = rng.derive_key(self.seed, "prog_stored", self.layer, r, c, name)
+                key = int(keys[r, c])
                 ck = self._cells_key(r, c, name)
                 self._tile_view(held, off, rows_r, c0, c1)[...] = self.device.program(tgt, key, ck)
             self.held[name] = held
@@ -516,9 +518,10 @@ class AnalogLayer:
         reads = {}
         for name, held in self.held.items():
             out = np.empty_like(held)
+            keys = self._tile_keys(("read_stored", s, self.layer), name)
             for r, c, off, rows_r, c0, c1 in self._tiles():
                 h = self._tile_view(held, off, rows_r, c0, c1)
-                key = rng.derive_key(self.seed, "read_stored", s, self.layer, r, c, name)
+                key = int(keys[r, c])
                 ck = self._cells_key(r, c, name)
                 self._tile_view(out, off, rows_r, c0, c1)[...] = self.device.read(h, self.t_read, key, ck)
             reads[name] = out
@@ -702,8 +705,8 @@ class AnalogLayer:
             if getattr(self, "_nu", None) is None:
                 self._nu = (np.empty(self.mu.size, np.float32), np.empty(self.mu.size, np.float32))
             names = ("w", "ref") if self.offset else ("w+", "w-")
-            nu_keys = np.array([[[rng.derive_key(self._programmed_cells_key(r, c, nm, s), "nu") for nm in names]
-                                 for c in range(self.n_ct)] for r in range(self.n_rt)], np.uint64)
+            cells = np.stack([self._cell_key_grid(nm) for nm in names], axis=-1)
+            nu_keys = rng.derive_keys(rng.derive_keys(cells, "programmed", s), "nu")  # [r, c, side]
             kernels.cell_normals(nu_keys, self.row_starts, self.out_features, t.cols, self.offset, rng.NORMAL_TABLE,
                                  *self._nu)
             cl = (cl[0], *self._nu, *cl[3:])
@@ -779,18 +782,36 @@ class AnalogLayer:
             self._tile_view(self._wn, off, rows_r, c0, c1)[...] = (a - b) / np.float32(half)
 
     def _program_read(self, targets, s, r, c, name):
-        key = rng.derive_key(self.seed, "prog", s, self.layer, r, c, name)
+        key = int(self._tile_keys(("prog", s, self.layer), name)[r, c])
         ck = self._cells_key(r, c, name)
         held = self.device.program(np.ascontiguousarray(targets), key, ck)
-        rkey = rng.derive_key(self.seed, "read", s, self.layer, r, c, name)
+        rkey = int(self._tile_keys(("read", s, self.layer), name)[r, c])
         return self.device.read(held, self.t_compute, rkey, self._programmed_cells_key(r, c, name, s))
 
+    def _tile_keys(self, ids: tuple, name: str) -> np.ndarray:
+        """uint64 [row tiles, column tiles]: derive_key(seed, *ids, r, c, name) of every tile, derived in one call
+        (a card of small tiles has tens of thousands). The latest grids are kept: the per-tile loops ask for the
+        same one once per tile."""
+        k = (ids, name)
+        grid = self._key_grids.get(k)
+        if grid is None:
+            if len(self._key_grids) >= 16:
+                self._key_grids.clear()
+            grid = self._key_grids[k] = rng.derive_key_grid(self.seed, ids, self.n_rt, self.n_ct, (name,))
+        return grid
+
+    def _cell_key_grid(self, name) -> np.ndarray:
+        """The `cell_key` of the physical cells `name` of every tile, uint64 [row tiles, column tiles]: fixed for the
+        layer, derived once: derive_key(seed, "cells", layer, r, c, name)."""
+        grid = self._cell_keys.get(name)
+        if grid is None:
+            grid = self._cell_keys[name] = rng.derive_key_grid(self.seed, ("cells", self.layer), self.n_rt,
+                                                               self.n_ct, (name,))
+        return grid
+
     def _cells_key(self, r, c, name):
-        """The `cell_key` of the physical cells `name` of tile (r, c) (fixed for the layer; derived once)."""
-        k = self._cell_keys.get((r, c, name))
-        if k is None:
-            k = self._cell_keys[(r, c, name)] = rng.derive_key(self.seed, "cells", self.layer, r, c, name)
-        return k
+        """The `cell_key` of the physical cells `name` of tile (r, c) (see _cell_key_grid)."""
+        return int(self._cell_key_grid(name)[r, c])
 
     def _programmed_cells_key(self, r, c, name, s):
         """The `cell_key` of the reads of compute cells programmed for sample s (see bayesim.devices.base:
