@@ -27,6 +27,7 @@ from bayesim import _numba_cache
 _numba_cache.install()  # every kernel module imports this one: damaged cache files recompile, not fail
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_SEED_OFFSET = np.uint64(0x632BE59BD9B4E019)  # derive_key: key of a seed = seed * GOLDEN + _SEED_OFFSET
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 NORMAL_BITS = 16
@@ -83,11 +84,15 @@ def derive_key(seed: int, *ids) -> int:
     derive_key(seed, "spq", sample, layer, tile) names one independent stream.
     """
     mask = (1 << 64) - 1
-    k = (int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & mask
+    k = (int(seed) * int(GOLDEN) + int(_SEED_OFFSET)) & mask
     for i in ids:
-        v = _string_id(i) if isinstance(i, str) else int(i) & mask
-        k = _mix64_py((k ^ _mix64_py(v + 0x9E3779B97F4A7C15)) & mask)
+        k = _mix64_py((k ^ _mix64_py(_id64(i) + int(GOLDEN))) & mask)
     return k
+
+
+def _id64(i) -> int:
+    """The 64-bit value of one identifier of derive_key: a string's FNV id, an int modulo 2^64."""
+    return _string_id(i) if isinstance(i, str) else int(i) & ((1 << 64) - 1)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -128,11 +133,7 @@ def derive_keys(seeds: np.ndarray, *ids) -> np.ndarray:
 
 
 def _ids64(ids) -> np.ndarray:
-    mask = (1 << 64) - 1
-    return np.array([_string_id(i) if isinstance(i, str) else int(i) & mask for i in ids], np.uint64)
-
-
-_SEED_OFFSET = np.uint64(0x632BE59BD9B4E019)
+    return np.array([_id64(i) for i in ids], np.uint64)
 
 
 @nb.njit(cache=True)

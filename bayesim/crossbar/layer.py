@@ -246,7 +246,7 @@ class AnalogLayer:
         self._last_sample = None  # plan_samples
         self._no_keys = np.zeros((1, 1, 1), np.uint64)
         self._cell_keys = {}  # _cells_key: name -> key grid
-        self._key_grids = {}  # _tile_keys
+        self._key_grids = {}  # _kept_grid
         self._sample_cache = None
         self._fused_mvm = self.out_features <= FUSED_MVM_MAX_OUT and not self.lumped
         self._setup_mapping()
@@ -705,8 +705,8 @@ class AnalogLayer:
             if getattr(self, "_nu", None) is None:
                 self._nu = (np.empty(self.mu.size, np.float32), np.empty(self.mu.size, np.float32))
             names = ("w", "ref") if self.offset else ("w+", "w-")
-            cells = np.stack([self._cell_key_grid(nm) for nm in names], axis=-1)
-            nu_keys = rng.derive_keys(rng.derive_keys(cells, "programmed", s), "nu")  # [r, c, side]
+            cells = np.stack([self._programmed_key_grid(nm, s) for nm in names], axis=-1)
+            nu_keys = rng.derive_keys(cells, "nu")  # [r, c, side]
             kernels.cell_normals(nu_keys, self.row_starts, self.out_features, t.cols, self.offset, rng.NORMAL_TABLE,
                                  *self._nu)
             cl = (cl[0], *self._nu, *cl[3:])
@@ -792,12 +792,16 @@ class AnalogLayer:
         """uint64 [row tiles, column tiles]: derive_key(seed, *ids, r, c, name) of every tile, derived in one call
         (a card of small tiles has tens of thousands). The latest grids are kept: the per-tile loops ask for the
         same one once per tile."""
-        k = (ids, name)
+        return self._kept_grid((ids, name), lambda: rng.derive_key_grid(self.seed, ids, self.n_rt, self.n_ct,
+                                                                        (name,)))
+
+    def _kept_grid(self, k, derive) -> np.ndarray:
+        """The key grid cached under k, derived by derive() when absent; the cache keeps at most 16 grids."""
         grid = self._key_grids.get(k)
         if grid is None:
             if len(self._key_grids) >= 16:
                 self._key_grids.clear()
-            grid = self._key_grids[k] = rng.derive_key_grid(self.seed, ids, self.n_rt, self.n_ct, (name,))
+            grid = self._key_grids[k] = derive()
         return grid
 
     def _cell_key_grid(self, name) -> np.ndarray:
@@ -816,7 +820,13 @@ class AnalogLayer:
     def _programmed_cells_key(self, r, c, name, s):
         """The `cell_key` of the reads of compute cells programmed for sample s (see bayesim.devices.base:
         the cells as programmed, so what is drawn at programming, e.g. a PCM drift exponent, is new each time)."""
-        return rng.derive_key(self._cells_key(r, c, name), "programmed", s)
+        return int(self._programmed_key_grid(name, s)[r, c])
+
+    def _programmed_key_grid(self, name, s) -> np.ndarray:
+        """_programmed_cells_key of every tile, uint64 [row tiles, column tiles]: derive_key(cell key,
+        "programmed", s), derived in one call and kept with the _tile_keys grids."""
+        return self._kept_grid((("programmed", s), name),
+                               lambda: rng.derive_keys(self._cell_key_grid(name), "programmed", s))
 
     # ------------------------------------------------------------------ forward
     def _bias(self, s):
