@@ -94,6 +94,22 @@ def test_predict_probs_uses_the_interface_streams():
     np.testing.assert_allclose(torch.softmax(h, 1).numpy(), p[1], atol=2e-6)
 
 
+def test_predict_probs_same_numbers_whatever_the_workers():
+    """Forward passes run concurrently, one single-threaded torch pass per (sample, batch): the bits may not
+    depend on how many run at once, nor may the torch thread setting or grad mode leak out."""
+    model = build_model(ModelConfig(arch="lenet5"))
+    _widen_sigma(model)
+    x = _images(7)
+    threads = torch.get_num_threads()
+    one = predict_probs(model, x, samples=5, seed=3, batch_size=3, workers=1)
+    for w in (2, 3, 8):
+        np.testing.assert_array_equal(predict_probs(model, x, samples=5, seed=3, batch_size=3, workers=w), one)
+    assert torch.get_num_threads() == threads and torch.is_grad_enabled()
+    assert not np.array_equal(one[0], one[1])
+    with pytest.raises(BayesimError, match="workers"):
+        predict_probs(model, x, 2, 0, workers=0)
+
+
 def test_predict_rejects_bad_input():
     model = build_model(ModelConfig(arch="mlp", widths=[4]))
     with pytest.raises(BayesimError, match="empty"):

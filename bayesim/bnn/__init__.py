@@ -3,7 +3,7 @@
 Public API:
 - `ModelConfig`, `ActivationConfig`, `QuantConfig` (bnn.config); `build_model(cfg)`, `BayesNet`
 - `BayesLinear`, `BayesConv2d`, `Activation` (bnn.layers)
-- `predict_probs(model, x, samples, seed, batch_size=1000) -> [S, N, C]` (bnn.predict)
+- `predict_probs(model, x, samples, seed, batch_size=1000, workers=None) -> [S, N, C]` (bnn.predict)
 - `save_model(model, path, **meta)`, `load_model(path) -> (model, meta)` (bnn.checkpoint)
 - `memory_report(model)` (bnn.memory); quantizers in `bayesim.bnn.quant`; ops in `bayesim.bnn.ops`
 - `import_pyro(path, arch) -> model` (bnn.pyro_import); `train(cfg)` (bnn.train)

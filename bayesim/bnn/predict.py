@@ -6,6 +6,8 @@ The forward pass runs in torch float32; softmax in float32.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -54,25 +56,47 @@ def _check_input(x) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000) -> np.ndarray:
-    """Predictive samples [S, N, C] float32 for images `x` [N, 1, 28, 28] (float32)."""
+def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000, workers: int | None = None) -> np.ndarray:
+    """Predictive samples [S, N, C] float32 for images `x` [N, 1, 28, 28] (float32).
+
+    Every torch op runs on one thread: a multi-threaded conv/matmul splits its sums by the thread count, so
+    the predictions would depend on it (1e-8 differences that reach metrics.json). The cores are used by
+    running `workers` (default: torch's thread count on entry) forward passes at once instead, one per
+    (sample, batch) item, each single-threaded: the same numbers whatever the number of workers."""
     samples = check_samples(samples)
     x = _check_input(x)
     ops = [op for op in model.export_ops() if isinstance(op, (BayesLinearOp, BayesConvOp))]
     was_training = model.training
     threads = torch.get_num_threads()
+    workers = threads if workers is None else check_samples(workers, "workers")
     model.eval()
-    # one torch thread: a multi-threaded conv/matmul splits its sums by the thread count, so the predictions
-    # would depend on it (1e-8 differences that reach metrics.json); for inference it costs nothing measurable
     torch.set_num_threads(1)
     try:
         xt = torch.from_numpy(x)
         out = np.empty((samples, x.shape[0], model.cfg.num_classes), dtype=np.float32)
-        for s in range(samples):
-            weights = [tuple(torch.from_numpy(a) for a in draw_weights(op, seed, s, l)) for l, op in enumerate(ops)]
-            for i in range(0, x.shape[0], batch_size):
+        starts = range(0, x.shape[0], batch_size)
+
+        def forward(s, weights, i):
+            with torch.no_grad():  # grad mode is per thread
                 logits = model(xt[i:i + batch_size], weights)
                 out[s, i:i + batch_size] = torch.softmax(logits, dim=1).numpy()
+
+        def weights_of(s):
+            return [tuple(torch.from_numpy(a) for a in draw_weights(op, seed, s, l)) for l, op in enumerate(ops)]
+
+        if workers == 1 or samples * len(starts) == 1:
+            for s in range(samples):
+                w = weights_of(s)
+                for i in starts:
+                    forward(s, w, i)
+            return out
+        with ThreadPoolExecutor(workers) as pool:  # torch ops release the GIL
+            for s0 in range(0, samples, workers):  # the weights of `workers` samples in memory at a time
+                jobs = [pool.submit(forward, s, w, i)
+                        for s, w in ((s, weights_of(s)) for s in range(s0, min(s0 + workers, samples)))
+                        for i in starts]
+                for job in jobs:
+                    job.result()
         return out
     finally:
         torch.set_num_threads(threads)

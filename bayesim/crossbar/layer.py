@@ -962,7 +962,10 @@ class AnalogLayer:
             y = y.reshape(n_img, self.out_features, geo[1], geo[2]) if geo is not None else y.reshape(n, -1)
             geo = None
         else:
-            y = np.zeros((n, self.out_features), np.float32)
+            # the kernels add each output's converted currents into y: starting from the bias (added digitally)
+            # gives the bits of adding it afterwards (addition commutes) without another pass over y
+            y = np.empty((n, self.out_features), np.float32)
+            y[...] = 0.0 if b is None else b
             col_range = self.adc_range if qmax else self.w_scale
             if self.lumped:
                 u = self._tile_outputs(xn, sample, row0)
@@ -975,8 +978,6 @@ class AnalogLayer:
                                        float(card.output_noise), nkey, row0, rng.NORMAL_TABLE, tasks, False,
                                        np.empty((1, 1, 1), np.float32), y)
                 sat = tasks.sum(axis=0)
-            if b is not None:
-                y += b
         st = self.stats
         st.dac_conversions += n * self.in_features * self.n_ct
         st.dac_clipped += clipped * self.n_ct
