@@ -947,7 +947,8 @@ class AnalogLayer:
             raise BayesimError(f"crossbar card {card.name}: ADC range {card.adc.range!r} must be calibrated "
                                "(AnalogLayer.calibrate_adc) before the forward pass")
         sat = np.zeros(n, np.int64)
-        nkey = np.uint64(rng.derive_key(self.seed, "out_noise", sample, self.layer))
+        noisy = card.output_noise > 0
+        nkey = np.uint64(rng.derive_key(self.seed, "out_noise", sample, self.layer) if noisy else 0)
         b = self._bias(sample)
         if self._fused_mvm:
             # few outputs: products, ADC and accumulation fused, written straight in NCHW order
