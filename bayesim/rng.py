@@ -124,6 +124,31 @@ def derive_key_grid(seed: int, ids: tuple, n_r: int, n_c: int, suffix: tuple = (
     return out
 
 
+def derive_key_rows(seed: int, head: tuple, values, tail: tuple = (), grid: tuple | None = None) -> np.ndarray:
+    """uint64 [len(values)] (grid (n_r, n_c): [len(values), n_r, n_c]): derive_key(seed, *head, v, *tail) for
+    every integer v of `values` (with the grid: derive_key(seed, *head, v, *tail, r, c) for every tile r, c),
+    in one call: the keys of several Monte-Carlo samples at once."""
+    values = np.ascontiguousarray(values, np.uint64)
+    rows = np.empty(values.shape[0], np.uint64)
+    _rows(np.uint64(derive_key(seed, *head)), values, _ids64(tail), rows)
+    if grid is None:
+        return rows
+    out = np.empty((values.shape[0], *grid), np.uint64)
+    for k in range(values.shape[0]):
+        _extend_grid(rows[k], grid[0], grid[1], out[k])
+    return out
+
+
+@nb.njit(cache=True)
+def _rows(key, values, tail, out):
+    """out[i] = derive_key's steps for values[i], then `tail`, after `key`."""
+    for i in range(values.shape[0]):
+        k = mix64(key ^ mix64(values[i] + GOLDEN))
+        for v in tail:
+            k = mix64(k ^ mix64(v + GOLDEN))
+        out[i] = k
+
+
 def derive_keys(seeds: np.ndarray, *ids) -> np.ndarray:
     """derive_key(k, *ids) for every key k of the uint64 array `seeds` (same shape), in one call."""
     seeds = np.ascontiguousarray(seeds, np.uint64)

@@ -111,6 +111,24 @@ def test_ideal_device_matches_software(strategy, device, out):
         assert np.abs(_softmax(y) - _softmax(ref)).max() <= 1e-5
 
 
+@pytest.mark.parametrize("strategy,w_bits", [("fp", 4), ("vpq", 4), ("spq", 3), ("jq", 4), ("jq", 1)])
+def test_bias_is_the_software_models_bit_for_bit(strategy, w_bits):
+    """The digital bias of every sample: the software rule's draw and quantization (bnn.predict.draw_weights),
+    bit for bit (the binary grid included)."""
+    from bayesim.bnn.predict import draw_weights
+
+    mu, sg, mb, sb, _ = _layer_params()
+    q = LayerQuant(strategy, 4, 0.05, 3, 0.1, "log", w_bits, 0.04)
+    op = BayesLinearOp(mu, sg, mb, sb * 5, q)
+    layer = AnalogLayer(op, IdealDevice(), IDEAL_CARD, layer_index=1, seed=4)
+    for s in (0, 3, 17):
+        b = layer._bias(s)
+        ref = draw_weights(op, 4, s, 1)[1]
+        assert b.dtype == np.float32 and np.array_equal(b, ref)
+    if strategy in ("spq", "jq"):  # the grid is visible: few distinct values
+        assert len(np.unique(b)) <= 2 * max(1, (1 << (w_bits - 1)) - 1) + 1
+
+
 def test_conv_im2col_matches_torch():
     r = np.random.default_rng(1)
     mu = r.normal(0, 0.3, (6, 3, 3, 3)).astype(np.float32)

@@ -462,6 +462,25 @@ def normals_serial(key, n, table):
     return out
 
 
+@nb.njit(cache=True)
+def bias_sample(mu_b, sigma_b, key, table, quantize, binary, step, kmax, out):
+    """One Monte-Carlo sample's bias, as bayesim.bnn.predict.draw_weights draws it, in one call: mu_b + sigma_b *
+    eps (eps: rng.normal of stream `key` at counters 0, 1, ...; float32 product, then sum), quantized when
+    `quantize` as bnn.quant.quantize_uniform does: binary: +-step; else clip(rint(b / step), -kmax, kmax) * step
+    (0 when step <= 0). All float32 arithmetic, so the bits are numpy's."""
+    zero = np.float32(0.0)
+    for i in range(mu_b.shape[0]):
+        b = mu_b[i] + sigma_b[i] * normal(key, i, table)
+        if quantize:
+            if binary:
+                b = step if b >= zero else -step
+            elif step > zero:
+                b = min(max(np.rint(b / step), -kmax), kmax) * step
+            else:
+                b = zero
+        out[i] = b
+
+
 # ------------------------------------------------------------------ pair-law path (differential cells read by a law)
 
 #: Equiprobable quantiles per table of the pair-law path (12 bits, as DEVICE_TABLE).

@@ -732,9 +732,11 @@ class AnalogLayer:
         ids = list(range(s, end if last is None else max(min(end, last + 1), s + 1)))
         if getattr(self, "_pass", None) is None:
             self._pass = np.empty((PAIR_SAMPLES_PER_PASS, self.mu.size), np.float32)
-        eps_keys = np.array([rng.derive_key(self.seed, "eps_w", i, self.layer) for i in ids], np.uint64)
-        tile_keys = np.stack([self._keys("prog", i, self.layer) for i in ids]) if not stored else self._no_keys
-        read_keys = np.stack([self._keys("read_stored", i, self.layer) for i in ids]) if stored else self._no_keys
+        eps_keys = rng.derive_key_rows(self.seed, ("eps_w",), ids, (self.layer,))
+        grid = (self.n_rt, self.n_ct)  # derive_key(seed, name, sample, layer, r, c): as _keys(name, sample, layer)
+        tile_keys = self._no_keys if stored else rng.derive_key_rows(self.seed, ("prog",), ids, (self.layer,), grid)
+        read_keys = rng.derive_key_rows(self.seed, ("read_stored",), ids, (self.layer,), grid) if stored \
+            else self._no_keys
         kernels.build_pair_tiles(
             mu, sigma, eps_keys, rng.NORMAL_TABLE, kernels.DEVICE_TABLE, int(self.quant.w_bits) == 1,
             np.float32(self.quant.w_step), self.kmax, self.grp, pair[0], pair[1], tile_keys, self.row_starts,
@@ -830,17 +832,20 @@ class AnalogLayer:
 
     # ------------------------------------------------------------------ forward
     def _bias(self, s):
+        """Sample s's bias (added digitally): drawn and quantized as the software model's (bnn.predict)."""
         if self.mu_b is None:
             return None
         if self.sigma_b is None:
             return self.mu_b
-        eps = kernels.normals_serial(np.uint64(rng.derive_key(self.seed, "eps_b", s, self.layer)),
-                                     self.mu_b.size, rng.NORMAL_TABLE).reshape(self.mu_b.shape)
-        b = self.mu_b + self.sigma_b * eps
-        if self.strategy in ("spq", "jq"):  # same grid and rule as the weights (bnn/ops.py), added digitally
-            from bayesim.bnn.quant import quantize_uniform
+        from bayesim.bnn.quant import max_level
 
-            b = quantize_uniform(b, self.quant.w_step, int(self.quant.w_bits))
+        quantize = self.strategy in ("spq", "jq")  # same grid and rule as the weights (bnn/ops.py)
+        bits = int(self.quant.w_bits) if quantize else 2
+        b = np.empty(self.mu_b.shape, np.float32)
+        kernels.bias_sample(self.mu_b.reshape(-1), self.sigma_b.reshape(-1),
+                            np.uint64(rng.derive_key(self.seed, "eps_b", s, self.layer)), rng.NORMAL_TABLE, quantize,
+                            bits == 1, np.float32(self.quant.w_step if quantize else 1.0),
+                            np.float32(max_level(bits)), b.reshape(-1))
         return b
 
     def _unfold(self, x):
