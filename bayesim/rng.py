@@ -105,13 +105,19 @@ def _string_id(name: str) -> int:
     return v
 
 
+@nb.njit(inline="always", cache=True)
+def _step(key, v):
+    """derive_key's step for one identifier v (uint64) after `key` (numba: the same uint64 arithmetic)."""
+    return mix64(key ^ mix64(v + GOLDEN))
+
+
 @nb.njit(cache=True)
 def _extend_grid(key, n_r, n_c, out):
-    """out[r, c] = derive_key's step for the ids r, c after `key` (numba: the same uint64 arithmetic)."""
+    """out[r, c] = derive_key's steps for the ids r, c after `key`."""
     for r in range(n_r):
-        kr = mix64(key ^ mix64(np.uint64(r) + GOLDEN))
+        kr = _step(key, np.uint64(r))
         for c in range(n_c):
-            out[r, c] = mix64(kr ^ mix64(np.uint64(c) + GOLDEN))
+            out[r, c] = _step(kr, np.uint64(c))
 
 
 def derive_key_grid(seed: int, ids: tuple, n_r: int, n_c: int, suffix: tuple = ()) -> np.ndarray:
@@ -143,9 +149,9 @@ def derive_key_rows(seed: int, head: tuple, values, tail: tuple = (), grid: tupl
 def _rows(key, values, tail, out):
     """out[i] = derive_key's steps for values[i], then `tail`, after `key`."""
     for i in range(values.shape[0]):
-        k = mix64(key ^ mix64(values[i] + GOLDEN))
+        k = _step(key, values[i])
         for v in tail:
-            k = mix64(k ^ mix64(v + GOLDEN))
+            k = _step(k, v)
         out[i] = k
 
 
@@ -168,7 +174,7 @@ def _chain(keys, ids, from_seed, out):
     for i in range(keys.shape[0]):
         k = keys[i] * GOLDEN + _SEED_OFFSET if from_seed else keys[i]
         for v in ids:
-            k = mix64(k ^ mix64(v + GOLDEN))
+            k = _step(k, v)
         out[i] = k
 
 

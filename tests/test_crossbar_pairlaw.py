@@ -226,3 +226,11 @@ def test_key_grid_is_derive_key_per_tile():
     edge = np.array([0, 1, 2 ** 63, 2 ** 64 - 1], np.uint64)
     assert [int(k) for k in rng.derive_keys(edge, "x", 2 ** 64 - 1)] == [rng.derive_key(int(e), "x", 2 ** 64 - 1)
                                                                        for e in edge]
+    # several samples' keys in one call: derive_key(seed, *head, sample, *tail[, r, c])
+    samples = [0, 5, 2 ** 40 + 3]
+    rows = rng.derive_key_rows(11, ("eps_w",), samples, (2,))
+    assert [int(k) for k in rows] == [rng.derive_key(11, "eps_w", s, 2) for s in samples]
+    grids = rng.derive_key_rows(11, ("read_stored",), samples, (2,), grid=(3, 5))
+    assert grids.shape == (3, 3, 5)
+    for k, s in enumerate(samples):
+        np.testing.assert_array_equal(grids[k], rng.derive_key_grid(11, ("read_stored", s, 2), 3, 5))
