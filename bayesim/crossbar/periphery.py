@@ -221,7 +221,7 @@ def _convert_row(u, i, j0, cw, row0, n_out, x_s, w_scale, col_range, q, noise_sd
 #: Output columns per task of `gemm_adc`. Fixed, so the BLAS calls (and their rounding) are the same
 #: whatever the thread count. 128 columns of a 256-row tile (128 KiB of weights) keep a task's operands in
 #: L2 cache; wider calls run BLAS closer to its full speed (784x512, batch 256, on a 2-core Zen 5: GEMMs
-#: 0.918 / 0.888 / 0.871 ms per sample at 64 / 128 / 256 columns, BLAS in one call 0.82 ms), and 128 still
+#: 0.916 / 0.888 / 0.871 ms per sample at 64 / 128 / 256 columns, BLAS in one call 0.82 ms), and 128 still
 #: gives a 512-output layer four tasks to share between threads.
 GEMM_COLUMNS = 128
 
