@@ -110,6 +110,23 @@ def test_predict_probs_same_numbers_whatever_the_workers():
         predict_probs(model, x, 2, 0, workers=0)
 
 
+def test_predict_probs_worker_errors_reach_the_caller(monkeypatch):
+    model = build_model(ModelConfig(arch="mlp", widths=[8]))
+    forward, calls = model.forward, []
+
+    def failing(x, weights=None):  # the third pass and every later one fail, on whichever worker
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("boom in a worker")
+        return forward(x, weights)
+
+    monkeypatch.setattr(model, "forward", failing)
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom in a worker"):
+        predict_probs(model, _images(4), samples=8, seed=0, batch_size=2, workers=2)
+    assert torch.get_num_threads() == threads and len(calls) < 16  # no further samples were started
+
+
 def test_predict_rejects_bad_input():
     model = build_model(ModelConfig(arch="mlp", widths=[4]))
     with pytest.raises(BayesimError, match="empty"):

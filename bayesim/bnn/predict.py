@@ -91,12 +91,16 @@ def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000, wor
                     forward(s, w, i)
             return out
         with ThreadPoolExecutor(workers) as pool:  # torch ops release the GIL
-            for s0 in range(0, samples, workers):  # the weights of `workers` samples in memory at a time
-                jobs = [pool.submit(forward, s, w, i)
-                        for s, w in ((s, weights_of(s)) for s in range(s0, min(s0 + workers, samples)))
-                        for i in starts]
-                for job in jobs:
-                    job.result()
+            try:
+                for s0 in range(0, samples, workers):  # the weights of `workers` samples in memory at a time
+                    jobs = [pool.submit(forward, s, w, i)
+                            for s, w in ((s, weights_of(s)) for s in range(s0, min(s0 + workers, samples)))
+                            for i in starts]
+                    for job in jobs:
+                        job.result()
+            except BaseException:  # an error or Ctrl-C: drop the passes not started yet
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return out
     finally:
         torch.set_num_threads(threads)
