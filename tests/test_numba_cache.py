@@ -103,8 +103,7 @@ def test_damaged_cache_file_of_a_bayesim_kernel_recompiles(tmp_path, damage):
         assert third.returncode == 0 and third.stdout == first.stdout and "unreadable" not in third.stderr
 
 
-TWO_KERNELS = BAYESIM_KERNEL + "; from bayesim.crossbar.kernels import normals_serial; " \
-    "print(normals_serial(np.uint64(3), 2, rng.NORMAL_TABLE).round(4).tolist())"
+TWO_KERNELS = BAYESIM_KERNEL + "; print([int(k) for k in rng.derive_key_rows(3, ('x',), [1, 2])])"
 
 
 @pytest.mark.parametrize("damage", ["512 zero bytes", "another kernel's file", "an older bayesim's file"])
@@ -124,7 +123,7 @@ def test_data_file_is_used_only_when_its_checksum_matches(tmp_path, damage):
         k = int(0.3 * len(raw))
         target.write_bytes(raw[:k] + bytes(512) + raw[k + 512:])
     elif damage == "another kernel's file":
-        (other,) = _cache_files(cache, "kernels.normals_serial-*.nbc")
+        (other,) = _cache_files(cache, "rng._rows-*.nbc")
         target.write_bytes(other.read_bytes())
     else:
         from bayesim._numba_cache import _FRAME

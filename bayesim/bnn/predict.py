@@ -84,7 +84,8 @@ def predict_probs(model, x, samples: int, seed: int, batch_size: int = 1000, wor
         def weights_of(s):
             return [tuple(torch.from_numpy(a) for a in draw_weights(op, seed, s, l)) for l, op in enumerate(ops)]
 
-        if workers == 1 or samples * len(starts) == 1:
+        workers = min(workers, samples * len(starts))
+        if workers == 1:
             for s in range(samples):
                 w = weights_of(s)
                 for i in starts:

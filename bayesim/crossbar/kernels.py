@@ -454,15 +454,6 @@ def _rint32(x):
 
 
 @nb.njit(cache=True)
-def normals_serial(key, n, table):
-    """The same values as bayesim.rng.normals(key, n) without a parallel region (for small vectors)."""
-    out = np.empty(n, np.float32)
-    for i in range(n):
-        out[i] = normal(key, i, table)
-    return out
-
-
-@nb.njit(cache=True)
 def bias_sample(mu_b, sigma_b, key, table, quantize, binary, step, kmax, out):
     """One Monte-Carlo sample's bias, as bayesim.bnn.predict.draw_weights draws it, in one call: mu_b + sigma_b *
     eps (eps: rng.normal of stream `key` at counters 0, 1, ...; float32 product, then sum), quantized when

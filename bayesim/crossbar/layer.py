@@ -840,12 +840,12 @@ class AnalogLayer:
         from bayesim.bnn.quant import max_level
 
         quantize = self.strategy in ("spq", "jq")  # same grid and rule as the weights (bnn/ops.py)
-        bits = int(self.quant.w_bits) if quantize else 2
+        bits = int(self.quant.w_bits) if quantize else 0
         b = np.empty(self.mu_b.shape, np.float32)
         kernels.bias_sample(self.mu_b.reshape(-1), self.sigma_b.reshape(-1),
                             np.uint64(rng.derive_key(self.seed, "eps_b", s, self.layer)), rng.NORMAL_TABLE, quantize,
-                            bits == 1, np.float32(self.quant.w_step if quantize else 1.0),
-                            np.float32(max_level(bits)), b.reshape(-1))
+                            bits == 1, np.float32(self.quant.w_step if quantize else 0.0),
+                            np.float32(max_level(bits) if quantize else 0), b.reshape(-1))
         return b
 
     def _unfold(self, x):
